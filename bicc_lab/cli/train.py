@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import not_built
+from bicc_lab.cli._common import fail
 
 HELP = (
     "Train one run from an experiment config (then evaluate it if eval.enabled).\n\n"
@@ -15,12 +15,45 @@ HELP = (
 )
 
 
+def default_output_dir(config) -> Path:
+    from bicc_lab.spec import config_id
+
+    return Path("runs") / "train" / f"{config.name}-{config.variant}-{config.arm}-s{config.seed}-{config_id(config)}"
+
+
 def train(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/tiny.yaml."),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a dotted config key, e.g. --set rcc.coef=0.5 (repeatable)."
     ),
-    output_dir: Path = typer.Option(None, "--output-dir", help="Where checkpoints and the final model go."),
+    output_dir: Path = typer.Option(
+        None, "--output-dir", help="Where checkpoints and the final model go (default runs/train/<name>-<id>)."
+    ),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if checkpoints exist."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train one run from an experiment config."""
-    not_built("train", "issue 3: TRL backend")
+    from bicc_lab.spec import load_experiment
+
+    experiment = load_experiment(config, set_)
+    # Everything a user can get wrong is checked before any model is loaded.
+    from bicc_lab.backends.trl.preflight import preflight
+
+    preflight(experiment)
+    out = output_dir or Path(experiment.train.output_dir or default_output_dir(experiment))
+    if out.exists() and no_resume:
+        fail(f"--no-resume given but {out} already exists; pick another --output-dir")
+
+    from bicc_lab.backends.trl.run import train_run
+
+    result = train_run(experiment, out, resume=not no_resume)
+    typer.echo(
+        f"trained {result.steps} steps in {result.wall_time_s:.1f} s"
+        + (f" (resumed from {result.resumed_from})" if result.resumed_from else "")
+        + f"; final model: {result.final_model_dir}"
+    )
+    if experiment.eval.enabled and not no_eval:
+        from bicc_lab.eval.runner import evaluate_config
+
+        evaluation = evaluate_config(experiment, result.final_model_dir, out_file=out / "eval.json")
+        evaluation.print_table()

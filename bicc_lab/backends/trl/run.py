@@ -1,0 +1,260 @@
+"""Turn one resolved ``ExperimentConfig`` into a trained model with TRL.
+
+Output directory layout (everything a sweep, `eval` and `report` read back):
+
+    <output_dir>/config.yaml         the resolved config (written before training starts)
+    <output_dir>/checkpoint-<N>/     Trainer checkpoints every ``train.save_steps``
+    <output_dir>/metrics.jsonl       one JSON object per logging step (TRL + bicc/rcc/contrast)
+    <output_dir>/final/              the final model + tokenizer, loadable by `bicc-lab eval`
+    <output_dir>/train_result.json   written last and atomically: its presence means "finished"
+
+A killed run restarts from its last checkpoint (``resume=True``); the data order and RNG
+state come back with the checkpoint, so the continued run follows the same trajectory up
+to floating-point nondeterminism of the kernels (identical on CPU in our tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bicc_lab.spec.models import ExperimentConfig
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+# TRL's loss_type / importance-sampling level for each variant: decides nothing in our
+# loss (the registry does), but keeps TRL's own checks and warnings meaningful.
+_TRL_LOSS = {
+    "grpo": ("grpo", "token"),
+    "dr_grpo": ("dr_grpo", "token"),
+    "dapo": ("dapo", "token"),
+    "gspo": ("grpo", "sequence"),
+    "gmpo": ("grpo", "token"),
+    "aspo": ("dapo", "token"),
+}
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    final_model_dir: str
+    steps: int
+    wall_time_s: float
+    mean_step_time_s: float | None
+    resumed_from: str | None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def variant_spec(config: ExperimentConfig):
+    from bicc_lab.algorithms.variants import get_variant
+
+    return get_variant(config.variant, **config.variant_overrides)
+
+
+def resolve_model(config: ExperimentConfig, *, progress: bool = True) -> str:
+    """A loadable model reference: the tiny model's cache dir (built on first use) or the name."""
+    from bicc_lab.models.loading import resolve_model_path
+
+    is_tiny = config.model.name == "tiny" or config.model.name.startswith("tiny:")
+    return resolve_model_path(
+        config.model.name, tiny_config=tiny_config(config) if is_tiny else None, progress=progress
+    )
+
+
+def tiny_config(config: ExperimentConfig):
+    """The models-side TinyModelConfig for the spec's ``model.tiny`` block."""
+    from bicc_lab.models.tiny import TinyModelConfig, tiny_variant
+
+    base = tiny_variant(config.model.name.split(":", 1)[1] if ":" in config.model.name else None)
+    spec = config.model.tiny
+    overrides = {
+        "layers": spec.layers,
+        "hidden": spec.hidden,
+        "heads": spec.heads,
+        "digits": spec.digits,
+        "target_accuracy": spec.target_accuracy,
+        "lr": spec.warmup_lr,
+        "max_steps": spec.max_warmup_steps,
+        "prompt_format": "chat" if config.data.chat else "plain",
+    }
+    if spec.intermediate is not None:
+        overrides["intermediate"] = spec.intermediate
+    if spec.heads % base.kv_heads:
+        overrides["kv_heads"] = 1
+    return TinyModelConfig(**{**asdict(base), **overrides})
+
+
+def grpo_config(config: ExperimentConfig, output_dir: Path, *, use_cpu: bool | None = None):
+    """Map the spec onto TRL's GRPOConfig (``train.extra`` passes through unchanged)."""
+    import torch
+    from trl import GRPOConfig
+
+    spec = variant_spec(config)
+    loss_type, level = _TRL_LOSS[config.variant]
+    train = config.train
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        seed=config.seed,
+        data_seed=config.seed,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        per_device_train_batch_size=train.per_device_train_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        steps_per_generation=train.steps_per_generation,
+        num_iterations=train.num_iterations,
+        num_generations=train.num_generations,
+        max_completion_length=train.max_completion_length,
+        temperature=train.temperature,
+        top_p=train.top_p,
+        beta=train.beta,
+        epsilon=spec.epsilon_low,
+        epsilon_high=spec.epsilon_high,
+        loss_type=loss_type,
+        importance_sampling_level=level,
+        scale_rewards="group" if spec.advantage_scale == "group_std" else "none",
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        warmup_steps=train.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        bf16=train.bf16,
+        use_cpu=use_cpu,
+        use_vllm=train.use_vllm,
+        vllm_mode=train.vllm_mode,
+        report_to="none",
+        disable_tqdm=True,
+        gradient_checkpointing=False if use_cpu else True,
+    )
+    kwargs.update(train.extra)
+    return GRPOConfig(**kwargs)
+
+
+def reward_functions(config: ExperimentConfig) -> list[Callable[..., list[float]]]:
+    from bicc_lab.tasks.math import reward_kind
+    from bicc_lab.tasks.rewards import get_reward_function
+
+    return [get_reward_function(reward_kind(config.data.train))]
+
+
+def train_dataset(config: ExperimentConfig):
+    from bicc_lab.tasks.data_dir import resolve_data_dir
+    from bicc_lab.tasks.math import build_dataset
+
+    data = config.data
+    kwargs: dict[str, Any] = dict(
+        split="train", data_dir=resolve_data_dir(data.data_dir), chat=data.chat,
+        limit=data.num_train, seed=0, digits=data.digits,
+    )
+    if data.problem_field:
+        kwargs["problem_field"] = data.problem_field
+    if data.answer_field:
+        kwargs["answer_field"] = data.answer_field
+    return build_dataset(data.train, **kwargs)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    if not output_dir.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir))
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool = True, callbacks=()):
+    """Model, tokenizer, data, rewards and the BICC/RCC trainer for one config."""
+    from bicc_lab.backends.trl.trainer import BiccGRPOTrainer
+    from bicc_lab.models.loading import load_model_and_tokenizer
+
+    model_ref = resolve_model(config, progress=progress)
+    model, tokenizer = load_model_and_tokenizer(
+        model_ref,
+        dtype=config.model.dtype,
+        attn_implementation=config.model.attn_implementation,
+        trust_remote_code=config.model.trust_remote_code,
+    )
+    args = grpo_config(config, output_dir)
+    return BiccGRPOTrainer(
+        model=model,
+        reward_funcs=reward_functions(config),
+        args=args,
+        train_dataset=train_dataset(config),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        variant=variant_spec(config),
+        bicc=config.bicc,
+        rcc=config.rcc,
+        std=config.train.std,
+        max_prompt_length=config.train.max_prompt_length,
+        grad_variance=config.diagnostics.grad_variance,
+    )
+
+
+def train_run(
+    config: ExperimentConfig,
+    output_dir: str | os.PathLike[str],
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    on_log: MetricsCallback | None = None,
+    callbacks: tuple | list = (),
+) -> TrainResult:
+    """Train one run; resume from the newest checkpoint in ``output_dir`` when there is one."""
+    import yaml
+
+    from bicc_lab.backends.trl.callbacks import MetricsFileCallback, RichProgressCallback
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    metrics_file = MetricsFileCallback(output_dir / "metrics.jsonl", on_log=on_log, truncate_after=_step_of(checkpoint))
+    all_callbacks = [metrics_file, *callbacks]
+    if progress:
+        all_callbacks.append(RichProgressCallback(label=config.name))
+    trainer = build_trainer(config, output_dir, progress=progress, callbacks=all_callbacks)
+
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - start
+
+    final_dir = output_dir / "final"
+    trainer.save_model(str(final_dir))
+    trainer.processing_class.save_pretrained(str(final_dir))
+    result = TrainResult(
+        output_dir=str(output_dir),
+        final_model_dir=str(final_dir),
+        steps=trainer.state.global_step,
+        wall_time_s=wall,
+        mean_step_time_s=metrics_file.mean("step_time"),
+        resumed_from=checkpoint,
+        final_metrics=metrics_file.last,
+    )
+    _write_json_atomic(output_dir / "train_result.json", asdict(result))
+    return result
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    if checkpoint is None:
+        return None
+    return int(Path(checkpoint).name.rsplit("-", 1)[1])
+
+
+def read_train_result(output_dir: str | os.PathLike[str]) -> TrainResult | None:
+    path = Path(output_dir) / "train_result.json"
+    if not path.is_file():
+        return None
+    return TrainResult(**json.loads(path.read_text()))

@@ -1,0 +1,438 @@
+"""`BiccGRPOTrainer`: TRL's GRPOTrainer with the variants registry, BICC and RCC.
+
+TRL seams used (trl 1.16.0, see shared/notes/ecosystem.md A5):
+- ``_calculate_rewards``: stash the gathered, group-contiguous rewards.
+- ``_generate_and_score_completions``: the only place where groups are intact (TRL shuffles
+  and splits the batch right after it), so everything per group happens here: the
+  variant's (optionally RCC-corrected) advantages, BICC's conditioned prompts and the
+  extra log-probs the BICC ratio and RCC's confidence δ need.
+- ``_compute_loss``: log-probs of the policy under the conditioned prompt when BICC is on,
+  then the variant's loss from ``bicc_lab.algorithms``.
+
+With BICC and RCC off, advantages and loss are the same numbers as stock GRPOTrainer with
+the matching ``loss_type`` (``tests/test_trl_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import GRPOTrainer
+from trl.data_utils import is_conversational
+
+from bicc_lab.algorithms import bicc as bicc_alg
+from bicc_lab.algorithms.diagnostics import outcome_gap_by_group
+from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta
+from bicc_lab.algorithms.variants import VariantSpec, aggregate_loss, group_advantages, policy_loss
+
+# Placeholder used to find where the user turn ends in a chat template.
+_SENTINEL = "\u2063BICC\u2063"
+
+
+class BiccGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer plus a GRPO variant from the registry, BICC and RCC.
+
+    Args (besides GRPOTrainer's):
+        variant: the ``VariantSpec`` that defines advantages, ratio, clipping, aggregation.
+        bicc: object with ``enabled, context_fraction, max_traces, template, separator, ratio,
+            success_threshold, seed`` (``bicc_lab.spec`` ``BiccConfig``).
+        rcc: object with ``enabled, coef, max_shift, delta, reference`` (``RccConfig``).
+        std: ``unbiased`` (TRL/verl) or ``population`` (the paper's derivation).
+        max_prompt_length: prompt part of the "maximum sequence length" that BICC's token
+            budget is a fraction of; None uses the longest prompt of each batch.
+        grad_variance: log the variance of the gradient across micro-batches.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        variant: VariantSpec,
+        bicc: Any,
+        rcc: Any,
+        std: str = "unbiased",
+        max_prompt_length: int | None = None,
+        grad_variance: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.variant = variant
+        self.bicc = bicc
+        self.rcc = rcc
+        self.std_kind = std
+        self.bicc_max_prompt_length = max_prompt_length
+        self.grad_variance = grad_variance
+        super().__init__(*args, **kwargs)
+        self.bicc_template = bicc_alg.get_template(bicc.template, bicc.separator)
+        self._piece_cache: dict[str, list[int]] = {}
+        self._chat_suffix_ids: list[int] | None = None
+        self._diag_buffer: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._group_offset = 0
+        self._last_generation_time: float | None = None
+        self._grad_stats: dict[str, Any] | None = None
+        self._grad_variance_pending: float | None = None
+        self._lagged_reference = None
+        if rcc.enabled and rcc.reference == "ref" and self.ref_model is None and not is_peft_model(self.model):
+            self.ref_model = self._build_reference_model()
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _build_reference_model(self):
+        """A frozen copy of the initial policy for RCC's δ (TRL builds one only when beta != 0)."""
+        import copy
+
+        from trl.models import prepare_deepspeed, prepare_fsdp
+
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        reference = copy.deepcopy(unwrapped)
+        reference.eval()
+        reference.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
+
+    def _piece_ids(self, text: str) -> list[int]:
+        if text not in self._piece_cache:
+            self._piece_cache[text] = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._piece_cache[text]
+
+    def _chat_suffix(self) -> list[int]:
+        """Token ids that follow the user's content in a rendered chat prompt (end of turn + assistant header)."""
+        if self._chat_suffix_ids is None:
+            rendered = self._tokenizer.apply_chat_template(
+                [{"role": "user", "content": _SENTINEL}],
+                chat_template=self.chat_template,
+                add_generation_prompt=True,
+                tokenize=False,
+                **self.chat_template_kwargs,
+            )
+            tail = rendered.split(_SENTINEL, 1)[1]
+            self._chat_suffix_ids = self._tokenizer(tail, add_special_tokens=False)["input_ids"]
+        return self._chat_suffix_ids
+
+    def _insert_positions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, chat: bool) -> list[int] | None:
+        if self.bicc_template.placement == "append" or not chat:
+            return None  # the template's own rule: end of prompt, or in front of a plain question
+        suffix = self._chat_suffix()
+        positions = []
+        for ids, mask in zip(prompt_ids, prompt_mask, strict=True):
+            row = ids[mask.bool()].tolist()
+            ends_with_suffix = suffix and row[-len(suffix) :] == suffix
+            positions.append(len(row) - len(suffix) if ends_with_suffix else len(row))
+        return positions
+
+    @torch.no_grad()
+    def _logps(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+        batch_size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, completion_mask], dim=1),
+            completion_ids.size(1),
+            batch_size=batch_size,
+        )
+        return logps
+
+    def _reference_logps(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._logps(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        from trl.trainer.utils import use_adapter
+
+        model = self.accelerator.unwrap_model(self.model)
+        with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+            return self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+    def _gather_padded(self, tensor: torch.Tensor, pad_value: int | float, pad_first: bool) -> torch.Tensor:
+        """Gather a (B, L) tensor from every process; widths may differ across ranks."""
+        if self.accelerator.num_processes == 1:
+            return tensor
+        padded = self.accelerator.pad_across_processes(tensor, dim=1, pad_index=pad_value, pad_first=pad_first)
+        return self.accelerator.gather(padded)
+
+    # ------------------------------------------------------------------ TRL seams
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rollout_rewards_per_func = rewards_per_func  # gathered across processes, group-contiguous
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        chat = is_conversational({"prompt": inputs[0]["prompt"]}) if inputs and "prompt" in inputs[0] else False
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        device = self.accelerator.device
+
+        weights = self.reward_weights.to(device).unsqueeze(0)
+        rewards = torch.nan_to_num((self._rollout_rewards_per_func * weights).nansum(dim=1), nan=0.0)
+        local_n = output["prompt_ids"].size(0)
+        local = slice(self.accelerator.process_index * local_n, (self.accelerator.process_index + 1) * local_n)
+        prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        metrics = self._metrics[mode]
+
+        needs_rollout_logps = self.bicc.enabled or self.rcc.enabled
+        rollout_logps = None
+        if needs_rollout_logps:
+            # π_old(o|q): TRL already has it when it computed old log-probs; otherwise one no-grad pass.
+            rollout_logps = output.get("old_per_token_logps")
+            if rollout_logps is None:
+                rollout_logps = self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+        if self.rcc.enabled:
+            reference_logps = self._rcc_reference_logps(output, rollout_logps)
+            local_delta = sequence_delta(rollout_logps, reference_logps, completion_mask, reduction=self.rcc.delta)
+            delta = self.accelerator.gather(local_delta)
+            result = rcc_advantages(
+                rewards, delta, group_size,
+                coef=self.rcc.coef, max_shift=self.rcc.max_shift,
+                scale=self.variant.advantage_scale, std=self.std_kind,
+            )
+            advantages = result.advantages
+            correct = rewards > self.bicc.success_threshold
+            metrics["rcc/cov_r_delta"].append(result.cov.mean().item())
+            metrics["rcc/baseline_shift"].append(result.baseline_shift.mean().item())
+            metrics["rcc/baseline_shift_abs"].append(result.baseline_shift.abs().mean().item())
+            if correct.any():
+                metrics["rcc/delta_correct"].append(delta[correct].mean().item())
+            if (~correct).any():
+                metrics["rcc/delta_incorrect"].append(delta[~correct].mean().item())
+        else:
+            advantages = group_advantages(rewards, group_size, scale=self.variant.advantage_scale, std=self.std_kind)
+        output["advantages"] = advantages[local]
+
+        # Per-sample bookkeeping that survives TRL's shuffle/split, for the contrast diagnostics.
+        n_groups = rewards.numel() // group_size
+        group_index = torch.arange(n_groups, device=device).repeat_interleave(group_size) + self._group_offset
+        self._group_offset += n_groups
+        output["bicc_group_index"] = group_index[local]
+        output["bicc_rewards"] = rewards[local]
+
+        if self.bicc.enabled:
+            self._add_conditioned_prompts(output, rewards, group_size, chat, rollout_logps, mode)
+
+        now = time.perf_counter()
+        tokens = self.accelerator.gather(prompt_mask.sum() + completion_mask.sum()).sum().item()
+        if self._last_generation_time is not None and mode == "train":
+            elapsed = now - self._last_generation_time
+            metrics["perf/tokens_per_s"].append(tokens / max(elapsed, 1e-9))
+        self._last_generation_time = now
+        return output
+
+    def _rcc_reference_logps(self, output, rollout_logps):
+        if self.rcc.reference == "old":
+            # π_ref = the policy that generated the previous batch: δ then measures one round of drift.
+            previous = self._lagged_reference
+            self._lagged_reference = self._snapshot_policy()
+            if previous is None:
+                return rollout_logps  # first batch: no drift yet, δ = 0
+            return self._logps(previous, output["prompt_ids"], output["prompt_mask"],
+                               output["completion_ids"], output["completion_mask"])
+        if output.get("ref_per_token_logps") is not None:
+            return output["ref_per_token_logps"]
+        return self._reference_logps(output["prompt_ids"], output["prompt_mask"],
+                                     output["completion_ids"], output["completion_mask"])
+
+    def _snapshot_policy(self):
+        import copy
+
+        snapshot = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        snapshot.eval()
+        snapshot.requires_grad_(False)
+        return snapshot
+
+    def _add_conditioned_prompts(self, output, rewards, group_size, chat, rollout_logps, mode) -> None:
+        pad = self._tokenizer.pad_token_id
+        prompt_ids = self._gather_padded(output["prompt_ids"], pad, pad_first=True)
+        prompt_mask = self._gather_padded(output["prompt_mask"], 0, pad_first=True)
+        completion_ids = self._gather_padded(output["completion_ids"], pad, pad_first=False)
+        completion_mask = self._gather_padded(output["completion_mask"], 0, pad_first=False)
+
+        prompt_length = self.bicc_max_prompt_length or int(prompt_mask.sum(1).max().item())
+        budget = bicc_alg.context_budget(self.bicc.context_fraction, prompt_length + self.max_completion_length)
+        seed = (self.bicc.seed if self.bicc.seed is not None else self.args.seed) * 1_000_003 + self.state.global_step
+        packed = bicc_alg.pack_conditioned_prompts(
+            prompt_ids.cpu(), prompt_mask.cpu(), completion_ids.cpu(), completion_mask.cpu(), rewards.cpu(),
+            group_size,
+            tokenize=self._piece_ids,
+            budget_tokens=budget,
+            pad_token_id=pad,
+            template=self.bicc_template,
+            max_traces=self.bicc.max_traces,
+            success_threshold=self.bicc.success_threshold,
+            insert_positions=self._insert_positions(prompt_ids.cpu(), prompt_mask.cpu(), chat),
+            strip_token_ids=[*self.eos_token_ids, pad],
+            seed=seed,
+        )
+        local_n = output["prompt_ids"].size(0)
+        local = slice(self.accelerator.process_index * local_n, (self.accelerator.process_index + 1) * local_n)
+        device = self.accelerator.device
+        conditioned_ids, conditioned_mask = packed.prompt_ids[local], packed.prompt_mask[local]
+        keep = conditioned_mask.any(dim=0).nonzero()
+        first_column = int(keep.min()) if keep.numel() else 0  # drop columns that are padding for every local row
+        conditioned_ids = conditioned_ids[:, first_column:].to(device)
+        conditioned_mask = conditioned_mask[:, first_column:].to(device)
+        output["bicc_prompt_ids"] = conditioned_ids
+        output["bicc_prompt_mask"] = conditioned_mask
+        output["bicc_conditioned"] = packed.conditioned[local].to(device)
+        output["bicc_rollout_logps"] = rollout_logps
+
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        if self.bicc.ratio == "paper":
+            # Denominator π_old(o|q), kept explicitly even on-policy: the ratio is not 1 at the first step.
+            output["old_per_token_logps"] = rollout_logps
+        else:
+            output["old_per_token_logps"] = self._logps(
+                self.model, conditioned_ids, conditioned_mask, completion_ids, completion_mask
+            )
+        if self.beta != 0.0:
+            # The KL term compares policy and reference under the same conditioned context.
+            output["ref_per_token_logps"] = self._reference_logps(
+                conditioned_ids, conditioned_mask, completion_ids, completion_mask
+            )
+
+        groups = packed.conditioned.view(-1, group_size).any(dim=1)
+        metrics = self._metrics[mode]
+        metrics["bicc/frac_conditioned_groups"].append(groups.float().mean().item())
+        if packed.conditioned.any():
+            metrics["bicc/context_tokens_mean"].append(packed.context_tokens[packed.conditioned].float().mean().item())
+        else:
+            metrics["bicc/context_tokens_mean"].append(0.0)
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids = inputs.get("bicc_prompt_ids", inputs["prompt_ids"])
+        prompt_mask = inputs.get("bicc_prompt_mask", inputs["prompt_mask"])
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+        )
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+        advantages = inputs["advantages"]
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+
+        # TRL's normaliser for token-mean losses: the global active-token count of the generation
+        # batch, spread over processes and the micro-steps that share it.
+        total_tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            total_tokens = total_tokens * accumulation / self.args.steps_per_generation
+
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            sampling_weights = inputs["importance_sampling_ratio"]
+        else:
+            sampling_weights = None
+        loss, stats = policy_loss(
+            self.variant, logps, old_logps, advantages, mask,
+            max_completion_length=self.max_completion_length,
+            total_active_tokens=total_tokens,
+            token_weights=sampling_weights,
+        )
+        if self.variant.aggregation != "token_mean":
+            loss = loss / accumulation
+
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * torch.exp(logps - old_logps)
+            kl_loss = aggregate_loss(
+                per_token_kl, mask, self.variant.aggregation,
+                max_completion_length=self.max_completion_length, total_active_tokens=total_tokens,
+            )
+            if self.variant.aggregation != "token_mean":
+                kl_loss = kl_loss / accumulation
+            loss = loss + self.beta * kl_loss
+            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
+
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
+        for key, value in stats.items():
+            metrics[key].append(self.accelerator.gather(torch.as_tensor(value, device=logps.device)).float().nanmean().item())
+
+        self._buffer_diagnostics(inputs, logps.detach(), old_logps, mask)
+        return loss
+
+    def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
+        totals = self.accelerator.reduce(torch.stack([(values * mask).sum(), mask.sum().float()]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    # ------------------------------------------------------------------ diagnostics
+    def _buffer_diagnostics(self, inputs, logps, old_logps, mask) -> None:
+        if "bicc_group_index" not in inputs:
+            return
+        lengths = mask.sum(-1).clamp(min=1)
+        seq_log_ratio = ((logps - old_logps) * mask).sum(-1) / lengths
+        # Log-prob gap is measured under the original prompt: the rollout log-probs when BICC
+        # replaced the prompt, the current ones otherwise.
+        logps_q = inputs.get("bicc_rollout_logps", logps)
+        buffer = self._diag_buffer
+        buffer["group"].append(inputs["bicc_group_index"].detach())
+        buffer["reward"].append(inputs["bicc_rewards"].detach())
+        buffer["seq_ratio"].append(torch.exp(seq_log_ratio).detach())
+        buffer["seq_logp"].append((logps_q * mask).sum(-1).detach())
+        if "bicc_prompt_ids" in inputs and "bicc_rollout_logps" in inputs:
+            shift = ((logps - inputs["bicc_rollout_logps"]) * mask).sum(-1)
+            conditioned = inputs["bicc_conditioned"].bool()
+            buffer["logp_shift"].append(shift[conditioned].detach())
+
+    def _contrast_metrics(self) -> dict[str, float]:
+        buffer = self._diag_buffer
+        if not buffer.get("group"):
+            return {}
+        group = torch.cat(buffer["group"]).cpu()
+        reward = torch.cat(buffer["reward"]).cpu()
+        threshold = self.bicc.success_threshold
+        out = {
+            "contrast/margin": outcome_gap_by_group(torch.cat(buffer["seq_ratio"]).cpu(), reward, group, threshold)["value"],
+            "contrast/logp_gap": outcome_gap_by_group(torch.cat(buffer["seq_logp"]).cpu(), reward, group, threshold)["value"],
+        }
+        if buffer.get("logp_shift"):
+            shifts = torch.cat(buffer["logp_shift"]).cpu()
+            out["bicc/logp_shift"] = shifts.mean().item() if shifts.numel() else 0.0
+        buffer.clear()
+        return {k: v for k, v in out.items() if v is not None and not math.isnan(v)}
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        for key, value in self._contrast_metrics().items():
+            self._metrics[mode][key].append(value)
+        if self._grad_variance_pending is not None:
+            self._metrics[mode]["diagnostics/grad_variance"].append(self._grad_variance_pending)
+            self._grad_variance_pending = None
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ gradient variance
+    def training_step(self, model, inputs, num_items_in_batch):
+        if not (self.grad_variance and self.model.training):
+            return super().training_step(model, inputs, num_items_in_batch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        before = [p.grad.detach().clone() if p.grad is not None else None for p in params]
+        output = super().training_step(model, inputs, num_items_in_batch)
+        micro = torch.cat([
+            (p.grad.detach() - (b if b is not None else 0)).flatten() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+            for p, b in zip(params, before, strict=True)
+        ]).float()
+        stats = self._grad_stats or {"sum": torch.zeros_like(micro), "sumsq": torch.zeros_like(micro), "n": 0}
+        stats["sum"] += micro
+        stats["sumsq"] += micro * micro
+        stats["n"] += 1
+        self._grad_stats = stats
+        if self._step % self.current_gradient_accumulation_steps == 0:
+            n = stats["n"]
+            if n > 1:
+                # Unbiased variance of each coordinate across micro-batches, summed over
+                # coordinates: E||g - ḡ||², the quantity a lower-variance baseline shrinks.
+                mean = stats["sum"] / n
+                variance = ((stats["sumsq"] - n * mean * mean) / (n - 1)).clamp(min=0).sum().item()
+                self._grad_variance_pending = variance
+            self._grad_stats = None
+        return output

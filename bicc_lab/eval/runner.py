@@ -1,0 +1,539 @@
+"""Evaluate a model on the ``bicc_*`` benchmarks through ``lm_eval.simple_evaluate``.
+
+``evaluate`` samples k answers per problem (``repeats: k`` + ``take_first_k``),
+grades them with math-verify (gold first) and returns an ``EvalResult``: per
+benchmark avg@k, pass@1, pass@k, maj@k and n, plus a per-problem table with the
+k correctness values of every problem for paired statistics.
+
+Data files are bound before the model is loaded, so a missing benchmark file
+fails fast with ``EvalDataError`` (one line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bicc_lab.eval import scoring
+from bicc_lab.eval.data import Benchmark, EvalDataError, get_benchmark, resolve_data_dir
+from bicc_lab.eval.metrics import aggregate
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("hf", "vllm")
+#: always leave this share of the context (at most PROMPT_RESERVE_MAX tokens) for the prompt
+PROMPT_RESERVE_FRACTION = 0.25
+PROMPT_RESERVE_MAX = 1024
+RESULT_FORMAT = 1
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class BenchmarkResult:
+    benchmark: str
+    task: str
+    n: int
+    k: int
+    metrics: dict[str, float]  # "avg@k", "pass@1", "pass@k" (k > 1), "maj@k"
+    source: str = ""  # where the docs came from (file path, hub id, generated)
+    distinct_fraction: float | None = None  # share of problems with >1 distinct sample
+    lm_eval: dict[str, Any] = field(default_factory=dict)  # lm-eval's aggregated numbers
+
+
+@dataclass
+class EvalResult:
+    benchmarks: dict[str, BenchmarkResult]
+    problems: list[dict[str, Any]]
+    config: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Flat ``{"math500/avg@4": 0.5, "math500/n": 500, ...}`` (for trackers)."""
+        out: dict[str, float] = {}
+        for name, b in self.benchmarks.items():
+            for key, value in b.metrics.items():
+                out[f"{name}/{key}"] = value
+            out[f"{name}/n"] = b.n
+        return out
+
+    def problems_for(self, benchmark: str) -> list[dict[str, Any]]:
+        return [p for p in self.problems if p["benchmark"] == benchmark]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RESULT_FORMAT,
+            "benchmarks": {k: asdict(v) for k, v in self.benchmarks.items()},
+            "problems": self.problems,
+            "config": self.config,
+            "warnings": self.warnings,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
+        return cls(
+            benchmarks={k: BenchmarkResult(**v) for k, v in d["benchmarks"].items()},
+            problems=list(d["problems"]),
+            config=dict(d.get("config", {})),
+            warnings=list(d.get("warnings", [])),
+            seconds=float(d.get("seconds", 0.0)),
+        )
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically: a temp file in the same folder, then ``os.replace``."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=1, ensure_ascii=False, default=str)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return p
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> EvalResult:
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_dict(json.load(fh))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def parse_benchmarks(benchmarks: str | Iterable[str]) -> list[Benchmark]:
+    names = benchmarks.split(",") if isinstance(benchmarks, str) else list(benchmarks)
+    out: list[Benchmark] = []
+    for n in names:
+        if str(n).strip():
+            b = get_benchmark(n)
+            if b not in out:
+                out.append(b)
+    if not out:
+        raise EvalDataError("no benchmarks given")
+    return out
+
+
+def clamp_max_new_tokens(requested: int, context: int | None) -> tuple[int, str | None]:
+    """Never generate past the model context: at most ``context - reserve`` new
+    tokens, the reserve being 25% of the context (at most 1024 tokens) for the
+    prompt. Returns the value to use and a warning when it was clamped."""
+    if requested < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {requested}")
+    if not context or context <= 1:
+        return requested, None
+    reserve = max(1, min(PROMPT_RESERVE_MAX, int(context * PROMPT_RESERVE_FRACTION)))
+    allowed = max(1, context - reserve)
+    if requested > allowed:
+        return allowed, (
+            f"max_new_tokens={requested} does not fit the model context of {context} tokens; "
+            f"using {allowed} (leaving {context - allowed} for the prompt)"
+        )
+    return requested, None
+
+
+def generation_kwargs(temperature: float, top_p: float, max_new_tokens: int | None) -> dict[str, Any]:
+    """lm-eval generation kwargs. Never a ``seed``: a per-request seed would make
+    the k repeats of a prompt identical on vLLM."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature == 0:
+        gen: dict[str, Any] = {"do_sample": False, "temperature": 0.0}
+    else:
+        gen = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p)}
+    if max_new_tokens is not None:
+        gen["max_gen_toks"] = int(max_new_tokens)
+    return gen
+
+
+def model_context_length(model: Any) -> int | None:
+    """``max_position_embeddings`` (or an equivalent) of a model, a config or a
+    local / hub path; None when unknown."""
+    cfg = getattr(model, "config", model)
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(str(model))
+        except Exception:
+            return None
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    text_cfg = getattr(cfg, "text_config", None)
+    if text_cfg is not None and text_cfg is not cfg:
+        return model_context_length(text_cfg)
+    return None
+
+
+def model_args_for(
+    backend: str,
+    model: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    seed: int = 0,
+    max_model_len: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """lm-eval ``model_args`` for a path or hub id."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    args: dict[str, Any] = {"pretrained": str(model)}
+    if backend == "hf":
+        args["dtype"] = dtype or ("float32" if str(device).startswith("cpu") else "auto")
+    else:
+        # vLLM: one engine seed; repeats are separate requests without a
+        # per-request seed, so they sample independently.
+        args.update({"dtype": dtype or "auto", "seed": int(seed), "gpu_memory_utilization": 0.9})
+        if max_model_len:
+            args["max_model_len"] = int(max_model_len)
+    args.update(dict(extra or {}))
+    return args
+
+
+def _has_chat_template(lm: Any) -> bool:
+    tok = getattr(lm, "tokenizer", None)
+    return bool(getattr(tok, "chat_template", None))
+
+
+def _build_lm(
+    model: Any,
+    backend: str,
+    *,
+    tokenizer: Any,
+    device: str,
+    batch_size: int | str,
+    dtype: str | None,
+    seed: int,
+    model_args: Mapping[str, Any] | None,
+    max_model_len: int | None,
+):
+    import lm_eval.api.model
+    import lm_eval.api.registry
+
+    if isinstance(model, lm_eval.api.model.LM):
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        if backend != "hf":
+            raise ValueError("an in-memory model needs backend='hf'; pass a path for vllm")
+        from lm_eval.models.huggingface import HFLM
+
+        if tokenizer is None:
+            raise ValueError("an in-memory model needs its tokenizer (tokenizer=...)")
+        return HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=batch_size,
+                    **dict(model_args or {}))
+    args = model_args_for(backend, model, device=device, dtype=dtype, seed=seed,
+                          max_model_len=max_model_len, extra=model_args)
+    if tokenizer is not None:
+        args["tokenizer"] = tokenizer
+    cls = lm_eval.api.registry.get_model(backend)
+    return cls.create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
+
+
+def _write_arith_file(directory: Path, arith: Mapping[str, Any] | None) -> Path:
+    """The synthetic arithmetic test split as JSONL ({"prompt", "solution"})."""
+    from bicc_lab.tasks.arithmetic import arithmetic_problems
+
+    opts = dict(arith or {})
+    rows = arithmetic_problems("test", **opts)
+    path = directory / "arith_test.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    return path
+
+
+def _distinct_fraction(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    with_k = [r for r in rows if len(r.get("_responses", [])) > 1]
+    if not with_k:
+        return None
+    return sum(len(set(r["_responses"])) > 1 for r in with_k) / len(with_k)
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def evaluate(
+    model_path_or_obj: Any,
+    benchmarks: str | Iterable[str],
+    samples: int = 4,
+    limit: int | float | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int | None = None,
+    backend: str = "hf",
+    batch_size: int | str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    *,
+    tokenizer: Any = None,
+    dtype: str | None = None,
+    apply_chat_template: bool | None = None,
+    system_instruction: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+    keep_responses: bool = False,
+    arith: Mapping[str, Any] | None = None,
+) -> EvalResult:
+    """Sample ``samples`` answers per problem on each benchmark and grade them.
+
+    - ``model_path_or_obj``: a local path or hub id, an in-memory
+      ``PreTrainedModel`` (with ``tokenizer=``), or an lm-eval ``LM``.
+    - ``benchmarks``: names (``math500, aime24, aime25, amc23, gsm8k, minerva,
+      olympiad, arith``; aliases such as ``arith_test``), a list or "a,b".
+    - ``data_dir``: folder of the benchmark JSONL files, else
+      ``$BICC_LAB_DATA_DIR``, else the hub ids.
+    - ``max_new_tokens``: None keeps each task's default (4096 math, 8 arith);
+      always clamped to the model context (with a warning).
+    - ``apply_chat_template``: None = the tokenizer's chat template for the math
+      benchmarks when it has one, plain prompts for ``arith`` (the tiny models
+      are trained on plain prompts); True / False forces it for all.
+    - ``batch_size``: None = 8 for hf, "auto" for vllm (all requests in one
+      engine call, so the k repeats of a prompt are sampled together).
+    - ``arith``: options of the arithmetic test split
+      (``bicc_lab.tasks.arithmetic.arithmetic_problems``: digits, ops, n_test, seed).
+    """
+    t0 = time.time()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    k = int(samples)
+    if k < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    benches = parse_benchmarks(benchmarks)
+    notes: list[str] = []
+
+    def warn(msg: str) -> None:
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=3)
+        log.warning(msg)
+
+    if temperature == 0 and k > 1:
+        warn(f"temperature=0 is greedy decoding: all {k} samples of a problem will be identical")
+    gen = generation_kwargs(temperature, top_p, None)
+    if batch_size is None:
+        batch_size = "auto" if backend == "vllm" else 8
+    ddir = resolve_data_dir(data_dir)
+
+    from bicc_lab.eval import lmeval
+
+    tm = lmeval.task_manager(ddir)
+    with tempfile.TemporaryDirectory(prefix="bicc_eval_") as tmp:
+        # 1. data first (fails fast, before any model is loaded)
+        tasks: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for b in benches:
+            data_files = None
+            if b.name == "arith" and not (ddir is not None and (ddir / b.filename).is_file()):
+                data_files = _write_arith_file(Path(tmp), arith)
+            cfg = lmeval.task_config(b, k=k, generation_kwargs=gen, data_files=data_files)
+            try:
+                tasks[b.name] = tm.load([cfg])["tasks"][b.task]
+            except EvalDataError:
+                raise
+            except Exception as err:
+                raise EvalDataError(f"{b.task}: could not build the task ({type(err).__name__}: {err})") from err
+            local = ddir / b.filename if ddir is not None and b.filename else None
+            if data_files is not None:
+                sources[b.name] = f"generated: arithmetic test split {dict(arith or {})}"
+            elif local is not None and local.is_file():
+                sources[b.name] = str(local)
+            else:
+                sources[b.name] = "hub: " + " or ".join(h.path for h in b.hub)
+
+        # 2. model and context length
+        max_model_len = None
+        if backend == "vllm" and isinstance(model_path_or_obj, (str, os.PathLike)):
+            max_model_len = (model_args or {}).get("max_model_len") or model_context_length(model_path_or_obj)
+        lm = _build_lm(model_path_or_obj, backend, tokenizer=tokenizer, device=device,
+                       batch_size=batch_size, dtype=dtype, seed=seed, model_args=model_args,
+                       max_model_len=max_model_len)
+        try:
+            context = int(lm.max_length)
+        except Exception:
+            context = model_context_length(getattr(lm, "model", model_path_or_obj))
+        for b, task in zip(benches, tasks.values(), strict=True):
+            want = max_new_tokens if max_new_tokens is not None else int(task.config.generation_kwargs.get("max_gen_toks", 256))
+            use, msg = clamp_max_new_tokens(int(want), context)
+            if msg:
+                warn(f"{b.name}: {msg}")
+            task.config.generation_kwargs["max_gen_toks"] = use
+
+        # 3. generate + grade, one simple_evaluate per chat-template setting
+        has_template = _has_chat_template(lm)
+        if apply_chat_template and not has_template:
+            warn("apply_chat_template=True but the tokenizer has no chat template; using plain prompts")
+        groups: dict[bool, list[str]] = {}
+        for b in benches:
+            chat = has_template and (apply_chat_template if apply_chat_template is not None else b.name != "arith")
+            groups.setdefault(bool(chat), []).append(b.name)
+
+        import lm_eval
+
+        raw: dict[str, dict[str, Any]] = {}
+        try:
+            for chat, names in groups.items():
+                res = lm_eval.simple_evaluate(
+                    model=lm,
+                    tasks=[tasks[n] for n in names],
+                    task_manager=tm,
+                    limit=limit,
+                    log_samples=True,
+                    apply_chat_template=chat,
+                    system_instruction=system_instruction,
+                    bootstrap_iters=0,
+                    random_seed=seed,
+                    numpy_random_seed=seed,
+                    torch_random_seed=seed,
+                    fewshot_random_seed=seed,
+                )
+                if res is None:  # non-zero rank in a distributed run
+                    continue
+                for n in names:
+                    task_name = tasks[n].config.task
+                    raw[n] = {
+                        "results": res["results"].get(task_name, {}),
+                        "samples": res["samples"].get(task_name, []),
+                        "chat": chat,
+                    }
+        finally:
+            scoring.clear_cache()
+
+    # 4. per-problem table and benchmark metrics
+    problems: list[dict[str, Any]] = []
+    bench_results: dict[str, BenchmarkResult] = {}
+    for b in benches:
+        if b.name not in raw:
+            continue
+        rows = []
+        for s in sorted(raw[b.name]["samples"], key=lambda s: s["doc_id"]):
+            doc = s["doc"]
+            resps = s["filtered_resps"][0] if s["filtered_resps"] else []
+            resps = [resps] if isinstance(resps, str) else list(resps)
+            correct = [bool(x) for x in s["correct"]]
+            row = {
+                "benchmark": b.name,
+                "problem_id": doc["problem_id"],
+                "doc_id": s["doc_id"],
+                "gold": doc["gold"],
+                "n_correct": sum(correct),
+                "k": len(correct),
+                "correct": correct,
+                "maj_correct": bool(s["maj_at_k"]),
+                "_responses": resps,
+            }
+            if keep_responses:
+                row["prompt"] = s["arguments"][0][0] if s.get("arguments") else None
+            rows.append(row)
+        distinct = _distinct_fraction(rows) if temperature > 0 else None
+        if distinct == 0.0 and len(rows) >= 2:
+            warn(
+                f"{b.name}: the {k} samples are identical for every problem; sampling is not "
+                "taking effect (a per-request seed in the backend, or greedy decoding?)"
+            )
+        for row in rows:
+            resps = row.pop("_responses")
+            if keep_responses:
+                row["responses"] = resps
+        agg = aggregate(rows)
+        metrics = {key: v for key, v in agg.items() if key != "n"}
+        lm_res = {key: v for key, v in raw[b.name]["results"].items() if isinstance(v, (int, float)) and "stderr" not in key}
+        lm_avg = lm_res.get(f"avg_at_k,{lmeval.FILTER_NAME}")
+        if rows and lm_avg is not None and not math.isclose(lm_avg, metrics[f"avg@{k}"], abs_tol=1e-9):
+            warn(f"{b.name}: lm-eval avg_at_k {lm_avg} differs from the per-problem table {metrics[f'avg@{k}']}")
+        bench_results[b.name] = BenchmarkResult(
+            benchmark=b.name, task=b.task, n=len(rows), k=k, metrics=metrics,
+            source=sources.get(b.name, ""), distinct_fraction=distinct, lm_eval=lm_res,
+        )
+        problems.extend(rows)
+
+    config = {
+        "model": str(model_path_or_obj) if isinstance(model_path_or_obj, (str, os.PathLike)) else type(model_path_or_obj).__name__,
+        "benchmarks": [b.name for b in benches],
+        "samples": k,
+        "limit": limit,
+        "data_dir": str(ddir) if ddir else None,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": {n: int(tasks[n].config.generation_kwargs["max_gen_toks"]) for n in tasks},
+        "backend": backend,
+        "batch_size": batch_size,
+        "device": device,
+        "seed": seed,
+        "context_length": context,
+        "chat_template": {n: raw[n]["chat"] for n in raw},
+        "arith": dict(arith or {}),
+    }
+    return EvalResult(benchmarks=bench_results, problems=problems, config=config,
+                      warnings=notes, seconds=time.time() - t0)
+
+
+# ------------------------------------------------------------------ from a run config
+
+
+def evaluate_config(config: Any, model_dir: str | os.PathLike[str], *, out_file: str | os.PathLike[str] | None = None,
+                    data_dir: str | os.PathLike[str] | None = None) -> EvalResult:
+    """Evaluate a trained run with the settings of its ``ExperimentConfig.eval`` block."""
+    import torch
+
+    spec = config.eval
+    result = evaluate(
+        str(model_dir),
+        spec.benchmarks,
+        samples=spec.samples,
+        limit=spec.limit,
+        data_dir=data_dir or spec.data_dir,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_new_tokens=spec.max_new_tokens,
+        backend=spec.backend,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        seed=config.seed,
+        arith={"digits": config.data.digits},
+    )
+    if out_file is not None:
+        result.to_json(out_file)
+    return result
+
+
+def print_table(result: EvalResult, title: str = "evaluation") -> None:
+    """A Rich table: one row per benchmark with n, k and every metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    metric_names: list[str] = []
+    for bench in result.benchmarks.values():
+        for key in bench.metrics:
+            if key not in metric_names:
+                metric_names.append(key)
+    for column in ("benchmark", "n", "k", *metric_names):
+        table.add_column(column, justify="left" if column == "benchmark" else "right")
+    for name, bench in result.benchmarks.items():
+        values = [f"{100 * bench.metrics[m]:.1f}" if m in bench.metrics else "—" for m in metric_names]
+        table.add_row(name, str(bench.n), str(bench.k), *values)
+    Console().print(table)
+    for note in result.warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/] {note}")

@@ -1,0 +1,174 @@
+"""Model references: ``tiny`` / ``tiny:<variant>``, a local directory, or a hub id.
+
+:func:`check_model_reference` validates a reference without loading anything
+(no torch import, no network), so configs can be checked before any model
+loads. :func:`load_model_and_tokenizer` loads it. torch and transformers are
+imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TINY_PREFIX = "tiny"
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ModelNotFoundError(ValueError):
+    """A model reference names a local path that does not exist or is not a model."""
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    kind: str  # "tiny" | "local" | "hub"
+    name: str  # the reference as given
+    path: Path | None = None  # local directory (kind "local")
+    variant: str | None = None  # tiny variant (kind "tiny")
+
+
+def _looks_like_path(name: str) -> bool:
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    if not any(s in name for s in seps):
+        return False
+    # "org/name" is a hub id; "a/b/c", "dir/" and odd characters are paths
+    return not _HUB_ID.match(name)
+
+
+def check_model_reference(name: str) -> ModelReference:
+    """Classify and validate ``name`` without loading it or touching the network.
+
+    Raises :class:`ModelNotFoundError` (one line) for a path-like reference that
+    does not exist or is not a model directory, and ValueError for an unknown tiny
+    variant or a malformed reference.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotFoundError("model name is empty: expected 'tiny', a local path or a hub id")
+    name = name.strip()
+    if name == TINY_PREFIX or name.startswith(TINY_PREFIX + ":"):
+        from bicc_lab.models.tiny import tiny_variant
+
+        variant = name.partition(":")[2] or "default"
+        tiny_variant(variant)  # raises ValueError for an unknown variant
+        return ModelReference("tiny", name, variant=variant)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(
+                f"{name}: is a file; expected a model directory with config.json"
+            )
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{name}: directory has no config.json; expected a saved model"
+            )
+        return ModelReference("local", name, path=path)
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"{name}: no such model directory")
+    if not _HUB_ID.match(name):
+        raise ModelNotFoundError(
+            f"{name!r} is neither 'tiny', an existing local directory, nor a hub id like 'org/name'"
+        )
+    return ModelReference("hub", name)
+
+
+def resolve_model_path(
+    name: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    tiny_config: Any = None,
+    progress: bool = True,
+) -> str:
+    """A string ``from_pretrained`` accepts: builds the tiny model when needed and
+    returns its cache directory; local paths and hub ids pass through. Useful where
+    a trainer wants a path (e.g. TRL's reference model)."""
+    ref = check_model_reference(name)
+    if ref.kind == "tiny":
+        from bicc_lab.models.tiny import build_tiny_model, tiny_variant
+
+        config = tiny_config or tiny_variant(ref.variant)
+        return str(build_tiny_model(config, cache_dir, progress=progress))
+    if ref.kind == "local":
+        return str(ref.path)
+    return name
+
+
+def torch_dtype(dtype: Any) -> Any:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` / ``"auto"`` (or a torch.dtype)."""
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    try:
+        return table[str(dtype)]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}") from None
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    *,
+    dtype: Any = "float32",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    device_map: Any = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    tiny_config: Any = None,
+    progress: bool = True,
+    **model_kwargs: Any,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``.
+
+    - ``tiny`` / ``tiny:<variant>``: the offline tiny model (built and cached on
+      first use; ``tiny_config`` overrides the variant's config; ``cache_dir`` is
+      the bicc-lab cache root).
+    - an existing local directory: ``AutoModelForCausalLM`` / ``AutoTokenizer``.
+    - a path-like reference that does not exist: :class:`ModelNotFoundError`.
+    - anything else: a hub id, loaded with ``from_pretrained`` (``revision``).
+
+    The tokenizer always has a pad token (eos when the checkpoint has none), and
+    ``model.generation_config.pad_token_id`` is set.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = check_model_reference(name_or_path)
+    source = resolve_model_path(
+        name_or_path, cache_dir=cache_dir, tiny_config=tiny_config, progress=progress
+    )
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if revision and ref.kind == "hub":
+        kwargs["revision"] = revision
+    kwargs.update(model_kwargs)
+    tok_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision and ref.kind == "hub":
+        tok_kwargs["revision"] = revision
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,574 @@
+"""Math training sets (MATH train, GSM8K, DAPO-Math-17k, any JSONL) and the task registry.
+
+Every loader returns a list of ``{"prompt", "solution", "problem"}`` dicts:
+``prompt`` is the boxed-answer prompt (a plain string, or chat messages when
+``chat=True``), ``solution`` the gold answer string that the rewards grade
+against, ``problem`` the raw problem text.
+
+Named tasks read ``<data_dir>/<file>`` when a data directory is configured
+(:func:`bicc_lab.tasks.data_dir.resolve_data_dir`), and the public hub dataset
+otherwise. A missing local file raises :class:`DataError` with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A training data source is missing or malformed (message is one line)."""
+
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "{problem}\n\nPlease reason step by step. Put your final answer within \\boxed{}."
+)
+
+# DAPO-Math-17k wraps each problem in this instruction (verl RL parquet format:
+# prompt=[{"role": "user", "content": PREFIX + problem + SUFFIX}],
+# reward_model={"ground_truth": "...", "style": "rule-lighteval/MATH_v2"}).
+DAPO_PREFIX = (
+    "Solve the following math problem step by step. The last line of your response should be "
+    "of the form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+)
+DAPO_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
+
+HUB_IDS = {
+    "math_train": ("DigitalLearningGmbH/MATH-lighteval", None, "train"),
+    "gsm8k": ("openai/gsm8k", "main", "train"),
+    "dapo_math": ("BytedTsinghua-SIA/DAPO-Math-17k", None, "train"),
+}
+
+
+_LOCAL_FILES = {
+    "math_train": (("math_train.jsonl",), "MATH train JSONL with 'problem' and 'answer'"),
+    "gsm8k": (("gsm8k_train.jsonl",), "GSM8K train JSONL with 'question' and 'answer'"),
+    "dapo_math": (
+        ("dapo_math.jsonl", "dapo-math-17k.jsonl", "dapo-math-17k.parquet"),
+        "DAPO-Math-17k rows with 'prompt' and 'reward_model.ground_truth'",
+    ),
+}
+
+
+def format_prompt(
+    problem: str,
+    *,
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+) -> str | list[dict[str, str]]:
+    """Fill ``{problem}`` in ``template`` (literal substitution: other braces, such
+    as ``\\boxed{}``, are left alone). Chat: a user message (after an optional system one)."""
+    text = template.replace("{problem}", problem)
+    if not chat:
+        if system_prompt:
+            return f"{system_prompt}\n\n{text}"
+        return text
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": text})
+    return messages
+
+
+# ---------------------------------------------------------------- answer fields
+
+
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def strip_thousands(text: str) -> str:
+    """``"1,080"`` -> ``"1080"``; commas not between digit groups are kept (``"(1, 2)"``)."""
+    return _THOUSANDS.sub("", text)
+
+
+def gsm8k_answer(answer_text: str) -> str:
+    """The final answer of a GSM8K ``answer`` field: text after the last ``#### ``."""
+    if "####" not in answer_text:
+        raise DataError(f"GSM8K answer has no '#### ' marker: {answer_text[-80:]!r}")
+    final = answer_text.rsplit("####", 1)[1].strip()
+    return strip_thousands(final).strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched), or None."""
+    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if idx < 0:
+        return None
+    rest = text[idx:]
+    rest = rest[len("\\boxed") :] if rest.startswith("\\boxed") else rest[len("\\fbox") :]
+    if rest.startswith(" ") and not rest.lstrip().startswith("{"):
+        # "\boxed 5" form: up to the next "$" or whitespace
+        return rest.strip().split("$")[0].split()[0] if rest.strip() else None
+    rest = rest.lstrip()
+    if not rest.startswith("{"):
+        return None
+    depth = 0
+    for i, ch in enumerate(rest):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[1:i]
+    return None  # unbalanced
+
+
+def answer_to_str(value: Any) -> str:
+    """Normalise a JSON answer value: ``27.0`` -> ``"27"``, ``["x"]`` -> ``"x"``."""
+    if isinstance(value, list | tuple):
+        if not value:
+            raise DataError("empty answer list")
+        value = value[0]
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def dapo_problem(prompt_content: str) -> str:
+    """The bare problem inside a DAPO-Math-17k user message (prefix/suffix removed)."""
+    text = prompt_content
+    if text.startswith(DAPO_PREFIX):
+        text = text[len(DAPO_PREFIX) :]
+    if text.endswith(DAPO_SUFFIX):
+        text = text[: -len(DAPO_SUFFIX)]
+    return text.strip()
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected {what})")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+            rows.append(row)
+    return rows
+
+
+def _read_rows(path: Path, what: str) -> list[dict[str, Any]]:
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (expected {what})")
+        from datasets import load_dataset
+
+        return list(load_dataset("parquet", data_files=str(path), split="train"))
+    return _read_jsonl(path, what)
+
+
+def _load_hub(hub_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
+    try:
+        from datasets import load_dataset
+
+        ds = (
+            load_dataset(hub_id, config, split=split)
+            if config
+            else load_dataset(hub_id, split=split)
+        )
+    except Exception as exc:  # network, offline mode, missing dataset: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"could not load hub dataset {hub_id!r} (split {split!r}): {first}; "
+            f"for offline use set {DATA_DIR_ENV} or pass a local .jsonl path"
+        ) from None
+    return list(ds)
+
+
+def _field(row: dict[str, Any], name: str, where: str) -> Any:
+    cur: Any = row
+    for part in name.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            raise DataError(f"{where}: missing field {name!r} (fields: {sorted(row)})")
+        cur = cur[part]
+    return cur
+
+
+def _finish(
+    pairs: Iterable[tuple[str, str]],
+    *,
+    chat: bool,
+    template: str,
+    system_prompt: str | None,
+    limit: int | None,
+    dedup: bool = False,
+) -> list[dict[str, Any]]:
+    out = []
+    seen: set[str] = set()
+    for problem, answer in pairs:
+        if dedup:
+            if problem in seen:
+                continue
+            seen.add(problem)
+        out.append(
+            {
+                "prompt": format_prompt(
+                    problem, chat=chat, template=template, system_prompt=system_prompt
+                ),
+                "solution": answer,
+                "problem": problem,
+            }
+        )
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def _local_or_hub(name: str, data_dir: str | os.PathLike[str] | None):
+    """(path, None) for a configured data dir, else (None, hub spec)."""
+    filenames, what = _LOCAL_FILES[name]
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return None, HUB_IDS[name]
+    for fn in filenames:
+        if (root / fn).is_file():
+            return root / fn, None
+    raise DataError(f"{root / filenames[0]}: file not found (expected {what})")
+
+
+def load_jsonl_task(
+    path: str | os.PathLike[str],
+    *,
+    problem_field: str = "problem",
+    answer_field: str = "answer",
+    answer_format: str = "plain",
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    limit: int | None = None,
+    rows: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Any JSONL of problems. ``answer_format``: ``plain`` (the field is the answer),
+    ``gsm8k`` (after the last ``#### ``), ``boxed`` (last ``\\boxed{}`` of the field).
+    Dotted field names reach into nested objects (``reward_model.ground_truth``)."""
+    p = Path(path).expanduser()
+    if rows is None:
+        rows = _read_rows(p, f"a JSONL file with fields {problem_field!r} and {answer_field!r}")
+    convert: dict[str, Callable[[Any], str]] = {
+        "plain": answer_to_str,
+        "gsm8k": lambda v: gsm8k_answer(str(v)),
+        "boxed": lambda v: last_boxed(str(v)) or "",
+    }
+    if answer_format not in convert:
+        raise DataError(f"answer_format must be one of {sorted(convert)}, got {answer_format!r}")
+
+    def pairs():
+        for i, row in enumerate(rows, 1):
+            where = f"{p}:{i}"
+            problem = _field(row, problem_field, where)
+            if isinstance(problem, list):  # chat messages: the last user turn
+                problem = problem[-1]["content"] if problem else ""
+            answer = convert[answer_format](_field(row, answer_field, where))
+            if not answer:  # e.g. two MATH train rows whose solution has an empty \boxed{}
+                skipped.append(i)
+                continue
+            yield str(problem), answer
+
+    skipped: list[int] = []
+    out = _finish(pairs(), chat=chat, template=template, system_prompt=system_prompt, limit=limit)
+    if skipped:
+        log.warning(
+            "%s: skipped %d row(s) with an empty answer in %r (rows %s)",
+            p,
+            len(skipped),
+            answer_field,
+            ", ".join(map(str, skipped[:5])),
+        )
+    return out
+
+
+def load_math_train(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """MATH train (7,500): ``<data_dir>/math_train.jsonl`` (field ``answer``), or the hub
+    copy (answer = last ``\\boxed{}`` of ``solution``)."""
+    path, hub = _local_or_hub("math_train", data_dir)
+    if path is not None:
+        return load_jsonl_task(
+            path, chat=chat, template=template, system_prompt=system_prompt, limit=limit
+        )
+    rows = _load_hub(*hub)
+    fmt, field = ("plain", "answer") if rows and "answer" in rows[0] else ("boxed", "solution")
+    return load_jsonl_task(
+        hub[0],
+        rows=rows,
+        answer_field=field,
+        answer_format=fmt,
+        chat=chat,
+        template=template,
+        system_prompt=system_prompt,
+        limit=limit,
+    )
+
+
+def load_gsm8k(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """GSM8K train (7,473): ``<data_dir>/gsm8k_train.jsonl`` or hub ``openai/gsm8k``;
+    the answer is the text after the last ``#### ``, without thousands separators."""
+    path, hub = _local_or_hub("gsm8k", data_dir)
+    rows = None if path is not None else _load_hub(*hub)
+    return load_jsonl_task(
+        path if path is not None else hub[0],
+        rows=rows,
+        problem_field="question",
+        answer_field="answer",
+        answer_format="gsm8k",
+        chat=chat,
+        template=template,
+        system_prompt=system_prompt,
+        limit=limit,
+    )
+
+
+def load_dapo_math(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    limit: int | None = None,
+    dedup: bool = True,
+) -> list[dict[str, Any]]:
+    """DAPO-Math-17k (verl format: ``prompt`` chat list, ``reward_model.ground_truth``).
+
+    The problem is taken out of DAPO's own "Answer:" instruction and re-wrapped in
+    ``template`` (boxed answer), so the same rewards apply as for MATH. The hub
+    release repeats each problem many times; ``dedup`` keeps the first of each.
+    """
+    if path is not None:
+        src = Path(path).expanduser()
+        rows = _read_rows(src, "DAPO-Math-17k rows with 'prompt' and 'reward_model.ground_truth'")
+    else:
+        src, hub = _local_or_hub("dapo_math", data_dir)
+        rows = _read_rows(src, "DAPO-Math-17k rows") if src is not None else _load_hub(*hub)
+        src = src if src is not None else Path(hub[0])
+
+    def pairs():
+        for i, row in enumerate(rows, 1):
+            where = f"{src}:{i}"
+            prompt = _field(row, "prompt", where)
+            if isinstance(prompt, list):
+                users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+                if not users:
+                    raise DataError(f"{where}: 'prompt' has no user message")
+                content = users[-1].get("content", "")
+            else:
+                content = str(prompt)
+            answer = answer_to_str(_field(row, "reward_model.ground_truth", where))
+            yield dapo_problem(content), answer
+
+    return _finish(
+        pairs(), chat=chat, template=template, system_prompt=system_prompt, limit=limit, dedup=dedup
+    )
+
+
+def load_hub_task(
+    hub_id: str,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    problem_field: str = "problem",
+    answer_field: str = "answer",
+    answer_format: str = "plain",
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Any hub dataset of problems (``datasets.load_dataset``)."""
+    rows = _load_hub(hub_id, config, split)
+    return load_jsonl_task(
+        hub_id,
+        rows=rows,
+        problem_field=problem_field,
+        answer_field=answer_field,
+        answer_format=answer_format,
+        chat=chat,
+        template=template,
+        system_prompt=system_prompt,
+        limit=limit,
+    )
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    description: str
+    reward: str  # "arithmetic" (exact integer) or "math" (math-verify)
+
+
+TASKS: dict[str, TaskInfo] = {
+    "synthetic_arithmetic": TaskInfo(
+        "synthetic_arithmetic", "generated a+b= problems (digits, ops knobs)", "arithmetic"
+    ),
+    "math_train": TaskInfo("math_train", "MATH train, 7,500 problems", "math"),
+    "gsm8k": TaskInfo("gsm8k", "GSM8K train, 7,473 problems", "math"),
+    "dapo_math": TaskInfo("dapo_math", "DAPO-Math-17k (deduplicated)", "math"),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def task_kind(name: str) -> str:
+    """``"registry"``, ``"jsonl"`` or ``"hub"`` for a data.train value; raises DataError
+    for a value that is none of these (no file access for hub ids)."""
+    if name in TASKS:
+        return "registry"
+    if name.endswith((".jsonl", ".parquet")):
+        return "jsonl"
+    if _HUB_ID.match(name):
+        return "hub"
+    raise DataError(
+        f"unknown training data {name!r}: expected one of {sorted(TASKS)}, "
+        "a .jsonl path, or a hub id like 'org/name'"
+    )
+
+
+def check_task(name: str, *, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """Validate a data.train value without reading it (no network): returns its kind
+    (``registry`` / ``jsonl`` / ``hub``) or raises :class:`DataError` with one line --
+    unknown name, missing local file, or a named set missing from the data dir."""
+    kind = task_kind(name)
+    root = resolve_data_dir(data_dir)
+    if kind == "registry" and name in _LOCAL_FILES and root is not None:
+        _local_or_hub(name, root)
+    elif kind == "jsonl":
+        path = Path(name).expanduser()
+        if not path.is_file() and not (
+            root is not None and not path.is_absolute() and (root / path).is_file()
+        ):
+            where = (
+                f" (nor in data dir {root})" if root is not None and not path.is_absolute() else ""
+            )
+            raise DataError(f"{name}: file not found{where} (expected a JSONL file of problems)")
+    return kind
+
+
+def reward_kind(name: str) -> str:
+    """Which reward fits a task: ``"arithmetic"`` or ``"math"``."""
+    return TASKS[name].reward if name in TASKS else "math"
+
+
+def load_task(
+    name: str,
+    *,
+    split: str = "train",
+    data_dir: str | os.PathLike[str] | None = None,
+    chat: bool = False,
+    template: str = DEFAULT_PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    limit: int | None = None,
+    problem_field: str = "problem",
+    answer_field: str = "answer",
+    answer_format: str = "plain",
+    hub_config: str | None = None,
+    seed: int = 0,
+    digits: int = 2,
+    ops: str = "+",
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> list[dict[str, Any]]:
+    """Registry name, ``.jsonl`` path, or hub id -> list of ``{"prompt", "solution", ...}``.
+
+    ``split`` only matters for synthetic arithmetic ("train"/"test") and hub ids;
+    the named math sets are training sets.
+    """
+    kind = task_kind(name)
+    common = {"chat": chat, "template": template, "system_prompt": system_prompt, "limit": limit}
+    if name == "synthetic_arithmetic":
+        from bicc_lab.tasks import arithmetic
+
+        rows = arithmetic.arithmetic_problems(
+            split,
+            digits=digits,
+            ops=ops,
+            n_train=arithmetic.DEFAULT_N_TRAIN if n_train is None else n_train,
+            n_test=arithmetic.DEFAULT_N_TEST if n_test is None else n_test,
+            seed=seed,
+        )
+        if limit is not None:
+            rows = rows[:limit]
+        return [
+            {**r, "prompt": arithmetic.to_chat(r["prompt"]) if chat else r["prompt"]} for r in rows
+        ]
+    if name == "math_train":
+        return load_math_train(data_dir=data_dir, **common)
+    if name == "gsm8k":
+        return load_gsm8k(data_dir=data_dir, **common)
+    if name == "dapo_math":
+        return load_dapo_math(data_dir=data_dir, **common)
+    if kind == "jsonl":
+        path = Path(name).expanduser()
+        root = resolve_data_dir(data_dir)
+        if (
+            not path.is_absolute()
+            and not path.exists()
+            and root is not None
+            and (root / path).exists()
+        ):
+            path = root / path
+        return load_jsonl_task(
+            path,
+            problem_field=problem_field,
+            answer_field=answer_field,
+            answer_format=answer_format,
+            **common,
+        )
+    return load_hub_task(
+        name,
+        config=hub_config,
+        split=split,
+        problem_field=problem_field,
+        answer_field=answer_field,
+        answer_format=answer_format,
+        **common,
+    )
+
+
+def build_dataset(name: str, **kwargs: Any) -> Any:
+    """:func:`load_task` as a ``datasets.Dataset`` (columns ``prompt``, ``solution``, ...)."""
+    from datasets import Dataset
+
+    rows = load_task(name, **kwargs)
+    if not rows:
+        raise DataError(f"training data {name!r} is empty")
+    return Dataset.from_list(rows)

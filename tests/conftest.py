@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny offline models built in seconds, and the shared data dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The benchmark JSONL files (never copied into the repo)."""
+    candidate = Path(os.environ.get("BICC_LAB_DATA_DIR", SHARED_DATA))
+    if not (candidate / "math500.jsonl").is_file():
+        pytest.skip(f"benchmark data not found at {candidate} (set BICC_LAB_DATA_DIR)")
+    return candidate
+
+
+@pytest.fixture(scope="session")
+def untrained_tiny_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Qwen2 with the project's byte tokenizer, saved to disk."""
+    from bicc_lab.models.tiny import TinyModelConfig, build_tokenizer, build_untrained_model
+
+    out = tmp_path_factory.mktemp("tiny-untrained")
+    tokenizer = build_tokenizer()
+    config = TinyModelConfig(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64, seed=0)
+    model = build_untrained_model(config, tokenizer)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,194 @@
+"""The BICC/RCC trainer on a tiny model: every arm trains, BICC and RCC do what they claim."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+
+from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta  # noqa: E402
+from bicc_lab.backends.trl.run import build_trainer, train_run  # noqa: E402
+from bicc_lab.spec import validate_experiment  # noqa: E402
+
+VARIANTS = ["grpo", "dr_grpo", "dapo", "gspo", "gmpo", "aspo"]
+
+
+def tiny_config(model_dir: Path, **overrides):
+    raw = {
+        "name": "t",
+        "model": {"name": str(model_dir)},
+        "data": {"train": "synthetic_arithmetic", "num_train": 64},
+        "train": {
+            "max_steps": 2,
+            "learning_rate": 1e-3,
+            "num_generations": 4,
+            "per_device_train_batch_size": 8,
+            "max_completion_length": 4,
+            "max_prompt_length": 8,
+            "logging_steps": 1,
+            "save_steps": 100,
+        },
+        "bicc": {"template": "separator", "context_fraction": 0.5},
+        "eval": {"enabled": False},
+    }
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return validate_experiment(raw)
+
+
+def mixed_batch(trainer, seed=0):
+    """Generate until a batch has at least one mixed and one degenerate group (tiny untrained model)."""
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    batch = [dict(rows[0]) for _ in range(4)] + [dict(rows[1]) for _ in range(4)]
+    for attempt in range(50):
+        torch.manual_seed(seed + attempt)
+        out = trainer._generate_and_score_completions([dict(x) for x in batch])
+        rewards = out["bicc_rewards"].view(-1, 4) > 0.5
+        if rewards.any(1).any() and (rewards.any(1) & ~rewards.all(1)).any():
+            return out
+    pytest.fail("no batch with a mixed group in 50 tries")
+
+
+def force_mixed_rewards(trainer):
+    """The untrained model rarely answers right: reward even-length completions instead."""
+    trainer.reward_funcs = [lambda completions, **kw: [float(len(c) % 2 == 0) for c in completions]]
+    trainer.reward_func_names = ["parity"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_arm_trains_two_steps(untrained_tiny_dir, tmp_path, variant):
+    for bicc in (False, True):
+        for rcc in (False, True):
+            config = tiny_config(untrained_tiny_dir, variant=variant, **{"bicc.enabled": bicc, "rcc.enabled": rcc})
+            out = tmp_path / f"{bicc}-{rcc}"
+            result = train_run(config, out, progress=False)
+            assert result.steps == 2
+            lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            assert [x["step"] for x in lines] == [1, 2]
+            assert all(torch.isfinite(torch.tensor(x["loss"])) for x in lines)
+            if bicc:
+                assert "bicc/frac_conditioned_groups" in lines[0]
+            if rcc:
+                assert "rcc/cov_r_delta" in lines[0] and "rcc/baseline_shift" in lines[0]
+            assert (out / "final" / "config.json").is_file()
+            assert json.loads((out / "train_result.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_bicc_changes_logps_of_mixed_groups_only_and_grads_flow_through_context(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, **{"bicc.enabled": True})
+    trainer = build_trainer(config, tmp_path, progress=False)
+    force_mixed_rewards(trainer)
+    trainer.model.train()
+    out = mixed_batch(trainer)
+    conditioned = out["bicc_conditioned"]
+    groups = out["bicc_rewards"].view(-1, 4) > 0.5
+    mixed = (groups.any(1) & ~groups.all(1)).repeat_interleave(4)
+    assert torch.equal(conditioned, mixed)  # every sample of a mixed group gets context, no other
+
+    def logps(prompt_ids, prompt_mask):
+        with torch.no_grad():
+            return trainer._logps(trainer.model, prompt_ids, prompt_mask, out["completion_ids"], out["completion_mask"])
+
+    original = logps(out["prompt_ids"], out["prompt_mask"])
+    with_context = logps(out["bicc_prompt_ids"], out["bicc_prompt_mask"])
+    mask = out["completion_mask"].bool()
+    per_sample_change = ((with_context - original).abs() * mask).sum(1)
+    assert (per_sample_change[conditioned] > 1e-4).all()
+    torch.testing.assert_close(with_context[~conditioned], original[~conditioned], atol=1e-5, rtol=0)
+
+    # Gradients reach the hidden states of the context tokens (not only the completion's).
+    captured = {}
+
+    def keep(module, args, output):
+        output.retain_grad()
+        captured["embeddings"] = output
+
+    handle = trainer.model.get_input_embeddings().register_forward_hook(keep)
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer._compute_loss(trainer.model, out)
+    loss.backward()
+    handle.remove()
+    grad = captured["embeddings"].grad.abs().sum(-1)  # (B, P' + T)
+    prompt_width = out["bicc_prompt_ids"].size(1)
+    row = int(conditioned.nonzero()[0])
+    context_columns = prompt_width - int(out["bicc_prompt_mask"][row].sum()) + int(out["prompt_mask"][row].sum())
+    # The separator template appends the context after the prompt: those columns sit just before the completion.
+    context_grad = grad[row, prompt_width - (prompt_width - context_columns) : prompt_width]
+    assert context_grad.numel() > 0 and (context_grad > 0).any()
+
+
+@pytest.mark.slow
+def test_rcc_advantages_equal_the_algorithm_on_the_batch(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, **{"rcc.enabled": True, "rcc.coef": 3.0})
+    trainer = build_trainer(config, tmp_path, progress=False)
+    force_mixed_rewards(trainer)
+    assert trainer.ref_model is not None  # loaded for RCC although beta = 0
+    with torch.no_grad():  # move the policy away from the reference so that δ is not 0
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.model.train()
+    out = mixed_batch(trainer)
+    rewards = out["bicc_rewards"]
+    policy = trainer._logps(trainer.model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"])
+    reference = trainer._logps(trainer.ref_model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"])
+    delta = sequence_delta(policy, reference, out["completion_mask"], reduction="sum")
+    assert delta.abs().max() > 1e-3
+    expected = rcc_advantages(rewards, delta, 4, coef=3.0, scale="group_std", std="unbiased")
+    torch.testing.assert_close(out["advantages"], expected.advantages, atol=1e-5, rtol=1e-5)
+    assert expected.baseline_shift.abs().max() > 0
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from transformers import TrainerCallback
+from bicc_lab.spec import load_experiment
+from bicc_lab.backends.trl import run
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+config = load_experiment(sys.argv[1])
+run.train_run(config, sys.argv[2], progress=False, callbacks=[KillAt()])
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_from_checkpoint(untrained_tiny_dir, tmp_path):
+    import yaml
+
+    config = tiny_config(untrained_tiny_dir, **{"train.max_steps": 4, "train.save_steps": 2, "bicc.enabled": True})
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(config_file), str(killed_dir)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed_dir / "checkpoint-2").is_dir() and not (killed_dir / "train_result.json").exists()
+
+    resumed = train_run(config, killed_dir, progress=False)
+    assert resumed.resumed_from.endswith("checkpoint-2") and resumed.steps == 4
+    steps = [json.loads(x)["step"] for x in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # step 3 of the killed run is not counted twice
+
+    straight = train_run(config, tmp_path / "straight", progress=False)
+    from safetensors.torch import load_file
+
+    a = load_file(str(killed_dir / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert straight.resumed_from is None
+
