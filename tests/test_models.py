@@ -333,3 +333,12 @@ def test_load_local_dir_and_tiny_reference(fast_model_dir):
     assert model.generation_config.pad_token_id == tok.pad_token_id
     assert resolve_model_path("tiny", tiny_config=FAST, cache_dir=root) == str(path)
     assert resolve_model_path("org/model") == "org/model"
+
+
+def test_warm_start_below_target_is_an_error_and_not_cached(tmp_path):
+    import dataclasses
+
+    unreachable = dataclasses.replace(FAST, target_accuracy=1.0, max_steps=3, eval_every=3)
+    with pytest.raises(T.TinyWarmStartError, match="below|< target"):
+        T.build_tiny_model(unreachable, tmp_path, progress=False)
+    assert not T.is_built(T.tiny_model_dir(unreachable, tmp_path))

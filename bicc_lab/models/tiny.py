@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -75,7 +74,7 @@ class TinyModelConfig:
     target_accuracy: float = 0.35
     eval_every: int = 25
     max_steps: int = 4000
-    max_seconds: float = 180.0
+    max_seconds: float = 300.0
     lr: float = 2e-3
     batch_size: int = 64
     warmup_steps: int = 20
@@ -300,43 +299,20 @@ def sampled_accuracy(
 
 
 class _Progress:
-    """Rich progress bar on stderr (tqdm-free); silent when disabled or unavailable."""
+    """The warm-start's progress: steps, and the held-out accuracy against the target."""
 
     def __init__(self, enabled: bool, total: int, target: float) -> None:
-        self._p = None
-        self._task = None
-        self.target = target
-        if not enabled:
-            return
-        try:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from bicc_lab.progress import StepProgress
 
-            self._p = Progress(
-                TextColumn("tiny warm-start"),
-                BarColumn(),
-                TextColumn("step {task.completed}/{task.total}"),
-                TextColumn("{task.fields[acc]}"),
-                TimeElapsedColumn(),
-                console=Console(file=sys.stderr),
-                transient=False,
-            )
-            self._p.start()
-            self._task = self._p.add_task("warm-start", total=total, acc=f"target {target:.2f}")
-        except Exception:  # pragma: no cover - rich missing or no terminal
-            self._p = None
+        self.target = target
+        self._p = StepProgress("tiny warm-start", total, fields={"acc": f"target {target:.2f}"}, enabled=enabled)
 
     def update(self, step: int, acc: float | None = None) -> None:
-        if self._p is None:
-            return
-        fields = {}
-        if acc is not None:
-            fields["acc"] = f"acc {acc:.2f} / target {self.target:.2f}"
-        self._p.update(self._task, completed=step, **fields)
+        fields = {"acc": f"{acc:.2f} / target {self.target:.2f}"} if acc is not None else {}
+        self._p.update(step, **fields)
 
     def close(self) -> None:
-        if self._p is not None:
-            self._p.stop()
+        self._p.close()
 
 
 def warm_start(
@@ -479,6 +455,15 @@ def build_tiny_model(
     return final
 
 
+class TinyWarmStartError(RuntimeError):
+    """The warm-start hit its step or time cap below the target accuracy.
+
+    Such a model is not cached: GRPO from a near-0% start has almost no mixed groups
+    (DESIGN.md measured 5% -> 5.3% in 200 steps), so reusing it would silently turn every
+    later ablation into noise.
+    """
+
+
 def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
     import torch
     import transformers
@@ -486,6 +471,13 @@ def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
     tokenizer = build_tokenizer()
     model = build_untrained_model(config, tokenizer)
     record = warm_start(model, tokenizer, config, progress=progress)
+    if not record["reached_target"]:
+        raise TinyWarmStartError(
+            f"tiny warm-start stopped by {record['stopped_by']} after {record['steps']} steps "
+            f"({record['seconds']:.0f} s) at held-out accuracy {record['accuracy']:.3f} < target "
+            f"{config.target_accuracy:.2f}; the machine may be busy: raise model.tiny.max_warmup_seconds "
+            "or lower model.tiny.target_accuracy (nothing was cached)"
+        )
     record.update(
         config=config.to_dict(),
         cache_key=config.cache_key(),

@@ -101,14 +101,17 @@ class TinyModelConfig(_Section):
         2, ge=1, le=9, description="Operand digits of the warm-start arithmetic task."
     )
     target_accuracy: Float = Field(
-        0.36,
+        0.35,
         gt=0,
         le=1,
         description="Warm-start until held-out sampled accuracy reaches this (mixed groups for GRPO).",
     )
-    warmup_lr: Float = Field(1e-3, gt=0, description="Learning rate of the supervised warm-start.")
+    warmup_lr: Float = Field(2e-3, gt=0, description="Learning rate of the supervised warm-start.")
     max_warmup_steps: int = Field(
         5000, ge=0, description="Cap on warm-start steps if the target accuracy is never reached."
+    )
+    max_warmup_seconds: Float = Field(
+        300.0, gt=0, description="Cap on warm-start wall time; below target at the cap is an error."
     )
 
     @model_validator(mode="after")

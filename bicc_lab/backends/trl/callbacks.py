@@ -76,43 +76,23 @@ class MetricsFileCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """A Rich progress bar on stderr: step, reward, step time, ETA."""
+    """Training progress on stderr: step, reward, step time, ETA (plain lines in log files)."""
 
     def __init__(self, label: str = "train") -> None:
         self.label = label
         self._progress = None
-        self._task = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from bicc_lab.progress import StepProgress
 
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("reward {task.fields[reward]}"),
-            TextColumn("step {task.fields[step_time]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(
-            self.label, total=state.max_steps, completed=state.global_step, reward="-", step_time="-"
-        )
+        self._progress = StepProgress(self.label, state.max_steps, fields={"reward": "-", "step_time": "-"})
+        self._progress.update(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._progress is not None:
-            self._progress.update(self._task, completed=state.global_step)
+            self._progress.update(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._progress is None or not logs:
@@ -122,10 +102,10 @@ class RichProgressCallback(TrainerCallback):
             fields["reward"] = f"{logs['reward']:.3f}"
         if "step_time" in logs:
             fields["step_time"] = f"{logs['step_time']:.2f}s"
-        self._progress.update(self._task, **fields)
+        self._progress.update(state.global_step, **fields)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._progress is not None:
-            self._progress.update(self._task, completed=state.global_step)
-            self._progress.stop()
+            self._progress.update(state.global_step)
+            self._progress.close()
             self._progress = None

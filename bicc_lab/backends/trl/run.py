@@ -80,6 +80,7 @@ def tiny_config(config: ExperimentConfig):
         "target_accuracy": spec.target_accuracy,
         "lr": spec.warmup_lr,
         "max_steps": spec.max_warmup_steps,
+        "max_seconds": spec.max_warmup_seconds,
         "prompt_format": "chat" if config.data.chat else "plain",
     }
     if spec.intermediate is not None:
