@@ -38,7 +38,9 @@ def make_trainer(cls, model_dir, tmp_path, variant_name, **extra):
     from datasets import Dataset
 
     loss_type, level, scale = TRL_MATCH[variant_name]
-    spec = get_variant(variant_name)
+    # TRL's loss_type "dapo" is DAPO's loss (clip-higher, token mean); DAPO's reward shaping
+    # and dynamic sampling are extras of our arm, compared separately below.
+    spec = get_variant(variant_name, overlong_buffer_fraction=None, dynamic_sampling=False)
     args = GRPOConfig(
         output_dir=str(tmp_path / cls.__name__),
         per_device_train_batch_size=8,

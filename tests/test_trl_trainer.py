@@ -192,3 +192,27 @@ def test_resume_after_kill_continues_from_checkpoint(untrained_tiny_dir, tmp_pat
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
     assert straight.resumed_from is None
 
+
+
+@pytest.mark.slow
+def test_dapo_dynamic_sampling_and_overlong_shaping(untrained_tiny_dir, tmp_path):
+    from bicc_lab.algorithms.variants import get_variant, group_advantages, overlong_penalty
+
+    config = tiny_config(untrained_tiny_dir, variant="dapo")
+    trainer = build_trainer(config, tmp_path, progress=False)
+    force_mixed_rewards(trainer)
+    trainer.model.train()
+    out = mixed_batch(trainer)
+    rewards = out["bicc_rewards"]
+    grouped = rewards.view(-1, 4)
+    informative = (grouped.max(1).values > grouped.min(1).values).repeat_interleave(4)
+    assert (~informative).any() and informative.any()
+    # Uniform groups leave the loss and its token count.
+    assert (out["completion_mask"][~informative] == 0).all()
+    assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
+    # Advantages see the task reward plus DAPO's soft overlong punishment.
+    buffer = get_variant("dapo").overlong_buffer_tokens(4)
+    lengths = (out["completion_ids"] != trainer.processing_class.pad_token_id).sum(1)
+    shaped = rewards + overlong_penalty(lengths, 4, buffer)
+    expected = group_advantages(shaped, 4, scale="group_std", std="unbiased")
+    torch.testing.assert_close(out["advantages"], expected, atol=1e-6, rtol=0)

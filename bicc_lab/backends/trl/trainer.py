@@ -28,7 +28,13 @@ from trl.data_utils import is_conversational
 from bicc_lab.algorithms import bicc as bicc_alg
 from bicc_lab.algorithms.diagnostics import outcome_gap_by_group
 from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta
-from bicc_lab.algorithms.variants import VariantSpec, aggregate_loss, group_advantages, policy_loss
+from bicc_lab.algorithms.variants import (
+    VariantSpec,
+    aggregate_loss,
+    group_advantages,
+    overlong_penalty,
+    policy_loss,
+)
 
 # Placeholder used to find where the user turn ends in a chat template.
 _SENTINEL = "\u2063BICC\u2063"
@@ -174,6 +180,16 @@ class BiccGRPOTrainer(GRPOTrainer):
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         metrics = self._metrics[mode]
 
+        # Outcomes (BICC's partition, diagnostics) come from the task reward; DAPO's length
+        # shaping only changes what the advantages see.
+        advantage_rewards = rewards
+        overlong_buffer = self.variant.overlong_buffer_tokens(self.max_completion_length)
+        if overlong_buffer is not None:
+            lengths = self.accelerator.gather(completion_mask.sum(dim=1))
+            penalty = overlong_penalty(lengths, self.max_completion_length, overlong_buffer).to(rewards.dtype)
+            advantage_rewards = rewards + penalty
+            metrics["dapo/overlong_penalty_mean"].append(penalty.mean().item())
+
         needs_rollout_logps = self.bicc.enabled or self.rcc.enabled
         rollout_logps = None
         if needs_rollout_logps:
@@ -187,7 +203,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             local_delta = sequence_delta(rollout_logps, reference_logps, completion_mask, reduction=self.rcc.delta)
             delta = self.accelerator.gather(local_delta)
             result = rcc_advantages(
-                rewards, delta, group_size,
+                advantage_rewards, delta, group_size,
                 coef=self.rcc.coef, max_shift=self.rcc.max_shift,
                 scale=self.variant.advantage_scale, std=self.std_kind,
             )
@@ -201,8 +217,12 @@ class BiccGRPOTrainer(GRPOTrainer):
             if (~correct).any():
                 metrics["rcc/delta_incorrect"].append(delta[~correct].mean().item())
         else:
-            advantages = group_advantages(rewards, group_size, scale=self.variant.advantage_scale, std=self.std_kind)
+            advantages = group_advantages(
+                advantage_rewards, group_size, scale=self.variant.advantage_scale, std=self.std_kind
+            )
         output["advantages"] = advantages[local]
+        if self.variant.dynamic_sampling:
+            self._drop_uniform_groups(output, advantage_rewards, group_size, local, mode)
 
         # Per-sample bookkeeping that survives TRL's shuffle/split, for the contrast diagnostics.
         n_groups = rewards.numel() // group_size
@@ -221,6 +241,21 @@ class BiccGRPOTrainer(GRPOTrainer):
             metrics["perf/tokens_per_s"].append(tokens / max(elapsed, 1e-9))
         self._last_generation_time = now
         return output
+
+    def _drop_uniform_groups(self, output, rewards, group_size, local, mode) -> None:
+        """DAPO's dynamic sampling without the refill: groups whose rewards are all equal carry
+        no signal, so their tokens leave the loss and its token count instead of diluting it.
+
+        DAPO over-samples until the batch is full of informative groups; TRL generates a
+        fixed batch, so here the step simply trains on fewer tokens.
+        """
+        grouped = rewards.view(-1, group_size)
+        informative = (grouped.max(dim=1).values > grouped.min(dim=1).values).repeat_interleave(group_size)
+        keep = informative[local].to(output["completion_mask"].dtype).unsqueeze(1)
+        output["completion_mask"] = output["completion_mask"] * keep
+        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        self._metrics[mode]["dapo/frac_groups_kept"].append(informative.view(-1, group_size)[:, 0].float().mean().item())
 
     def _rcc_reference_logps(self, output, rollout_logps):
         if self.rcc.reference == "old":
