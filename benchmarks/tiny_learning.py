@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--variant", default="grpo")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
 
@@ -47,7 +48,8 @@ def main() -> None:
 
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        for arm, (bicc, rcc) in ARMS.items():
+        for arm in args.arms.split(","):
+            bicc, rcc = ARMS[arm]
             config = load_experiment(
                 ROOT / "experiments" / "tiny.yaml",
                 [f"variant={args.variant}", f"seed={seed}", f"bicc.enabled={str(bicc).lower()}",

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bicc_lab.eval import data, lmeval, metrics, scoring  # noqa: E402
+from bicc_lab.tasks import grading, rewards  # noqa: E402
 
 BENCH_FILES = ["math500", "aime24", "aime25", "amc23", "gsm8k", "minerva", "olympiad"]
 
@@ -41,19 +42,19 @@ def _rows(name: str) -> list[dict]:
 
 
 def test_normalize_gold_quirks():
-    assert scoring.normalize_gold("025") == "25"
-    assert scoring.normalize_gold(70) == "70"
-    assert scoring.normalize_gold(27.0) == "27"
-    assert scoring.normalize_gold(-1.0) == "-1"
-    assert scoring.normalize_gold(0.5) == "0.5"
-    assert scoring.normalize_gold("27.0") == "27"
-    assert scoring.normalize_gold("1,234") == "1234"
-    assert scoring.normalize_gold("$\\frac{1}{2}$") == "\\frac{1}{2}"
-    assert scoring.normalize_gold(["$\\frac{1}{2}$"]) == "\\frac{1}{2}"
-    assert scoring.normalize_gold(["2", "3"]) == "2, 3"
-    assert scoring.normalize_gold("0") == "0"
+    assert grading.normalize_gold("025") == "25"
+    assert grading.normalize_gold(70) == "70"
+    assert grading.normalize_gold(27.0) == "27"
+    assert grading.normalize_gold(-1.0) == "-1"
+    assert grading.normalize_gold(0.5) == "0.5"
+    assert grading.normalize_gold("27.0") == "27"
+    assert grading.normalize_gold("1,234") == "1234"
+    assert grading.normalize_gold("$\\frac{1}{2}$") == "\\frac{1}{2}"
+    assert grading.normalize_gold(["$\\frac{1}{2}$"]) == "\\frac{1}{2}"
+    assert grading.normalize_gold(["2", "3"]) == "2, 3"
+    assert grading.normalize_gold("0") == "0"
     with pytest.raises(ValueError):
-        scoring.normalize_gold(None)
+        grading.normalize_gold(None)
 
 
 def test_dataset_specific_gold_fields():
@@ -142,7 +143,7 @@ def test_gold_scores_with_math_verify_alone_on_aime_amc():
         for row in _rows(name):
             gold = data.gold_answer(b, row)
             resp = f"\\boxed{{{row['answer']}}}"
-            assert scoring._verify(scoring.parse_gold(gold), scoring.parse_response(resp)), (name, row["answer"])
+            assert grading.verify(grading.parse_gold(gold), grading.parse_response(resp)), (name, row["answer"])
 
 
 # --------------------------------------------------------- human grading
@@ -189,40 +190,40 @@ MALFORMED = ["\\frac{", "\\boxed{", "}}}{{\\boxed{5", "\\boxed{\\frac{1}{2}", "$
 
 @pytest.mark.parametrize(("gold", "response"), EQUIVALENT)
 def test_equivalent_forms_score_1(gold, response):
-    assert scoring.grade(gold, response) is True
+    assert grading.grade(gold, response) is True
 
 
 @pytest.mark.parametrize(("gold", "response"), WRONG)
 def test_wrong_answers_score_0(gold, response):
-    assert scoring.grade(gold, response) is False
+    assert grading.grade(gold, response) is False
 
 
 @pytest.mark.parametrize("response", MALFORMED)
 def test_malformed_latex_never_crashes(response):
     # never raises; a wrong answer stays wrong; what a lenient parser recovers
     # from the rest (e.g. "\\boxed{\\frac{1}{2}" -> 1/2) is allowed either way
-    assert scoring.grade("7", response) is False
-    assert isinstance(scoring.grade("\\frac{1}{2}", response), bool)
-    assert isinstance(scoring.grade("5", response, grader="int"), bool)
-    scoring.extract_answer(response or "")
+    assert grading.grade("7", response) is False
+    assert isinstance(grading.grade("\\frac{1}{2}", response), bool)
+    assert isinstance(grading.grade("5", response, grader="int"), bool)
+    grading.extract_answer(response or "")
 
 
 def test_last_boxed():
-    assert scoring.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
-    assert scoring.last_boxed("\\fbox{7}") == "7"
-    assert scoring.last_boxed("\\boxed 5$") == "5"
-    assert scoring.last_boxed("\\boxed{2} and \\boxed{") == "2"  # unbalanced last box: earlier one
-    assert scoring.last_boxed("no box") is None
+    assert grading.last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
+    assert grading.last_boxed("\\fbox{7}") == "7"
+    assert grading.last_boxed("\\boxed 5$") == "5"
+    assert grading.last_boxed("\\boxed{2} and \\boxed{") == "2"  # unbalanced last box: earlier one
+    assert grading.last_boxed("no box") is None
 
 
 def test_int_grader_for_arithmetic():
-    assert scoring.grade("85", "85<|im_end|>", grader="int")
-    assert scoring.grade("85", " 85", grader="int")
-    assert not scoring.grade("85", "8 5", grader="int")
-    assert not scoring.grade("85", "85.5", grader="int")
-    assert not scoring.grade("85", "x85", grader="int")
+    assert grading.grade("85", "85<|im_end|>", grader="int")
+    assert grading.grade("85", " 85", grader="int")
+    assert not grading.grade("85", "8 5", grader="int")
+    assert not grading.grade("85", "85.5", grader="int")
+    assert not grading.grade("85", "x85", grader="int")
     with pytest.raises(ValueError):
-        scoring.grade("85", "85", grader="nope")
+        grading.grade("85", "85", grader="nope")
 
 
 def test_grading_off_the_main_thread():
@@ -234,14 +235,14 @@ def test_grading_off_the_main_thread():
 
     def run(case):
         seen_threads.add(threading.current_thread() is threading.main_thread())
-        return scoring.grade(*case)
+        return grading.grade(*case)
 
     with ThreadPoolExecutor(max_workers=4) as ex:
         got = list(ex.map(run, cases))
     assert got == expected
     assert seen_threads == {False}
     t_res = []
-    t = threading.Thread(target=lambda: t_res.append(scoring.grade("\\frac{3}{4}", "\\boxed{0.75}")))
+    t = threading.Thread(target=lambda: t_res.append(grading.grade("\\frac{3}{4}", "\\boxed{0.75}")))
     t.start()
     t.join()
     assert t_res == [True]
@@ -262,6 +263,45 @@ def test_score_many_cache_feeds_cached_grade():
     assert scoring.cached_grade("7", "\\boxed{7}").correct
     scoring.clear_cache()
     assert not scoring._CACHE
+
+
+# ------------------------------------- training reward == evaluation grade
+
+AGREEMENT = (
+    EQUIVALENT
+    + WRONG
+    + [(gold, resp) for gold in ("7", "\\frac{1}{2}", "5") for resp in MALFORMED]
+    + [("85", "85"), ("85", "85<|im_end|>"), ("Evelyn", "the final answer is $\\text{Evelyn}$"),
+       ("72", ""), ("", "\\boxed{72}"), (None, "\\boxed{72}"), ("\\frac{", "\\boxed{3}")]
+)
+
+
+def test_training_reward_agrees_with_eval_grade():
+    """The reward a trainer sees and the grade evaluation reports are the same
+    function of (gold, response): sequential and process-parallel eval scoring,
+    rewards computed on the main thread and from reward worker threads."""
+    golds = [g for g, _ in AGREEMENT]
+    resps = [r for _, r in AGREEMENT]
+    eval_seq = [float(g.correct) for g in scoring.score_many(AGREEMENT, workers=1)]
+    eval_par = [float(g.correct) for g in scoring.score_many(AGREEMENT, workers=2, parallel_threshold=1)]
+    assert eval_par == eval_seq
+    assert sum(eval_seq) >= len(EQUIVALENT)  # not an all-zero agreement
+    assert rewards.accuracy_reward(None, resps, golds, strict_format=False) == eval_seq
+    chats = [[{"role": "assistant", "content": r}] if isinstance(r, str) else r for r in resps]
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        threaded = ex.submit(rewards.accuracy_reward, None, chats, golds, strict_format=False).result()
+    assert threaded == eval_seq
+    # the default (strict format) reward only adds a format requirement: on
+    # boxed answers it is the evaluation grade
+    boxed = [i for i, r in enumerate(resps) if isinstance(r, str) and grading.last_boxed(r) is not None]
+    strict = rewards.accuracy_reward(None, [resps[i] for i in boxed], [golds[i] for i in boxed])
+    assert strict == [eval_seq[i] for i in boxed]
+    # the arithmetic reward is the eval's "int" grader
+    int_pairs = [("85", "85<|im_end|>"), ("85", "8 5"), ("85", "85.5"), ("-9", "-9"), ("1080", "1,080"),
+                 ("85", None), (None, "85"), ("25", "025 apples")]
+    int_eval = [float(g.correct) for g in scoring.score_many(int_pairs, grader="int", workers=1)]
+    assert rewards.arithmetic_reward(None, [r for _, r in int_pairs], [g for g, _ in int_pairs]) == int_eval
+    assert int_eval == [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]
 
 
 # ----------------------------------------------------------------- metrics
@@ -318,7 +358,7 @@ def test_majority_vote_uses_answer_equivalence():
     assert out["pass_at_k"] == 1.0
     assert out["maj_at_k"] == 1.0
     # by plain strings "\\boxed{3}" would win
-    answers = [scoring.extract_answer(r) for r in resps]
+    answers = [grading.extract_answer(r) for r in resps]
     assert metrics.maj_at_k(answers, out["correct"]) == 0.0
 
 
@@ -351,7 +391,7 @@ def test_agrees_with_lm_eval_minerva_math_verify():
         ]
         for g in gens:
             theirs = bool(mu.process_results(r, [g])["math_verify"])
-            ours = scoring.grade(data.gold_answer(b, r), g)
+            ours = grading.grade(data.gold_answer(b, r), g)
             assert theirs == ours, (r["unique_id"], r["answer"], g)
             n += 1
             agree_pos += ours
@@ -359,6 +399,6 @@ def test_agrees_with_lm_eval_minerva_math_verify():
     assert agree_pos >= 50  # the two correct forms of each problem (not all-False agreement)
     # hand-written forms, with a MATH-style gold solution
     for gold, resp in EQUIVALENT[:8] + WRONG[:5]:
-        g = scoring.normalize_gold(gold)
+        g = grading.normalize_gold(gold)
         doc = {"solution": f"Thus the answer is $\\boxed{{{g}}}$.", "answer": g}
-        assert bool(mu.process_results(doc, [resp])["math_verify"]) == scoring.grade(gold, resp), (gold, resp)
+        assert bool(mu.process_results(doc, [resp])["math_verify"]) == grading.grade(gold, resp), (gold, resp)

@@ -342,3 +342,18 @@ def test_warm_start_below_target_is_an_error_and_not_cached(tmp_path):
     with pytest.raises(T.TinyWarmStartError, match="below|< target"):
         T.build_tiny_model(unreachable, tmp_path, progress=False)
     assert not T.is_built(T.tiny_model_dir(unreachable, tmp_path))
+
+
+def test_distractor_context_matches_bicc_separator_layout():
+    import random
+
+    from bicc_lab.algorithms.bicc import separator_template
+
+    rng = random.Random(0)
+    text = T.with_distractor_context("47+38=", "85", rng)
+    assert text.startswith("47+38=\n") and text.endswith("\n")
+    others = text[len("47+38=") :].strip("\n").split("\n")
+    assert 1 <= len(others) <= 3 and all(o.isdigit() and o != "85" for o in others)
+    # The same characters BICC's separator template inserts: prefix "\n" per trace, footer "\n".
+    template = separator_template("\n")
+    assert template.trace_prefix == "\n" and template.footer == "\n" and template.placement == "append"

@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bicc_lab.tasks import grading  # noqa: E402
 from bicc_lab.tasks import rewards as R  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def chat(text: str) -> list[dict[str, str]]:
     ],
 )
 def test_grade_correct(gold, response):
-    assert R.grade(gold, response) is True
+    assert grading.grade(gold, response) is True
 
 
 @pytest.mark.parametrize(
@@ -53,26 +54,26 @@ def test_grade_correct(gold, response):
     ],
 )
 def test_grade_incorrect_or_malformed_never_raises(gold, response):
-    assert R.grade(gold, response) is False
+    assert grading.grade(gold, response) is False
 
 
 def test_grade_is_gold_first():
     # math-verify is asymmetric: a gold interval matches an inequality answer, not always
     # the other way round. We just pin that grade passes gold first by checking a case
     # that depends on it: gold "x" (symbol) must not be satisfied by "\boxed{2}".
-    assert R.grade("2", "\\boxed{2}") is True
-    assert R.grade("x", "\\boxed{2}") is False
+    assert grading.grade("2", "\\boxed{2}") is True
+    assert grading.grade("x", "\\boxed{2}") is False
 
 
 def test_strict_format_requires_latex_answer():
-    assert R.grade("85", "85", strict_format=True) is False
-    assert R.grade("85", "\\boxed{85}", strict_format=True) is True
-    assert R.grade("85", "the final answer is $85$", strict_format=True) is True
+    assert grading.grade("85", "85", strict_format=True) is False
+    assert grading.grade("85", "\\boxed{85}", strict_format=True) is True
+    assert grading.grade("85", "the final answer is $85$", strict_format=True) is True
 
 
 def test_grade_accepts_chat_messages():
-    assert R.grade("7", chat("so \\boxed{7}")) is True
-    assert R.grade("7", chat("so \\boxed{8}")) is False
+    assert grading.grade("7", chat("so \\boxed{7}")) is True
+    assert grading.grade("7", chat("so \\boxed{8}")) is False
 
 
 # ------------------------------------------------------------------ threads
@@ -86,9 +87,9 @@ def test_grade_in_thread_does_not_raise_and_is_correct():
         try:
             results.append(
                 [
-                    R.grade("\\frac34", "\\boxed{0.75}"),
-                    R.grade("72", "\\boxed{71}"),
-                    R.grade("5", "\\boxed{\\frac{"),
+                    grading.grade("\\frac34", "\\boxed{0.75}"),
+                    grading.grade("72", "\\boxed{71}"),
+                    grading.grade("5", "\\boxed{\\frac{"),
                 ]
             )
         except BaseException as exc:  # pragma: no cover - the assertion reports it
@@ -119,7 +120,7 @@ def test_bounded_run_times_out_off_main_thread():
         time.sleep(2)
         return True
 
-    t = threading.Thread(target=lambda: out.append(R._run_bounded(slow, 0.1)))
+    t = threading.Thread(target=lambda: out.append(grading._run_bounded(slow, 0.1)))
     t.start()
     t.join(10)
     assert out == [False]
@@ -175,17 +176,17 @@ def test_format_reward():
 
 
 def test_completion_text_shapes():
-    assert R.completion_text("x") == "x"
-    assert R.completion_text(chat("y")) == "y"
-    assert R.completion_text({"role": "assistant", "content": "z"}) == "z"
+    assert grading.completion_text("x") == "x"
+    assert grading.completion_text(chat("y")) == "y"
+    assert grading.completion_text({"role": "assistant", "content": "z"}) == "z"
     parts = [
         {
             "role": "assistant",
             "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
         }
     ]
-    assert R.completion_text(parts) == "ab"
-    assert R.completion_text(None) == ""
+    assert grading.completion_text(parts) == "ab"
+    assert grading.completion_text(None) == ""
 
 
 def test_get_reward_function():

@@ -5,7 +5,7 @@ Every benchmark is read into docs of one shape, whatever its source::
     {"benchmark": "aime24", "problem_id": "60", "problem": "...", "prompt": "...",
      "gold": "25", "grader": "math"}
 
-``gold`` is already normalised (``scoring.normalize_gold``), so the lm-eval
+``gold`` is already normalised (``bicc_lab.tasks.grading.normalize_gold``), so the lm-eval
 task configs, the scorers and the reports never see the per-file answer quirks.
 
 Data resolution, per benchmark:
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bicc_lab.eval.scoring import last_boxed, normalize_gold, strip_thousands
+from bicc_lab.tasks.grading import last_boxed, normalize_gold
+from bicc_lab.tasks.math import gsm8k_answer
 
 DATA_DIR_ENV = "BICC_LAB_DATA_DIR"
 
@@ -124,13 +125,6 @@ def _first(row: dict[str, Any], *keys: str) -> Any:
     return None
 
 
-def gsm8k_gold(answer_text: str) -> str:
-    """The text after the last ``####``, thousands separators removed."""
-    if "####" not in answer_text:
-        raise ValueError("GSM8K answer has no '####' marker")
-    return strip_thousands(answer_text.rsplit("####", 1)[1].strip())
-
-
 _DOLLAR_SPANS = re.compile(r"\$([^$]*)\$")
 
 
@@ -157,7 +151,7 @@ def raw_gold(bench: Benchmark, row: dict[str, Any]) -> Any:
     """The gold answer field of a row, before normalisation."""
     name = bench.name
     if name == "gsm8k":
-        return gsm8k_gold(str(_first(row, "answer")))
+        return gsm8k_answer(str(_first(row, "answer")))
     if name == "olympiad":
         v = _first(row, "final_answer", "answer")
         if v is None:

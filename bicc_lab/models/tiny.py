@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -66,6 +67,10 @@ class TinyModelConfig:
     digits: int = 2
     ops: str = "+"
     prompt_format: str = "plain"  # "plain": 47+38=85<eos>; "chat": ChatML user/assistant
+    # Share of warm-start prompts followed by 1-3 other answers in BICC's separator layout
+    # ("47+38=\n84\n91\n85"): without it every conditioned prompt is out of distribution
+    # and log π(o|q+ctx) collapses (a shift of -26 nats per answer was measured).
+    context_prob: float = 0.5
     n_train: int = 5000
     n_test: int = 500  # must match the arithmetic test split the benchmarks use
     n_val: int = 200  # held-out slice at the end of the train split
@@ -221,12 +226,34 @@ def _render_prompt(tokenizer: Any, prompt: str, prompt_format: str) -> str:
     return prompt
 
 
-def _encode_examples(tokenizer: Any, rows: list[dict[str, str]], prompt_format: str):
+def with_distractor_context(prompt: str, solution: str, rng: random.Random, separator: str = "\n") -> str:
+    """``47+38=`` -> ``47+38=\n84\n91\n``: the prompt followed by 1-3 other answers, laid out
+    like BICC's ``separator`` template, so that conditioned prompts are in-distribution."""
+    answer = int(solution)
+    others = []
+    for _ in range(rng.randint(1, 3)):
+        offset = rng.choice([d for d in range(-10, 11) if d])
+        others.append(str(max(0, answer + offset)))
+    return prompt + "".join(separator + other for other in others) + separator
+
+
+def _encode_examples(
+    tokenizer: Any,
+    rows: list[dict[str, str]],
+    prompt_format: str,
+    *,
+    context_prob: float = 0.0,
+    seed: int = 0,
+):
+    rng = random.Random(seed)
     out = []
     for r in rows:
-        p = tokenizer.encode(
-            _render_prompt(tokenizer, r["prompt"], prompt_format), add_special_tokens=False
-        )
+        prompt = r["prompt"]
+        # Plain prompts only: chat prompts get BICC's natural-language block, which a
+        # byte-level model this small cannot be taught to read in a short warm-start.
+        if prompt_format == "plain" and context_prob > 0 and rng.random() < context_prob:
+            prompt = with_distractor_context(prompt, r["solution"], rng)
+        p = tokenizer.encode(_render_prompt(tokenizer, prompt, prompt_format), add_special_tokens=False)
         a = tokenizer.encode(r["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
         out.append((p, a))
     return out
@@ -349,7 +376,9 @@ def warm_start(
     if config.target_accuracy <= 0.0:
         return record
 
-    examples = _encode_examples(tokenizer, fit_rows, config.prompt_format)
+    examples = _encode_examples(
+        tokenizer, fit_rows, config.prompt_format, context_prob=config.context_prob, seed=config.seed
+    )
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -110,6 +110,9 @@ class TinyModelConfig(_Section):
     max_warmup_steps: int = Field(
         5000, ge=0, description="Cap on warm-start steps if the target accuracy is never reached."
     )
+    context_prob: Float = Field(
+        0.5, ge=0, le=1, description="Share of warm-start prompts followed by other answers (BICC's separator layout)."
+    )
     max_warmup_seconds: Float = Field(
         300.0, gt=0, description="Cap on warm-start wall time; below target at the cap is an error."
     )
@@ -191,7 +194,7 @@ class TrainConfig(_Section):
     max_prompt_length: int | None = Field(
         None,
         ge=1,
-        description="Prompt token budget (also bounds the BICC context); null: no limit.",
+        description="Prompt part of the max sequence length BICC's budget is a fraction of; null: longest prompt of each batch.",
     )
     temperature: Float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     top_p: Float = Field(1.0, gt=0, le=1, description="Rollout nucleus sampling.")

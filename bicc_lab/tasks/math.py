@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
+from bicc_lab.tasks.grading import last_boxed, strip_thousands
 
 log = logging.getLogger(__name__)
 
@@ -84,44 +85,13 @@ def format_prompt(
 # ---------------------------------------------------------------- answer fields
 
 
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-
-
-def strip_thousands(text: str) -> str:
-    """``"1,080"`` -> ``"1080"``; commas not between digit groups are kept (``"(1, 2)"``)."""
-    return _THOUSANDS.sub("", text)
-
-
 def gsm8k_answer(answer_text: str) -> str:
-    """The final answer of a GSM8K ``answer`` field: text after the last ``#### ``."""
+    """The final answer of a GSM8K ``answer`` field: text after the last ``#### ``,
+    thousands separators removed (training solutions and evaluation gold alike)."""
     if "####" not in answer_text:
         raise DataError(f"GSM8K answer has no '#### ' marker: {answer_text[-80:]!r}")
     final = answer_text.rsplit("####", 1)[1].strip()
-    return strip_thousands(final).strip()
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (brace-matched), or None."""
-    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if idx < 0:
-        return None
-    rest = text[idx:]
-    rest = rest[len("\\boxed") :] if rest.startswith("\\boxed") else rest[len("\\fbox") :]
-    if rest.startswith(" ") and not rest.lstrip().startswith("{"):
-        # "\boxed 5" form: up to the next "$" or whitespace
-        return rest.strip().split("$")[0].split()[0] if rest.strip() else None
-    rest = rest.lstrip()
-    if not rest.startswith("{"):
-        return None
-    depth = 0
-    for i, ch in enumerate(rest):
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return rest[1:i]
-    return None  # unbalanced
+    return strip_thousands(final)
 
 
 def answer_to_str(value: Any) -> str:

@@ -81,6 +81,7 @@ def tiny_config(config: ExperimentConfig):
         "lr": spec.warmup_lr,
         "max_steps": spec.max_warmup_steps,
         "max_seconds": spec.max_warmup_seconds,
+        "context_prob": spec.context_prob,
         "prompt_format": "chat" if config.data.chat else "plain",
     }
     if spec.intermediate is not None:
@@ -175,9 +176,22 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def quiet_transformers() -> None:
+    """Silence what would bury our progress lines: per-file tqdm bars and known rename warnings."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # TRL 1.16 still sets `gradient_checkpointing`, which transformers 5 is renaming.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*is deprecated", category=FutureWarning)
+
+
 def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool = True, callbacks=()):
     """Model, tokenizer, data, rewards and the BICC/RCC trainer for one config."""
     from bicc_lab.backends.trl.trainer import BiccGRPOTrainer
+
+    quiet_transformers()
     from bicc_lab.models.loading import load_model_and_tokenizer
 
     model_ref = resolve_model(config, progress=progress)
@@ -188,7 +202,7 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         trust_remote_code=config.model.trust_remote_code,
     )
     args = grpo_config(config, output_dir)
-    return BiccGRPOTrainer(
+    trainer = BiccGRPOTrainer(
         model=model,
         reward_funcs=reward_functions(config),
         args=args,
@@ -202,6 +216,11 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         max_prompt_length=config.train.max_prompt_length,
         grad_variance=config.diagnostics.grad_variance,
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    # Metrics go to metrics.jsonl and the progress display; the printed dicts are noise.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def train_run(
