@@ -21,6 +21,7 @@ from typing import TypedDict
 import torch
 
 from bicc_lab.algorithms.rcc import group_covariance
+from bicc_lab.algorithms.variants import grouped_view
 
 __all__ = [
     "GroupStat",
@@ -41,29 +42,19 @@ class GroupStat(TypedDict):
     num_groups: int
 
 
-def _grouped(values: torch.Tensor, group_size: int, what: str) -> torch.Tensor:
-    if values.dim() != 1:
-        raise ValueError(f"{what} must have shape (B,), got {tuple(values.shape)}")
-    if group_size < 1 or values.numel() % group_size != 0:
-        raise ValueError(
-            f"{what} has {values.numel()} entries, not a multiple of group_size={group_size}"
-        )
-    return values.view(-1, group_size)
-
-
 def mixed_group_mask(
     rewards: torch.Tensor, group_size: int, success_threshold: float = 0.5
 ) -> torch.Tensor:
     """``(n_groups,)`` bool: the group has at least one success and one failure."""
-    success = _grouped(rewards, group_size, "rewards") > success_threshold
+    success = grouped_view(rewards, group_size, "rewards") > success_threshold
     return success.any(dim=1) & ~success.all(dim=1)
 
 
 def _outcome_gap(
     values: torch.Tensor, rewards: torch.Tensor, group_size: int, success_threshold: float
 ) -> GroupStat:
-    _grouped(values, group_size, "values")
-    _grouped(rewards, group_size, "rewards")
+    grouped_view(values, group_size, "values")
+    grouped_view(rewards, group_size, "rewards")
     group_index = torch.arange(values.numel(), device=values.device) // group_size
     return outcome_gap_by_group(values, rewards, group_index, success_threshold)
 
@@ -152,7 +143,7 @@ def frac_conditioned_groups(flags: torch.Tensor, group_size: int) -> float:
 
     ``flags`` is ``(B,)`` bool (or 0/1), one per completion.
     """
-    grouped = _grouped(flags, group_size, "flags").bool()
+    grouped = grouped_view(flags, group_size, "flags").bool()
     return float(grouped.any(dim=1).to(torch.float64).mean())
 
 

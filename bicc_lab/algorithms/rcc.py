@@ -29,6 +29,7 @@ from bicc_lab.algorithms.variants import (
     AdvantageScale,
     StdKind,
     group_std,
+    grouped_view,
 )
 
 __all__ = [
@@ -54,17 +55,6 @@ class RCCResult:
     baseline: torch.Tensor
     cov: torch.Tensor
     baseline_shift: torch.Tensor
-
-
-def _check_grouped(values: torch.Tensor, group_size: int, what: str) -> None:
-    if values.dim() != 1:
-        raise ValueError(f"{what} must have shape (B,), got {tuple(values.shape)}")
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    if values.numel() % group_size != 0:
-        raise ValueError(
-            f"{what} has {values.numel()} entries, not a multiple of group_size={group_size}"
-        )
 
 
 def sequence_delta(
@@ -100,8 +90,8 @@ def group_covariance(x: torch.Tensor, y: torch.Tensor, group_size: int) -> torch
     ``Cov = mean_g((x - mean_g x) (y - mean_g y))``: divided by G, not G - 1,
     as the RCC baseline derivation requires.
     """
-    _check_grouped(x, group_size, "x")
-    _check_grouped(y, group_size, "y")
+    grouped_view(x, group_size, "x")
+    grouped_view(y, group_size, "y")
     if x.shape != y.shape:
         raise ValueError(
             f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}"
@@ -140,7 +130,7 @@ def rcc_advantages(
         raise ValueError(f"std must be one of {', '.join(STD_KINDS)}; got {std!r}")
     if max_shift is not None and max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    _check_grouped(rewards, group_size, "rewards")
+    grouped_view(rewards, group_size, "rewards")
     if delta.shape != rewards.shape:
         raise ValueError(f"delta must have shape {tuple(rewards.shape)}, got {tuple(delta.shape)}")
     delta = delta.detach()

@@ -331,7 +331,8 @@ register_variant(
 # ----------------------------------------------------------------------------
 
 
-def _grouped(values: torch.Tensor, group_size: int, what: str) -> torch.Tensor:
+def grouped_view(values: torch.Tensor, group_size: int, what: str) -> torch.Tensor:
+    """``(B,)`` -> ``(B/G, G)``, with a clear error when B is not whole groups."""
     if values.dim() != 1:
         raise ValueError(f"{what} must have shape (B,), got {tuple(values.shape)}")
     if group_size < 1:
@@ -350,7 +351,7 @@ def group_std(rewards: torch.Tensor, group_size: int, std: StdKind = "unbiased")
     ``torch.std``); ``population`` divides by G, the normalisation under which
     binary rewards give advantages sqrt(n-/n+) and -sqrt(n+/n-).
     """
-    grouped = _grouped(rewards, group_size, "rewards")
+    grouped = grouped_view(rewards, group_size, "rewards")
     _check_choice("std", std, STD_KINDS)
     if std == "unbiased" and group_size < 2:
         raise ValueError("std='unbiased' needs group_size >= 2")
@@ -384,7 +385,7 @@ def group_advantages(
     advantage that the caller must zero.
     """
     _check_choice("scale", scale, ADVANTAGE_SCALES)
-    grouped = _grouped(rewards, group_size, "rewards")
+    grouped = grouped_view(rewards, group_size, "rewards")
     mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)
     advantages = rewards - mean
     if scale == "group_std":

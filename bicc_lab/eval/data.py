@@ -19,7 +19,6 @@ Data resolution, per benchmark:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 from bicc_lab.tasks.grading import last_boxed, normalize_gold
 from bicc_lab.tasks.math import gsm8k_answer
+from bicc_lab.tasks.math import read_jsonl as tasks_read_jsonl
 
 DATA_DIR_ENV = "BICC_LAB_DATA_DIR"
 
@@ -224,21 +224,9 @@ def to_doc(bench: Benchmark, row: dict[str, Any], index: int) -> dict[str, str]:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    p = Path(path)
-    rows = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalDataError(f"{p}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise EvalDataError(f"{p}:{lineno}: expected a JSON object per line")
-            rows.append(obj)
+    rows = tasks_read_jsonl(path, "a benchmark JSONL file", error=EvalDataError)
     if not rows:
-        raise EvalDataError(f"{p}: no rows")
+        raise EvalDataError(f"{path}: no rows")
     return rows
 
 

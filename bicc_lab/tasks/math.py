@@ -120,9 +120,11 @@ def dapo_problem(prompt_content: str) -> str:
 # ---------------------------------------------------------------- readers
 
 
-def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike[str], what: str = "JSONL rows", error: type[ValueError] = DataError) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a missing file or a bad line is one ``error`` naming file:line."""
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected {what})")
+        raise error(f"{path}: file not found (expected {what})")
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -131,9 +133,9 @@ def _read_jsonl(path: Path, what: str) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+                raise error(f"{path}:{lineno}: expected a JSON object per line")
             rows.append(row)
     return rows
 
@@ -145,7 +147,7 @@ def _read_rows(path: Path, what: str) -> list[dict[str, Any]]:
         from datasets import load_dataset
 
         return list(load_dataset("parquet", data_files=str(path), split="train"))
-    return _read_jsonl(path, what)
+    return read_jsonl(path, what)
 
 
 def _load_hub(hub_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
