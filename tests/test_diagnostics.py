@@ -104,3 +104,14 @@ def test_outcome_gap_by_group_is_order_free_and_handles_partial_groups():
     assert partial["value"] == pytest.approx(-1.0) and partial["num_groups"] == 1
     none = outcome_gap_by_group(values[4:6], rewards[4:6], torch.tensor([1, 1]))
     assert none["value"] is None
+
+
+def test_gradient_variance_from_moments_by_hand():
+    from bicc_lab.algorithms.diagnostics import gradient_variance
+
+    g1 = torch.tensor([1.0, 2.0, 0.0])
+    g2 = torch.tensor([3.0, 2.0, 4.0])
+    total, total_sq = g1 + g2, g1 * g1 + g2 * g2
+    # Per coordinate unbiased variance over two samples: (a-b)^2/2 -> 2, 0, 8; summed: 10.
+    assert gradient_variance(total, total_sq, 2) == pytest.approx(10.0)
+    assert gradient_variance(g1, g1 * g1, 1) is None

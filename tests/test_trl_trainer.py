@@ -54,14 +54,15 @@ def mixed_batch(trainer, seed=0):
         torch.manual_seed(seed + attempt)
         out = trainer._generate_and_score_completions([dict(x) for x in batch])
         rewards = out["bicc_rewards"].view(-1, 4) > 0.5
-        if rewards.any(1).any() and (rewards.any(1) & ~rewards.all(1)).any():
+        mixed = rewards.any(1) & ~rewards.all(1)
+        if mixed.any() and not mixed.all():
             return out
-    pytest.fail("no batch with a mixed group in 50 tries")
+    pytest.fail("no batch with both a mixed and a uniform group in 50 tries")
 
 
 def force_mixed_rewards(trainer):
-    """The untrained model rarely answers right: reward even-length completions instead."""
-    trainer.reward_funcs = [lambda completions, **kw: [float(len(c) % 2 == 0) for c in completions]]
+    """The untrained model rarely answers right: reward completions whose character codes sum to an even number."""
+    trainer.reward_funcs = [lambda completions, **kw: [float(sum(map(ord, c)) % 2 == 0) for c in completions]]
     trainer.reward_func_names = ["parity"]
 
 
@@ -216,3 +217,20 @@ def test_dapo_dynamic_sampling_and_overlong_shaping(untrained_tiny_dir, tmp_path
     shaped = rewards + overlong_penalty(lengths, 4, buffer)
     expected = group_advantages(shaped, 4, scale="group_std", std="unbiased")
     torch.testing.assert_close(out["advantages"], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_gradient_variance_is_logged_across_micro_batches(untrained_tiny_dir, tmp_path):
+    from bicc_lab.backends.trl.callbacks import MetricsFileCallback
+
+    config = tiny_config(
+        untrained_tiny_dir,
+        **{"train.gradient_accumulation_steps": 2, "diagnostics.grad_variance": True, "rcc.enabled": True},
+    )
+    metrics_file = MetricsFileCallback(tmp_path / "metrics.jsonl")
+    trainer = build_trainer(config, tmp_path, progress=False, callbacks=[metrics_file])
+    force_mixed_rewards(trainer)  # the untrained model earns no reward: no gradient to measure
+    trainer.train()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    values = [x["diagnostics/grad_variance"] for x in lines if "diagnostics/grad_variance" in x]
+    assert len(values) == 2 and all(v > 0 for v in values)

@@ -164,3 +164,16 @@ def context_tokens_mean(context_tokens: torch.Tensor, flags: torch.Tensor) -> fl
     if selected.numel() == 0:
         return None
     return float(selected.to(torch.float64).mean())
+
+
+def gradient_variance(total: torch.Tensor, total_sq: torch.Tensor, n: int) -> float | None:
+    """Total variance of per-micro-batch gradients, ``sum_j Var_i(g_ij)`` (unbiased over i).
+
+    ``total`` and ``total_sq`` are the running sum and sum of squares of the n flattened
+    micro-batch gradients. This is ``E||g - g_bar||^2``, the quantity a lower-variance
+    baseline (RCC) should shrink; None when n < 2.
+    """
+    if n < 2:
+        return None
+    mean = total / n
+    return float(((total_sq - n * mean * mean) / (n - 1)).clamp(min=0).sum())

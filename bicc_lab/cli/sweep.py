@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import not_built
+from bicc_lab.cli._common import fail
 
 app = typer.Typer(
     help="Grids over model × variant × BICC × RCC × seed.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
@@ -14,26 +16,112 @@ app = typer.Typer(
 )
 
 SET_HELP = "Override a dotted key in every cell, e.g. --set train.max_steps=50 (repeatable)."
+RUNS_HELP = "Directory of the cells' outputs (default: runs/ at the repository root or cwd)."
 
 
-@app.command("plan", help="Show the cells of a sweep and their state, without running anything.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml")
+def _console():
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=int(os.environ.get("COLUMNS", "200")), soft_wrap=False)
+
+
+def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | None = None):
+    """Load and validate the sweep; user mistakes end here with one line and exit 2."""
+    from bicc_lab.spec import SpecError, load_sweep
+    from bicc_lab.sweep.context import SweepContext
+
+    try:
+        if set_file is not None:  # e.g. `bicc-lab tune best --out`; --set wins over it
+            from bicc_lab.spec.search import read_set_file, set_items
+
+            set_ = set_items(read_set_file(set_file)) + list(set_)
+        loaded = load_sweep(sweep, set_)
+    except SpecError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot read {exc.filename or sweep}: {exc.strerror or exc}")
+    return SweepContext.of(loaded, runs_dir)
+
+
+def _statuses(ctx):
+    from bicc_lab.sweep.context import TrackingUnavailable
+    from bicc_lab.sweep.state import cell_statuses
+
+    try:
+        runs = ctx.read_runs()
+    except TrackingUnavailable as exc:
+        fail(str(exc))
+    return cell_statuses(ctx.sweep, ctx.runs_dir, runs), runs is not None
+
+
+@app.command(
+    "plan",
+    help="Show the cells of a sweep and their state, without running anything.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
+)
 def plan(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
 ) -> None:
-    not_built("sweep plan", "issue 4: sweeps")
+    from bicc_lab.sweep.views import plan_view, print_view
+
+    ctx = _load(sweep, set_, runs_dir)
+    statuses, tracked = _statuses(ctx)
+    print_view(_console(), plan_view(ctx, statuses, tracked))
 
 
-@app.command("run", help="Train and evaluate every unfinished cell (resumable).\n\nExample: bicc-lab sweep run sweeps/quickstart.yaml --max-parallel 2")
+@app.command(
+    "run",
+    help="Train and evaluate every unfinished cell (resumable).\n\nExample: bicc-lab sweep run sweeps/quickstart.yaml --max-parallel 2",
+)
 def run(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    max_parallel: int = typer.Option(None, "--max-parallel", help="Cells running at once (default: the sweep's max_parallel)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Also rerun cells that failed before."),
+    set_file: Path = typer.Option(
+        None,
+        "--set-file",
+        help="YAML file of dotted-key overrides (e.g. from `bicc-lab tune best --out`), applied before --set.",
+    ),
+    max_parallel: int = typer.Option(
+        None, "--max-parallel", help="Cells running at once (default: the sweep's max_parallel)."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Also rerun cells that failed before."
+    ),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+    grace: float = typer.Option(
+        10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping cells on Ctrl-C."
+    ),
 ) -> None:
-    not_built("sweep run", "issue 4: sweeps")
+    from bicc_lab.sweep.context import TrackingUnavailable
+    from bicc_lab.sweep.runner import run_sweep
+
+    ctx = _load(sweep, set_, runs_dir, set_file)
+    parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
+    if parallel < 1:
+        fail(f"--max-parallel must be >= 1, got {parallel}")
+    try:
+        outcome = run_sweep(
+            ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace
+        )
+    except TrackingUnavailable as exc:
+        fail(str(exc))
+    raise typer.Exit(outcome.exit_code)
 
 
-@app.command("status", help="Progress of a sweep and its key metrics so far.\n\nExample: bicc-lab sweep status sweeps/quickstart.yaml")
-def status(sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml.")) -> None:
-    not_built("sweep status", "issue 4: sweeps")
+@app.command(
+    "status",
+    help="Progress of a sweep and its key metrics so far.\n\nExample: bicc-lab sweep status sweeps/quickstart.yaml",
+)
+def status(
+    sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+) -> None:
+    from bicc_lab.sweep.views import print_view, status_view
+
+    ctx = _load(sweep, set_, runs_dir)
+    statuses, tracked = _statuses(ctx)
+    print_view(_console(), status_view(ctx, statuses, tracked))

@@ -163,11 +163,22 @@ def train_dataset(config: ExperimentConfig):
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest *complete* checkpoint: a kill during a save leaves a directory without a
+    readable ``trainer_state.json`` (the Trainer writes it last), which cannot be resumed."""
     if not output_dir.is_dir():
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir))
+    candidates = []
+    for path in output_dir.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if path.is_dir() and suffix.isdigit():
+            candidates.append((int(suffix), path))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 
 from bicc_lab.algorithms import bicc as bicc_alg
-from bicc_lab.algorithms.diagnostics import outcome_gap_by_group
+from bicc_lab.algorithms.diagnostics import gradient_variance, outcome_gap_by_group
 from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta
 from bicc_lab.algorithms.variants import (
     VariantSpec,
@@ -81,6 +81,14 @@ class BiccGRPOTrainer(GRPOTrainer):
         self._grad_stats: dict[str, Any] | None = None
         self._grad_variance_pending: float | None = None
         self._lagged_reference = None
+        if grad_variance and self.args.gradient_accumulation_steps < 2:
+            import warnings
+
+            warnings.warn(
+                "diagnostics.grad_variance is measured across the micro-batches of an optimizer step; "
+                "with train.gradient_accumulation_steps = 1 there is only one, so it is not logged",
+                stacklevel=2,
+            )
         if rcc.enabled and rcc.reference == "ref" and self.ref_model is None and not is_peft_model(self.model):
             self.ref_model = self._build_reference_model()
 
@@ -447,7 +455,9 @@ class BiccGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ gradient variance
     def training_step(self, model, inputs, num_items_in_batch):
-        if not (self.grad_variance and self.model.training):
+        # training_step only runs in training (the model may still be in eval mode at the
+        # first call: Trainer switches it inside), so no mode check here.
+        if not self.grad_variance:
             return super().training_step(model, inputs, num_items_in_batch)
         params = [p for p in model.parameters() if p.requires_grad]
         before = [p.grad.detach().clone() if p.grad is not None else None for p in params]
@@ -462,12 +472,6 @@ class BiccGRPOTrainer(GRPOTrainer):
         stats["n"] += 1
         self._grad_stats = stats
         if self._step % self.current_gradient_accumulation_steps == 0:
-            n = stats["n"]
-            if n > 1:
-                # Unbiased variance of each coordinate across micro-batches, summed over
-                # coordinates: E||g - ḡ||², the quantity a lower-variance baseline shrinks.
-                mean = stats["sum"] / n
-                variance = ((stats["sumsq"] - n * mean * mean) / (n - 1)).clamp(min=0).sum().item()
-                self._grad_variance_pending = variance
+            self._grad_variance_pending = gradient_variance(stats["sum"], stats["sumsq"], stats["n"])
             self._grad_stats = None
         return output

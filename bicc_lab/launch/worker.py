@@ -1,0 +1,510 @@
+"""Run ONE cell of a sweep: train -> evaluate -> log to MLflow. One process per cell.
+
+    python -m bicc_lab.launch.worker runs/<sweep>/<cell dir> [--parent-pid PID]
+
+The cell directory holds ``cell.json`` (written by ``bicc-lab sweep run``: the resolved
+config, its hash, the tracking URI, experiment and parent run ids). The worker
+
+1. takes the cell's flock (``.lock``) or exits 75 at once: no two processes ever run
+   the same cell;
+2. asks MLflow whether a child run with this config hash already FINISHED (exit 0);
+   otherwise reuses the run id in ``mlflow_run_id`` (or the newest unfinished run of
+   this hash) so that a resumed cell never makes a second run; exits 76 when the only
+   unfinished run is alive elsewhere (fresh heartbeat, another runs directory);
+3. trains with ``train_run`` (resuming from the newest checkpoint), logging metrics per
+   step in batches, refreshing a heartbeat tag every few seconds;
+4. evaluates the final model (``eval.enabled``), logs ``eval/<bench>/<metric>``;
+5. logs the artifacts and writes ``status=FINISHED`` last.
+
+A Python exception marks the run FAILED (tag ``error`` + ``error.txt``), exit 1.
+
+Optional hook: ``cell.json`` may name ``"hook": {"factory": "module:function", ...}``;
+``function(hook_spec, cell_dir)`` returns an object with ``callbacks()`` (extra Trainer
+callbacks, e.g. reporting a metric each logging step) and ``stop_reason()`` (None, or why
+a callback stopped training early). A stopped run is not evaluated: it is marked KILLED
+with tag ``stop_reason`` and the worker exits 77 (``bicc-lab tune`` prunes trials this way).
+SIGTERM/SIGINT/SIGHUP, or the death of the parent process, mark it KILLED, exit 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bicc_lab.launch import layout
+from bicc_lab.launch.locks import LOCK_NAME, CellLock
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BUSY = 75  # the cell's lock is held by another process
+EXIT_ELSEWHERE = 76  # a live run of this cell is tracked from another runs directory
+EXIT_KILLED = 143
+EXIT_STOPPED = 77  # a cell hook stopped training early (e.g. a pruned Optuna trial); not evaluated
+
+ERROR_LINES = 30
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM / SIGINT / SIGHUP or the parent's death."""
+
+
+def _log(message: str) -> None:
+    print(f"[bicc-lab worker {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _install_signal_handlers() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        # Further signals must not interrupt the KILLED bookkeeping.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def _watch_parent(parent_pid: int | None) -> None:
+    """SIGTERM ourselves when the launching process goes away: ``PR_SET_PDEATHSIG`` on
+    Linux, and a thread polling ``getppid()`` (also covers a parent that died before)."""
+    if not parent_pid:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - the watchdog thread still works
+            pass
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def loop() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=loop, name="parent-watchdog", daemon=True).start()
+
+
+class _Heartbeat:
+    """Refreshes the ``heartbeat`` tag (and progress) from a background thread."""
+
+    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._beat()
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not fatal
+                _log(f"heartbeat failed: {type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def evaluate_cell(config: Any, model_dir: str | os.PathLike[str], out_path: Path) -> Any:
+    """Evaluate the trained model of a cell as ``config.eval`` says; write ``out_path``."""
+    from bicc_lab.eval.runner import evaluate
+
+    ev = config.eval
+    device = "cpu"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = "cuda"
+    except ImportError:  # pragma: no cover
+        pass
+    result = evaluate(
+        str(model_dir),
+        ev.benchmarks,
+        samples=ev.samples,
+        limit=ev.limit,
+        data_dir=ev.data_dir,
+        temperature=ev.temperature,
+        top_p=ev.top_p,
+        max_new_tokens=ev.max_new_tokens,
+        backend=ev.backend,
+        device=device,
+        seed=config.seed,
+        dtype=None if config.model.dtype == "auto" else config.model.dtype,
+        arith={"digits": config.data.digits},
+    )
+    result.to_json(out_path)
+    return result
+
+
+def run_cell(directory: Path) -> int:
+    """Run the cell in ``directory`` (its lock already held). Returns the exit code."""
+    from mlflow.entities import Metric, RunTag
+
+    import bicc_lab
+    from bicc_lab.spec import ExperimentConfig, config_hash
+    from bicc_lab.tracking.naming import Tag, eval_metric_key, flatten, heartbeat_interval
+    from bicc_lab.tracking.store import MetricBatcher, Tracker, dumps_axes, host_tags
+
+    spec = layout.read_json(directory / layout.CELL_SPEC)
+    if not isinstance(spec, dict):
+        _log(f"no readable {layout.CELL_SPEC} in {directory}")
+        return EXIT_FAILED
+
+    def phase(name: str) -> None:
+        layout.write_atomic(directory / layout.PHASE_FILE, name + "\n")
+
+    phase("starting")
+    hook = _load_hook(spec, directory)
+    config = ExperimentConfig.model_validate(spec["config"])
+    digest = spec["config_hash"]
+    if config_hash(config) != digest:
+        raise RuntimeError(
+            f"cell.json: config hash mismatch ({config_hash(config)[:12]} != {digest[:12]}); "
+            "the code that defines the config changed since `sweep run` wrote it"
+        )
+    tracker = Tracker(spec["tracking_uri"])
+    experiment_id = spec["experiment_id"]
+    runs = tracker.cell_runs(experiment_id, digest)
+    done = [r for r in runs if r.status == "FINISHED"]
+    if done:
+        _log(f"already finished in MLflow (run {done[0].run_id}); nothing to do")
+        layout.write_atomic(directory / layout.RUN_ID_FILE, done[0].run_id + "\n")
+        phase("finished")
+        return EXIT_OK
+
+    recorded = layout.read_text(directory / layout.RUN_ID_FILE)
+    run = next((r for r in runs if r.run_id == recorded), None)
+    if run is None:
+        live = [r for r in runs if r.is_live()]
+        if live:
+            _log(
+                f"run {live[0].run_id} of this cell is alive elsewhere (host {live[0].tags.get(Tag.HOST)}); leaving it"
+            )
+            return EXIT_ELSEWHERE
+        run = runs[0] if runs else None
+    new = run is None
+    if run is None:
+        run_id = tracker.create_cell_run(
+            experiment_id, spec.get("parent_run_id"), spec["name"], {Tag.CONFIG_HASH: digest}
+        )
+        attempts = 1
+    else:
+        run_id = run.run_id
+        attempts = int(run.tags.get(Tag.ATTEMPTS, "0") or 0) + 1
+    layout.write_atomic(directory / layout.RUN_ID_FILE, run_id + "\n")
+    _log(
+        f"{'new' if new else 'resuming'} MLflow run {run_id} (attempt {attempts}) for cell {spec['name']} [{spec['cell_id']}]"
+    )
+
+    commit = spec.get("git_commit") or ""
+    tags = {
+        Tag.SWEEP: spec["sweep"],
+        Tag.CELL_ID: spec["cell_id"],
+        Tag.CELL_NAME: spec["name"],
+        Tag.CONFIG_HASH: digest,
+        Tag.TRAIN_ID: spec.get("train_id", ""),
+        Tag.ARM: config.arm,
+        Tag.VARIANT: config.variant,
+        Tag.MODEL: config.model.name,
+        Tag.SEED: str(config.seed),
+        Tag.AXES: dumps_axes(spec.get("axes", {})),
+        Tag.VERSION: bicc_lab.__version__,
+        Tag.GIT_COMMIT: commit,
+        Tag.ATTEMPTS: str(attempts),
+        Tag.PHASE: "starting",
+        Tag.PROGRESS: f"0/{config.train.max_steps}",
+        Tag.HEARTBEAT: f"{time.time():.3f}",
+        **host_tags(),
+    }
+    if commit:
+        tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+    if spec.get("parent_run_id"):
+        tags[Tag.PARENT_RUN_ID] = spec["parent_run_id"]
+    client_lock = threading.Lock()  # the heartbeat thread and the trainer share the client
+    with client_lock:
+        tracker.set_tags(run_id, tags)
+        # every config key, except where it is tracked (the store itself says that)
+        params = flatten(config.model_dump(mode="json", exclude={"tracking"}))
+        try:
+            tracker.log_params(run_id, params)
+        except Exception as exc:  # noqa: BLE001 - e.g. a data_dir changed between attempts
+            if new:
+                raise
+            _log(f"params not re-logged ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        tracker.set_status(run_id, "RUNNING")
+
+    state = {"phase": "starting", "step": 0}
+    max_steps = config.train.max_steps
+
+    def set_phase(name: str) -> None:
+        state["phase"] = name
+        phase(name)
+        with client_lock:
+            tracker.set_tags(run_id, {Tag.PHASE: name})
+
+    def beat() -> None:
+        with client_lock:
+            tracker.heartbeat(
+                run_id, {Tag.PROGRESS: f"{state['step']}/{max_steps}", Tag.PHASE: state["phase"]}
+            )
+
+    def log_metrics(metrics: list[Metric]) -> None:
+        with client_lock:
+            progress = RunTag(Tag.PROGRESS, f"{state['step']}/{max_steps}")
+            heartbeat = RunTag(Tag.HEARTBEAT, f"{time.time():.3f}")
+            for i in range(0, max(len(metrics), 1), 900):
+                chunk = metrics[i : i + 900]
+                tracker.client.log_batch(
+                    run_id,
+                    metrics=chunk,
+                    tags=[progress, heartbeat] if i == 0 else [],
+                    synchronous=True,
+                )
+
+    def on_log(step: int, metrics: dict[str, float]) -> None:
+        state["step"] = max(state["step"], int(step))
+        batcher.add(step, metrics)
+
+    batcher = MetricBatcher(log_metrics, every_steps=5, every_s=10.0)
+    heart = _Heartbeat(beat, heartbeat_interval())
+    heart.start()
+    try:
+        from bicc_lab.backends.trl.run import read_train_result, train_run
+
+        if new:  # a fresh MLflow run over existing outputs (e.g. another tracking store)
+            _replay_metrics(directory / layout.METRICS_FILE, batcher)
+        result = read_train_result(directory)
+        if result is None:
+            set_phase("training")
+            result = train_run(
+                config,
+                directory,
+                resume=True,
+                progress=False,
+                on_log=on_log,
+                callbacks=hook.callbacks() if hook is not None else (),
+            )
+        else:
+            _log(f"training already complete ({result.steps} steps); skipping it")
+        state["step"] = result.steps
+        batcher.flush()
+        with client_lock:
+            summary = [
+                Metric(
+                    "train/wall_time_s",
+                    float(result.wall_time_s),
+                    int(time.time() * 1000),
+                    result.steps,
+                )
+            ]
+            if result.mean_step_time_s is not None:
+                summary.append(
+                    Metric(
+                        "train/mean_step_time_s",
+                        float(result.mean_step_time_s),
+                        int(time.time() * 1000),
+                        result.steps,
+                    )
+                )
+            tracker.log_metrics(run_id, summary)
+
+        eval_path = directory / layout.EVAL_FILE
+        stopped = hook.stop_reason() if hook is not None else None
+        if stopped:  # stopped early by the hook: no evaluation, not FINISHED
+            _log(f"training stopped early at step {result.steps}: {stopped}")
+            with client_lock:
+                tracker.log_artifacts(run_id, [directory / "config.yaml", directory / layout.TRAIN_RESULT])
+                sys.stdout.flush()
+                sys.stderr.flush()
+                tracker.log_artifacts(run_id, [directory / layout.LOG_FILE])
+                tracker.set_tags(
+                    run_id,
+                    {
+                        Tag.PROGRESS: f"{result.steps}/{max_steps}",
+                        Tag.PHASE: "stopped",
+                        "stop_reason": stopped[:5000],
+                    },
+                )
+                tracker.set_status(run_id, "KILLED")
+            phase("stopped")
+            return EXIT_STOPPED
+        if config.eval.enabled:
+            set_phase("evaluating")
+            if eval_path.is_file():
+                from bicc_lab.eval.runner import EvalResult
+
+                evaluation = EvalResult.from_json(eval_path)
+                _log("evaluation already done; re-logging it")
+            else:
+                evaluation = evaluate_cell(config, result.final_model_dir, eval_path)
+            ts = int(time.time() * 1000)
+            eval_metrics = []
+            for bench, bres in evaluation.benchmarks.items():
+                for key, value in {**bres.metrics, "n": bres.n}.items():
+                    if value is None:
+                        continue
+                    eval_metrics.append(
+                        Metric(eval_metric_key(bench, key), float(value), ts, result.steps)
+                    )
+            eval_metrics.append(Metric("eval/seconds", float(evaluation.seconds), ts, result.steps))
+            with client_lock:
+                tracker.log_metrics(run_id, eval_metrics)
+
+        set_phase("logging")
+        with client_lock:
+            tracker.log_artifacts(
+                run_id,
+                [directory / "config.yaml", directory / layout.TRAIN_RESULT, eval_path],
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            tracker.log_artifacts(run_id, [directory / layout.LOG_FILE])
+            tracker.set_tags(
+                run_id, {Tag.PROGRESS: f"{result.steps}/{max_steps}", Tag.PHASE: "finished"}
+            )
+            tracker.set_status(run_id, "FINISHED")  # last: this tag is what "finished" means
+        phase("finished")
+        _log("finished")
+        return EXIT_OK
+    except Terminated as exc:
+        _log(f"terminated ({exc}); marking the run KILLED")
+        _finish_badly(tracker, run_id, batcher, client_lock, "KILLED", None, directory)
+        phase("killed")
+        return EXIT_KILLED
+    except BaseException:  # noqa: BLE001 - every failure is recorded, then the sweep goes on
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        error = "\n".join(lines[-ERROR_LINES:])
+        layout.write_atomic(directory / layout.ERROR_FILE, error + "\n")
+        _finish_badly(tracker, run_id, batcher, client_lock, "FAILED", error, directory)
+        phase("failed")
+        return EXIT_FAILED
+    finally:
+        heart.stop()
+
+
+def _load_hook(spec: dict[str, Any], directory: Path) -> Any:
+    """The cell's hook object (see the module docstring), or None when cell.json names none."""
+    hook_spec = spec.get("hook")
+    if not hook_spec:
+        return None
+    import importlib
+
+    module_name, _, attr = str(hook_spec["factory"]).partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(hook_spec, directory)
+
+
+def _replay_metrics(path: Path, batcher: Any) -> None:
+    """Log the steps already in ``metrics.jsonl`` (written by an earlier attempt)."""
+    if not path.is_file():
+        return
+    import json
+
+    count = 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = record.pop("step", None)
+        values = {
+            k: v
+            for k, v in record.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if step is not None and values:
+            batcher.add(int(step), values)
+            count += 1
+    batcher.flush()
+    if count:
+        _log(f"replayed {count} logged steps from {path.name} into the new MLflow run")
+
+
+def _finish_badly(
+    tracker: Any,
+    run_id: str,
+    batcher: Any,
+    client_lock: threading.Lock,
+    status: str,
+    error: str | None,
+    directory: Path,
+) -> None:
+    """Best effort: flush metrics, record the error, set the status (MLflow may be the problem)."""
+    from bicc_lab.tracking.naming import Tag
+
+    try:
+        batcher.flush()
+    except Exception as exc:  # noqa: BLE001
+        _log(f"could not flush metrics: {exc}")
+    try:
+        with client_lock:
+            tags = {Tag.PHASE: status.lower()}
+            if error:
+                tags[Tag.ERROR] = error[-7900:]
+            tracker.set_tags(run_id, tags)
+            if error:
+                tracker.log_artifacts(run_id, [directory / layout.ERROR_FILE])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            tracker.log_artifacts(run_id, [directory / layout.LOG_FILE])
+            tracker.set_status(run_id, status)
+    except Exception as exc:  # noqa: BLE001
+        _log(f"could not record status {status} in MLflow: {type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bicc_lab.launch.worker", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("cell_dir", type=Path, help="the cell's directory (holds cell.json)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
+    args = parser.parse_args(argv)
+    directory: Path = args.cell_dir.resolve()
+
+    lock = CellLock(directory / LOCK_NAME)
+    if not lock.acquire():
+        _log(f"cell {directory.name} is being run by another process; leaving it")
+        return EXIT_BUSY
+    try:
+        _install_signal_handlers()
+        _watch_parent(args.parent_pid)
+        layout.write_atomic(directory / layout.PID_FILE, f"{os.getpid()}\n")
+        _log(f"pid {os.getpid()} host {os.uname().nodename} cell dir {directory}")
+        try:
+            return run_cell(directory)
+        except Terminated as exc:  # before the MLflow run existed
+            _log(f"terminated ({exc}) before training started")
+            return EXIT_KILLED
+        except BaseException:  # noqa: BLE001 - before the MLflow run existed
+            text = traceback.format_exc()
+            print(text, file=sys.stderr, flush=True)
+            lines = [line for line in text.strip().splitlines() if line.strip()]
+            layout.write_atomic(
+                directory / layout.ERROR_FILE, "\n".join(lines[-ERROR_LINES:]) + "\n"
+            )
+            layout.write_atomic(directory / layout.PHASE_FILE, "failed\n")
+            return EXIT_FAILED
+    finally:
+        lock.release()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Assemble a report (load -> tables -> statistics -> plots), write it atomically, log it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bicc_lab.report.data import CURVE_METRICS, RunSet, load_curves, load_problem_scores
+from bicc_lab.report.plots import Plot, accuracy_plot, curve_plots
+from bicc_lab.report.render import (
+    cost_markdown,
+    render_html,
+    render_latex,
+    render_markdown,
+    rich_tables,
+    tex_escape,
+)
+from bicc_lab.report.stats import BOOTSTRAP_RESAMPLES
+from bicc_lab.report.tables import AblationTable, build_ablation, build_cost
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FORMATS", "REPORT_ARTIFACT_DIR", "Report", "build_report", "log_report", "write_report"]
+
+FORMATS = ("md", "tex", "csv", "html")
+REPORT_ARTIFACT_DIR = "report"
+PLOTS_DIR = "plots"
+
+
+@dataclass
+class Report:
+    run_set: RunSet
+    table: AblationTable
+    significance: pd.DataFrame
+    cost: pd.DataFrame
+    plots: list[Plot] = field(default_factory=list)
+    command: str = ""
+    created: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return f"Ablation report: {self.run_set.sweep}"
+
+    @property
+    def meta(self) -> list[str]:
+        rs = self.run_set
+        skipped = ", ".join(f"{n} {s}" for s, n in sorted(rs.skipped.items()))
+        names = {}
+        if not rs.frame.empty:
+            found = rs.frame.groupby("benchmark")["metric"].max()
+            for bench in rs.benchmarks:
+                if bench in found.index:
+                    names[bench] = str(found[bench]).replace("_at_", "@")
+        lines = [
+            f"Sweep {rs.sweep}; MLflow experiment {rs.experiment} at {rs.uri}",
+            f"{len(rs.runs)} finished runs" + (f" (not counted: {skipped})" if skipped else "")
+            + (f"; parent run {rs.parent_run_id}" if rs.parent_run_id else ""),
+        ]
+        if names:
+            lines.append("Metric per benchmark: " + ", ".join(f"{b} {m}" for b, m in names.items()))
+        if self.command or self.created:
+            lines.append(f"Generated {self.created} by `{self.command}`".replace(" by ``", ""))
+        return lines
+
+    def rich(self) -> list:
+        return rich_tables(self.table, self.significance, self.cost, title=self.title)
+
+
+def build_report(
+    run_set: RunSet,
+    *,
+    baseline: str = "base",
+    significance: bool = True,
+    plots: bool = True,
+    curve_metrics: Sequence[str] = CURVE_METRICS,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    command: str = "",
+) -> Report:
+    """Tables, paired tests (``eval.json`` artifacts) and plots (metric histories)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    problems = load_problem_scores(run_set) if significance else None
+    timings["problems_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    table = build_ablation(run_set, baseline=baseline, problems=problems, n_resamples=n_resamples)
+    table.metric = run_set.metric.spec.replace("_at_", "@")
+    cost = build_cost(run_set, baseline=baseline)
+    timings["tables_s"] = time.perf_counter() - t0
+    rendered: list[Plot] = []
+    if plots:
+        t0 = time.perf_counter()
+        curves = load_curves(run_set, curve_metrics)
+        timings["curves_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        acc, notes = accuracy_plot(table)
+        if acc is not None:
+            rendered.append(acc)
+        curve_list, more = curve_plots(run_set, curves, table.arms, table.rows)
+        rendered.extend(curve_list)
+        table.notes.extend(notes + more)
+        timings["plots_s"] = time.perf_counter() - t0
+    return Report(
+        run_set=run_set,
+        table=table,
+        significance=table.significance_frame(),
+        cost=cost,
+        plots=rendered,
+        command=command,
+        created=time.strftime("%Y-%m-%d %H:%M"),
+        timings=timings,
+    )
+
+
+def _outputs(report: Report, formats: Iterable[str]) -> dict[str, bytes]:
+    """File name (relative to the report folder) -> content."""
+    fmts = set(formats)
+    rs = report.run_set
+    out: dict[str, bytes] = {}
+    if "md" in fmts:
+        md = render_markdown(report.table, title=report.title, meta=report.meta, significance=report.significance)
+        if report.plots:
+            md += "\n## Plots\n\n" + "\n".join(
+                f"![{p.caption}]({PLOTS_DIR}/{p.name}.png)" for p in report.plots
+            ) + "\n"
+        out["ablation.md"] = md.encode()
+        out["cost.md"] = cost_markdown(report.cost, rs.row_keys, title=f"Cost per arm: {rs.sweep}",
+                                       baseline=report.table.baseline).encode()
+    if "tex" in fmts:
+        label = "tab:ablation-" + "".join(ch if ch.isalnum() else "-" for ch in rs.sweep)
+        caption = (f"Ablation on {tex_escape(rs.sweep)}: {tex_escape(report.table.metric)}, mean $\\pm$ "
+                   f"{report.table.confidence:.0%} CI over seeds; ($\\Delta$) vs baseline.")
+        out["ablation.tex"] = render_latex(report.table, caption=caption, label=label).encode()
+    if "csv" in fmts:
+        out["ablation.csv"] = report.table.to_frame().to_csv(index=False).encode()
+        out["significance.csv"] = report.significance.to_csv(index=False).encode()
+        out["cost.csv"] = report.cost.to_csv(index=False).encode()
+    if "html" in fmts:
+        images = {p.name: (p.caption, p.png) for p in report.plots}
+        out["report.html"] = render_html(
+            report.table, title=report.title, meta=report.meta, significance=report.significance,
+            cost=report.cost, images=images,
+        ).encode()
+    for p in report.plots:
+        out[f"{PLOTS_DIR}/{p.name}.png"] = p.png
+        out[f"{PLOTS_DIR}/{p.name}.svg"] = p.svg
+    return out
+
+
+def write_report(report: Report, out_dir: str | os.PathLike[str], formats: Iterable[str] = FORMATS) -> list[Path]:
+    """Write the report into ``out_dir`` without ever exposing a half-written file.
+
+    Everything is written into a temporary folder next to ``out_dir`` first; then each
+    file is moved in with ``os.replace`` (atomic on one filesystem) and ``plots/`` is
+    swapped as a whole, so plots of an earlier report that no longer apply disappear.
+    Files in ``out_dir`` that the report does not write (a README, say) are kept.
+    """
+    target = Path(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    contents = _outputs(report, formats)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for name, data in contents.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        target.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for name in contents:
+            if "/" in name:
+                continue
+            os.replace(tmp / name, target / name)
+            written.append(target / name)
+        if (tmp / PLOTS_DIR).is_dir():
+            old = None
+            if (target / PLOTS_DIR).exists():
+                old = tmp / ".plots-old"
+                os.replace(target / PLOTS_DIR, old)
+            os.replace(tmp / PLOTS_DIR, target / PLOTS_DIR)
+            written.extend(target / n for n in contents if n.startswith(PLOTS_DIR + "/"))
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def log_report(report: Report, out_dir: str | os.PathLike[str]) -> str | None:
+    """Log the report folder as artifacts (``report/``) of the sweep's parent run.
+
+    Returns the parent run id, or None when the sweep has no parent run.
+    """
+    rs = report.run_set
+    if not rs.parent_run_id or rs.client is None:
+        return None
+    rs.client.log_artifacts(rs.parent_run_id, str(out_dir), artifact_path=REPORT_ARTIFACT_DIR)
+    return rs.parent_run_id

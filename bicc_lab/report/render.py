@@ -1,0 +1,454 @@
+"""Render the report tables: Markdown, LaTeX (booktabs), HTML and the Rich terminal view."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bicc_lab.report.tables import AVERAGE, AblationTable, Cell, arm_label
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "BENCH_LABELS",
+    "SIGNIFICANCE_LEVEL",
+    "bench_label",
+    "cost_markdown",
+    "fmt_p",
+    "legend",
+    "render_html",
+    "render_latex",
+    "render_markdown",
+    "rich_tables",
+]
+
+BENCH_LABELS = {"math500": "MATH500", "amc23": "AMC23", "aime24": "AIME24", "aime25": "AIME25",
+                AVERAGE: "Average"}
+SIGNIFICANCE_LEVEL = 0.05
+DASH = "—"
+
+
+def bench_label(name: str) -> str:
+    return BENCH_LABELS.get(name, name)
+
+
+def _percent(table: AblationTable) -> bool:
+    """Accuracy-like metrics (avg@k, pass@k, maj@k) are shown in percent."""
+    family = table.metric.replace("@", "_at_").split("_at_")[0]
+    return family in ("avg", "pass", "maj")
+
+
+def _num(value: float, scale: float, digits: int = 1) -> str:
+    """A number for display, with a real minus sign."""
+    return f"{value * scale:.{digits}f}".replace("-", "−")
+
+
+def _signed(value: float, scale: float, digits: int = 1) -> str:
+    """``+1.2`` / ``−1.2`` (a real minus sign) / ``±0.0``."""
+    v = value * scale
+    text = f"{abs(v):.{digits}f}"
+    if float(text) == 0:
+        return f"±{text}"
+    return f"+{text}" if v > 0 else f"−{text}"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return DASH
+    if p < 0.001:
+        return "<0.001"
+    return f"{p:.3f}"
+
+
+def _significant(c: Cell) -> bool:
+    return c.test is not None and c.test.p_value < SIGNIFICANCE_LEVEL
+
+
+def _parts(c: Cell | None, scale: float) -> tuple[str, str, str] | None:
+    """(mean, "± half" or "", "(Δ)" or "") of a cell, None when missing."""
+    if c is None or math.isnan(c.stat.mean):
+        return None
+    mean = _num(c.stat.mean, scale)
+    ci = f"± {_num(c.stat.half_width, scale)}" if c.stat.has_ci else ""
+    delta = ""
+    if c.delta is not None:
+        delta = f"({_signed(c.delta, scale)}{'†' if _significant(c) else ''})"
+    return mean, ci, delta
+
+
+def legend(table: AblationTable) -> str:
+    scale = "in %, " if _percent(table) else ""
+    text = (
+        f"Cells: mean ± {table.confidence:.0%} CI half-width over seeds (t-distribution), {scale}"
+        f"of {table.metric}; (Δ) against {arm_label(table.baseline)} of the same row"
+        f"{' in points' if _percent(table) else ''}; bold: best arm per row and benchmark; "
+        f"{DASH}: no finished run."
+    )
+    if table.tested:
+        text += (
+            f" †: paired bootstrap over problems p < {SIGNIFICANCE_LEVEL} "
+            f"({table.n_resamples:,} resamples, seeds averaged per problem)."
+        )
+    if AVERAGE in table.columns:
+        text += " Average: mean over benchmarks per seed, then over seeds"
+        text += " (no paired test)." if table.tested else "."
+    return text
+
+
+def _header_keys(table: AblationTable) -> list[str]:
+    return [k.capitalize() if k in ("model", "variant") else k for k in table.row_keys]
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def render_markdown(
+    table: AblationTable,
+    *,
+    title: str,
+    meta: Sequence[str] = (),
+    significance: pd.DataFrame | None = None,
+) -> str:
+    scale = 100.0 if _percent(table) else 1.0
+    lines = [f"# {title}", ""]
+    lines += [f"{m}  " for m in meta]
+    if meta:
+        lines.append("")
+    head = _header_keys(table) + [f"{bench_label(b)} {arm_label(a)}" for b in table.columns for a in table.arms]
+    lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
+    lines.append("|" + "|".join([":--"] * len(table.row_keys) + ["--:"] * (len(head) - len(table.row_keys))) + "|")
+    for row in table.rows:
+        cells = [_md_escape(x) for x in row]
+        for bench in table.columns:
+            for arm in table.arms:
+                c = table.cell(row, bench, arm)
+                parts = _parts(c, scale)
+                if parts is None:
+                    cells.append(DASH)
+                    continue
+                mean, ci, delta = parts
+                main = f"{mean} {ci}".strip()
+                if c is not None and c.best:
+                    main = f"**{main}**"
+                cells.append(f"{main} {delta}".strip())
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", legend(table), ""]
+    if significance is not None and not significance.empty:
+        lines += ["## Paired significance against the baseline", "",
+                  _significance_md(table, significance, scale), ""]
+    if table.notes:
+        lines += ["## Notes", ""] + [f"- {_md_escape(n)}" for n in table.notes] + [""]
+    return "\n".join(lines)
+
+
+def _significance_md(table: AblationTable, sig: pd.DataFrame, scale: float) -> str:
+    unit = " (points)" if scale == 100.0 else ""
+    head = _header_keys(table) + ["Benchmark", "Arm", "Seeds", "Problems", f"Δ{unit}", "95% CI", "p"]
+    out = ["| " + " | ".join(head) + " |",
+           "|" + "|".join([":--"] * (len(table.row_keys) + 3) + ["--:"] * 4) + "|"]
+    for rec in sig.to_dict("records"):
+        row = [_md_escape(rec[k]) for k in table.row_keys]
+        bold = rec["p_value"] < SIGNIFICANCE_LEVEL
+        p = fmt_p(rec["p_value"])
+        out.append("| " + " | ".join(row + [
+            bench_label(rec["benchmark"]), arm_label(rec["arm"]), str(rec["seeds"]), str(rec["n_problems"]),
+            _signed(rec["diff"], scale), f"[{_num(rec['ci_low'], scale)}, {_num(rec['ci_high'], scale)}]",
+            f"**{p}**" if bold else p,
+        ]) + " |")
+    return "\n".join(out)
+
+
+def _fmt_seconds(x: float) -> str:
+    if x is None or math.isnan(x):
+        return DASH
+    if x >= 3600:
+        return f"{x / 3600:.2f} h"
+    if x >= 120:
+        return f"{x / 60:.1f} min"
+    if x >= 1:
+        return f"{x:.1f} s"
+    return f"{x * 1000:.0f} ms"
+
+
+def _fmt_count(x: float) -> str:
+    if x is None or math.isnan(x):
+        return DASH
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _fmt_ratio(x: float) -> str:
+    return DASH if x is None or math.isnan(x) else f"{x:.2f}×"
+
+
+def cost_rows(cost: pd.DataFrame, row_keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys] + ["Arm", "Runs", "Wall time", "Step time", "Tokens", "Tokens/s", "Step-time ratio"]
+    rows = []
+    for rec in cost.to_dict("records"):
+        rows.append([str(rec[k]) for k in row_keys] + [
+            arm_label(rec["arm"]), str(rec["runs"]), _fmt_seconds(rec["wall_time_s"]),
+            _fmt_seconds(rec["mean_step_time_s"]), _fmt_count(rec["tokens"]),
+            _fmt_count(rec["tokens_per_s"]), _fmt_ratio(rec["step_time_ratio"]),
+        ])
+    return head, rows
+
+
+def cost_markdown(cost: pd.DataFrame, row_keys: Sequence[str], *, title: str, baseline: str) -> str:
+    head, rows = cost_rows(cost, row_keys)
+    lines = [f"# {title}", "",
+             "| " + " | ".join(head) + " |",
+             "|" + "|".join([":--"] * (len(row_keys) + 1) + ["--:"] * (len(head) - len(row_keys) - 1)) + "|"]
+    lines += ["| " + " | ".join(_md_escape(x) for x in r) + " |" for r in rows]
+    lines += ["", f"Means over the seeds of each arm. Wall time: training (`train/wall_time_s`); step time: "
+              f"mean training step (`train/mean_step_time_s`); tokens: TRL's `num_tokens` at the end; "
+              f"step-time ratio: against {arm_label(baseline)} of the same row (the BICC overhead).", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- LaTeX
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def tex_escape(text: Any) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def render_latex(table: AblationTable, *, caption: str, label: str) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``; ``graphicx`` for the resize box).
+
+    ``caption`` is LaTeX already (escape user text with :func:`tex_escape`)."""
+    scale = 100.0 if _percent(table) else 1.0
+    nk = len(table.row_keys)
+    na = len(table.arms)
+    spec = "l" * nk + "c" * (na * len(table.columns))
+    lines = [
+        "% Generated by bicc-lab report; needs \\usepackage{booktabs} and \\usepackage{graphicx}.",
+        "\\begin{table}[t]",
+        "\\centering",
+        f"\\caption{{{caption}}}",
+        f"\\label{{{label}}}",
+        "\\resizebox{\\linewidth}{!}{%",
+        f"\\begin{{tabular}}{{{spec}}}",
+        "\\toprule",
+    ]
+    groups = " & ".join(
+        [""] * nk + [f"\\multicolumn{{{na}}}{{c}}{{{tex_escape(bench_label(b))}}}" for b in table.columns]
+    )
+    lines.append(groups + " \\\\")
+    rules = " ".join(
+        f"\\cmidrule(lr){{{nk + 1 + i * na}-{nk + (i + 1) * na}}}" for i in range(len(table.columns))
+    )
+    lines.append(rules)
+    head = [tex_escape(h) for h in _header_keys(table)] + [
+        tex_escape(arm_label(a)) for _ in table.columns for a in table.arms
+    ]
+    lines.append(" & ".join(head) + " \\\\")
+    lines.append("\\midrule")
+    for row in table.rows:
+        cells = [tex_escape(x) for x in row]
+        for bench in table.columns:
+            for arm in table.arms:
+                c = table.cell(row, bench, arm)
+                parts = _parts(c, scale)
+                if parts is None:
+                    cells.append("---")
+                    continue
+                mean, ci, delta = parts
+                main = mean.replace("−", "$-$") + (f"$\\pm${ci[2:]}" if ci else "")
+                if c is not None and c.best:
+                    main = f"\\textbf{{{main}}}"
+                if delta:
+                    d = delta.replace("−", "$-$").replace("±", "$\\pm$").replace("†", "$^\\dagger$")
+                    main += f" {{\\scriptsize {d}}}"
+                cells.append(main)
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
+th{background:#f4f4f4} td.key,th.key{text-align:left}
+td.best{font-weight:bold;background:#eaf6ea} td.missing{color:#999;text-align:center}
+.delta{color:#555;font-size:0.85em} .sig{color:#b00}
+.legend,.meta{color:#555;font-size:0.9em} figure{margin:1.5em 0} img{max-width:100%}
+"""
+
+
+def _h(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _html_ablation(table: AblationTable) -> str:
+    scale = 100.0 if _percent(table) else 1.0
+    out = ["<table class='ablation'>", "<thead><tr>"]
+    out += [f"<th class='key' rowspan='2'>{_h(k)}</th>" for k in _header_keys(table)]
+    out += [f"<th colspan='{len(table.arms)}'>{_h(bench_label(b))}</th>" for b in table.columns]
+    out.append("</tr><tr>")
+    out += [f"<th>{_h(arm_label(a))}</th>" for _ in table.columns for a in table.arms]
+    out.append("</tr></thead><tbody>")
+    for row in table.rows:
+        out.append("<tr>" + "".join(f"<td class='key'>{_h(x)}</td>" for x in row))
+        for bench in table.columns:
+            for arm in table.arms:
+                c = table.cell(row, bench, arm)
+                parts = _parts(c, scale)
+                if parts is None:
+                    out.append(f"<td class='missing'>{DASH}</td>")
+                    continue
+                mean, ci, delta = parts
+                cls = " class='best'" if c is not None and c.best else ""
+                text = _h(f"{mean} {ci}".strip())
+                if delta:
+                    sig = c is not None and _significant(c)
+                    text += f" <span class='delta{' sig' if sig else ''}'>{_h(delta)}</span>"
+                title = ""
+                if c is not None:
+                    tip = f"seeds {' '.join(map(str, c.seeds))}"
+                    if c.test is not None:
+                        tip += f"; paired p = {fmt_p(c.test.p_value)}"
+                    title = f" title='{_h(tip)}'"
+                out.append(f"<td{cls}{title}>{text}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _html_frame(head: Sequence[str], rows: Sequence[Sequence[str]], n_keys: int) -> str:
+    out = ["<table><thead><tr>"]
+    out += [f"<th{' class=key' if i < n_keys else ''}>{_h(h)}</th>" for i, h in enumerate(head)]
+    out.append("</tr></thead><tbody>")
+    for r in rows:
+        out.append("<tr>" + "".join(
+            f"<td{' class=key' if i < n_keys else ''}>{_h(x)}</td>" for i, x in enumerate(r)) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def significance_rows(table: AblationTable, sig: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    scale = 100.0 if _percent(table) else 1.0
+    head = _header_keys(table) + ["Benchmark", "Arm", "Seeds", "Problems", "Δ", "95% CI", "p"]
+    rows = []
+    for rec in sig.to_dict("records"):
+        rows.append([str(rec[k]) for k in table.row_keys] + [
+            bench_label(rec["benchmark"]), arm_label(rec["arm"]), str(rec["seeds"]), str(rec["n_problems"]),
+            _signed(rec["diff"], scale), f"[{_num(rec['ci_low'], scale)}, {_num(rec['ci_high'], scale)}]",
+            fmt_p(rec["p_value"]),
+        ])
+    return head, rows
+
+
+def render_html(
+    table: AblationTable,
+    *,
+    title: str,
+    meta: Sequence[str],
+    significance: pd.DataFrame,
+    cost: pd.DataFrame,
+    images: Mapping[str, tuple[str, bytes]],
+) -> str:
+    """One self-contained page: tables, notes and every plot as an embedded PNG.
+
+    ``images``: name -> (caption, PNG bytes).
+    """
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_h(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_h(title)}</h1>",
+        "".join(f"<div class='meta'>{_h(m)}</div>" for m in meta),
+        "<h2>Ablation</h2>",
+        _html_ablation(table),
+        f"<p class='legend'>{_h(legend(table))}</p>",
+    ]
+    if significance is not None and not significance.empty:
+        head, rows = significance_rows(table, significance)
+        parts += ["<h2>Paired significance against the baseline</h2>", _html_frame(head, rows, len(table.row_keys))]
+    if cost is not None and not cost.empty:
+        head, rows = cost_rows(cost, table.row_keys)
+        parts += ["<h2>Cost</h2>", _html_frame(head, rows, len(table.row_keys) + 1)]
+    if table.notes:
+        parts += ["<h2>Notes</h2><ul>"] + [f"<li>{_h(n)}</li>" for n in table.notes] + ["</ul>"]
+    if images:
+        parts.append("<h2>Plots</h2>")
+        for name, (caption, png) in images.items():
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(
+                f"<figure id='{_h(name)}'><img alt='{_h(caption)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{_h(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- Rich
+
+
+def rich_tables(
+    table: AblationTable, significance: pd.DataFrame | None, cost: pd.DataFrame | None, *, title: str
+) -> list[Any]:
+    """Renderables for the terminal: the ablation table (best cells highlighted), the
+    paired tests, the cost table and the notes."""
+    from rich.table import Table
+    from rich.text import Text
+
+    scale = 100.0 if _percent(table) else 1.0
+    out: list[Any] = []
+    t = Table(title=title, caption=legend(table), caption_justify="left", show_lines=False)
+    for k in _header_keys(table):
+        t.add_column(k, style="cyan", no_wrap=True)
+    for bench in table.columns:
+        for arm in table.arms:
+            t.add_column(f"{bench_label(bench)}\n{arm_label(arm)}", justify="right")
+    for row in table.rows:
+        cells: list[Any] = list(row)
+        for bench in table.columns:
+            for arm in table.arms:
+                c = table.cell(row, bench, arm)
+                parts = _parts(c, scale)
+                if parts is None:
+                    cells.append(Text(DASH, style="dim"))
+                    continue
+                mean, ci, delta = parts
+                text = Text(f"{mean} {ci}".strip(), style="bold green" if c is not None and c.best else "")
+                if delta:
+                    text.append(f" {delta}", style="red" if c is not None and _significant(c) else "dim")
+                cells.append(text)
+        t.add_row(*cells)
+    out.append(t)
+    if significance is not None and not significance.empty:
+        head, rows = significance_rows(table, significance)
+        s = Table(title="Paired bootstrap against the baseline")
+        for i, h in enumerate(head):
+            s.add_column(h, justify="left" if i < len(table.row_keys) + 2 else "right")
+        for r in rows:
+            s.add_row(*r)
+        out.append(s)
+    if cost is not None and not cost.empty:
+        head, rows = cost_rows(cost, table.row_keys)
+        c = Table(title="Cost per arm")
+        for i, h in enumerate(head):
+            c.add_column(h, justify="left" if i <= len(table.row_keys) else "right")
+        for r in rows:
+            c.add_row(*r)
+        out.append(c)
+    if table.notes:
+        out.append(Text("Notes:\n" + "\n".join(f"- {n}" for n in table.notes), style="yellow"))
+    return out

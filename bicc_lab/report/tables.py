@@ -1,0 +1,391 @@
+"""The ablation, significance and cost tables, as data (rendering lives in ``render``).
+
+Rows are base model × variant (× any other grid axis), columns benchmark × arm plus an
+average over benchmarks. A cell is the mean over seeds with a 95% t-interval, its Δ
+against the baseline arm of the same row and benchmark, and (when per-problem results
+exist) the paired bootstrap of the arm against that baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bicc_lab.report.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    BootstrapResult,
+    MeanCI,
+    mean_ci,
+    paired_bootstrap_many,
+)
+from bicc_lab.spec.models import ARMS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bicc_lab.report.data import RunSet
+
+__all__ = [
+    "ARM_LABELS",
+    "AVERAGE",
+    "AblationTable",
+    "Cell",
+    "arm_label",
+    "build_ablation",
+    "build_cost",
+    "order_arms",
+]
+
+AVERAGE = "average"
+ARM_LABELS = {"base": "baseline", "rcc": "+RCC", "bicc": "+BICC", "bicc+rcc": "+BICC+RCC"}
+RowKey = tuple[str, ...]
+
+
+def arm_label(arm: str) -> str:
+    return ARM_LABELS.get(arm, arm)
+
+
+def order_arms(arms: Sequence[str], baseline: str = "base") -> list[str]:
+    """The baseline first, then the standard arms in order, then any other arm sorted."""
+    present = list(dict.fromkeys(arms))
+    out = [baseline] if baseline in present else []
+    out += [a for a in ARMS if a in present and a not in out]
+    out += sorted(a for a in present if a not in out)
+    return out
+
+
+@dataclass
+class Cell:
+    """One (row, benchmark, arm) cell of the ablation table."""
+
+    row: RowKey
+    benchmark: str
+    arm: str
+    stat: MeanCI
+    seeds: tuple[int, ...]
+    delta: float | None = None  # mean - baseline mean (None for the baseline / no baseline)
+    best: bool = False
+    test: BootstrapResult | None = None  # paired bootstrap vs the baseline
+    test_seeds: tuple[int, ...] = ()  # the seeds both arms share (the test's pairing)
+
+    @property
+    def mean(self) -> float:
+        return self.stat.mean
+
+
+@dataclass
+class AblationTable:
+    row_keys: list[str]  # column names of a row key: model, variant, other axes
+    rows: list[RowKey]
+    benchmarks: list[str]  # without AVERAGE
+    arms: list[str]
+    baseline: str
+    metric: str  # what the cells hold, e.g. avg_at_k
+    cells: dict[tuple[RowKey, str, str], Cell] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    confidence: float = CONFIDENCE
+    n_resamples: int = BOOTSTRAP_RESAMPLES
+    tested: bool = False  # paired bootstrap ran (per-problem results were loaded)
+    metric_names: dict[str, str] = field(default_factory=dict)  # benchmark -> logged metric, e.g. avg_at_4
+
+    @property
+    def columns(self) -> list[str]:
+        """Benchmarks, then the average column when there is more than one benchmark."""
+        return [*self.benchmarks, AVERAGE] if len(self.benchmarks) > 1 else list(self.benchmarks)
+
+    def cell(self, row: RowKey, benchmark: str, arm: str) -> Cell | None:
+        return self.cells.get((row, benchmark, arm))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: one line per row × benchmark × arm (missing cells included, NaN)."""
+        import pandas as pd
+
+        records = []
+        for row in self.rows:
+            for bench in self.columns:
+                for arm in self.arms:
+                    c = self.cell(row, bench, arm)
+                    rec: dict[str, Any] = dict(zip(self.row_keys, row, strict=True))
+                    rec.update(benchmark=bench, arm=arm, metric=self.metric_names.get(bench, self.metric))
+                    if c is None:
+                        rec.update(n_seeds=0, seeds="", mean=math.nan, ci_low=math.nan,
+                                   ci_high=math.nan, std=math.nan, delta=math.nan, best=False,
+                                   p_value=math.nan, diff_ci_low=math.nan, diff_ci_high=math.nan)
+                    else:
+                        rec.update(
+                            n_seeds=c.stat.n,
+                            seeds=" ".join(str(s) for s in c.seeds),
+                            mean=c.stat.mean,
+                            ci_low=c.stat.low,
+                            ci_high=c.stat.high,
+                            std=c.stat.std,
+                            delta=math.nan if c.delta is None else c.delta,
+                            best=c.best,
+                            p_value=c.test.p_value if c.test else math.nan,
+                            diff_ci_low=c.test.low if c.test else math.nan,
+                            diff_ci_high=c.test.high if c.test else math.nan,
+                        )
+                    records.append(rec)
+        return pd.DataFrame.from_records(records)
+
+    def significance_frame(self) -> pd.DataFrame:
+        """The paired tests: one line per row × benchmark × non-baseline arm that has one."""
+        import pandas as pd
+
+        records = []
+        for (row, bench, arm), c in self.cells.items():
+            if c.test is None:
+                continue
+            rec: dict[str, Any] = dict(zip(self.row_keys, row, strict=True))
+            rec.update(
+                benchmark=bench, arm=arm, baseline=self.baseline,
+                metric=self.metric_names.get(bench, self.metric),
+                seeds=" ".join(str(s) for s in c.test_seeds), n_problems=c.test.n_problems,
+                diff=c.test.diff, ci_low=c.test.low, ci_high=c.test.high, p_value=c.test.p_value,
+                n_resamples=c.test.n_resamples,
+            )
+            records.append(rec)
+        cols = [*self.row_keys, "benchmark", "arm", "baseline", "metric", "seeds", "n_problems",
+                "diff", "ci_low", "ci_high", "p_value", "n_resamples"]
+        frame = pd.DataFrame.from_records(records, columns=cols)
+        if not frame.empty:
+            order = {r: i for i, r in enumerate(self.rows)}
+            frame["_r"] = [order[tuple(x)] for x in frame[self.row_keys].itertuples(index=False)]
+            frame["_b"] = frame["benchmark"].map({b: i for i, b in enumerate(self.columns)})
+            frame["_a"] = frame["arm"].map({a: i for i, a in enumerate(self.arms)})
+            frame = frame.sort_values(["_r", "_b", "_a"]).drop(columns=["_r", "_b", "_a"]).reset_index(drop=True)
+        return frame
+
+
+def _row_order(row: RowKey) -> tuple:
+    """Model, then the variants in registry order (grpo, dr_grpo, dapo, ...), then axes."""
+    from bicc_lab.spec.models import VARIANTS
+
+    variant = row[1] if len(row) > 1 else ""
+    rank = VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
+    return (row[0], rank, variant, *row[2:])
+
+
+def _row_label(row: RowKey) -> str:
+    return " / ".join(str(x) for x in row)
+
+
+def _seeds(values: Any) -> tuple[int, ...]:
+    return tuple(sorted(int(s) for s in values if s is not None and not _nan(s)))
+
+
+def _nan(x: Any) -> bool:
+    try:
+        return math.isnan(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def build_ablation(
+    run_set: RunSet,
+    *,
+    baseline: str = "base",
+    problems: pd.DataFrame | None = None,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> AblationTable:
+    """Means ± CI over seeds, Δ vs ``baseline``, best cell per row and benchmark, and
+    (with ``problems`` from :func:`~bicc_lab.report.data.load_problem_scores`) the paired
+    bootstrap of every arm against the baseline of its row."""
+    frame = run_set.frame
+    keys = run_set.row_keys
+    rows: list[RowKey] = []
+    if not run_set.runs.empty:
+        rows = sorted({tuple(str(v) for v in r) for r in run_set.runs[keys].itertuples(index=False)},
+                      key=_row_order)
+    arms = order_arms(list(run_set.runs["arm"]) if not run_set.runs.empty else [], baseline)
+    if baseline not in arms:
+        arms = [baseline, *arms]
+    table = AblationTable(
+        row_keys=keys, rows=rows, benchmarks=list(run_set.benchmarks), arms=arms,
+        baseline=baseline, metric=run_set.metric.spec, notes=[], confidence=confidence,
+        n_resamples=n_resamples,
+    )
+    if frame.empty:
+        table.notes.append("no eval metrics in the finished runs: the table is empty")
+        table.notes.extend(run_set.notes)
+        return table
+    table.metric_names = {str(b): str(m) for b, m in frame.groupby("benchmark")["metric"].max().items()}
+
+    # Per-run scores: (row, arm, seed) -> {benchmark: score}
+    scores: dict[tuple[RowKey, str], dict[str, dict[int, float]]] = {}
+    sub = frame[[*keys, "arm", "seed", "benchmark", "score"]]
+    for tup in sub.itertuples(index=False):
+        *rk, arm, seed_, bench, score = tup
+        row = tuple(str(v) for v in rk)
+        scores.setdefault((row, arm), {}).setdefault(bench, {})[int(seed_) if not _nan(seed_) else -1] = float(score)
+    benches = table.benchmarks
+    for (row, arm), per_bench in scores.items():
+        for bench, by_seed in per_bench.items():
+            table.cells[(row, bench, arm)] = Cell(
+                row, bench, arm, mean_ci(list(by_seed.values()), confidence), _seeds(by_seed)
+            )
+        if AVERAGE in table.columns:
+            common = set.intersection(*(set(per_bench.get(b, {})) for b in benches))
+            if common:
+                avg = {s: float(np.mean([per_bench[b][s] for b in benches])) for s in common}
+                table.cells[(row, AVERAGE, arm)] = Cell(
+                    row, AVERAGE, arm, mean_ci(list(avg.values()), confidence), _seeds(avg)
+                )
+
+    # Deltas and the best arm of each row and benchmark.
+    for row in rows:
+        for bench in table.columns:
+            base = table.cell(row, bench, baseline)
+            present = [c for a in arms if (c := table.cell(row, bench, a)) is not None]
+            for c in present:
+                if c.arm != baseline and base is not None:
+                    c.delta = c.stat.mean - base.stat.mean
+            if present:
+                top = max(c.stat.mean for c in present)
+                for c in present:
+                    c.best = math.isclose(c.stat.mean, top, rel_tol=0, abs_tol=1e-12)
+
+    if problems is not None:
+        _add_tests(table, run_set, problems, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    _add_notes(table, run_set, scores)
+    return table
+
+
+def _add_tests(
+    table: AblationTable, run_set: RunSet, problems: pd.DataFrame, *,
+    confidence: float, n_resamples: int, seed: int,
+) -> None:
+    """Paired bootstrap over problems: per arm, the per-problem score averaged over the
+    seeds both arms have; problems both arms have; one batched bootstrap per problem count."""
+    if problems.empty:
+        table.notes.append("no per-problem eval results (eval.json artifacts): no paired tests")
+        return
+    table.tested = True
+    keys = run_set.row_keys
+    info = run_set.runs[["run_id", *keys, "arm", "seed"]].copy()
+    info["row"] = [tuple(str(v) for v in r) for r in info[keys].itertuples(index=False)]
+    merged = problems.merge(info[["run_id", "row", "arm", "seed"]], on="run_id", how="inner")
+    # One reshape: (row, benchmark, arm, problem) x seed, then a frame per (row, benchmark, arm).
+    wide = merged.pivot_table(
+        index=["row", "benchmark", "arm", "problem_id"], columns="seed", values="score", aggfunc="mean"
+    )
+    pivots: dict[tuple[RowKey, str, str], pd.DataFrame] = {
+        key: sub.droplevel([0, 1, 2]).dropna(axis=1, how="all")
+        for key, sub in wide.groupby(level=[0, 1, 2], sort=False)
+    }
+    pending: dict[int, list[tuple[Cell, np.ndarray, tuple[int, ...]]]] = {}
+    for row in table.rows:
+        for bench in table.benchmarks:
+            base = pivots.get((row, bench, table.baseline))
+            if base is None:
+                continue
+            for arm in table.arms:
+                cell = table.cell(row, bench, arm)
+                other = pivots.get((row, bench, arm))
+                if arm == table.baseline or cell is None or other is None:
+                    continue
+                seeds = sorted(set(base.columns) & set(other.columns))
+                if not seeds:
+                    continue
+                a = other[seeds].dropna()
+                b = base[seeds].dropna()
+                common = a.index.intersection(b.index)
+                if len(common) == 0:
+                    continue
+                diff = a.loc[common].mean(axis=1).to_numpy() - b.loc[common].mean(axis=1).to_numpy()
+                pending.setdefault(len(common), []).append((cell, diff, tuple(int(s) for s in seeds)))
+    for _, items in pending.items():
+        matrix = np.column_stack([d for _, d, _ in items])
+        results = paired_bootstrap_many(matrix, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        for (cell, _, seeds), res in zip(items, results, strict=True):
+            cell.test = res
+            cell.test_seeds = seeds
+
+
+def _add_notes(
+    table: AblationTable, run_set: RunSet,
+    scores: dict[tuple[RowKey, str], dict[str, dict[int, float]]],
+) -> None:
+    notes = table.notes
+    single_rows = []
+    for row in table.rows:
+        label = _row_label(row)
+        row_seeds: set[int] = set()
+        for arm in table.arms:
+            for by_seed in scores.get((row, arm), {}).values():
+                row_seeds |= set(by_seed)
+        present = [a for a in table.arms if (row, a) in scores]
+        missing_arms = [arm_label(a) for a in table.arms if a not in present]
+        if missing_arms:
+            notes.append(f"{label}: no finished run of {', '.join(missing_arms)} (shown as —)")
+        if present and table.baseline not in present:
+            notes.append(f"{label}: no {arm_label(table.baseline)} run, so no Δ and no paired test")
+        singles = []
+        for arm in present:
+            for bench in table.benchmarks:
+                c = table.cell(row, bench, arm)
+                if c is None:
+                    notes.append(f"{label} {arm_label(arm)}: no {bench} result (shown as —)")
+                    continue
+                if c.stat.n == 1:
+                    singles.append(f"{arm_label(arm)} {bench}")
+                lacking = sorted(row_seeds - set(c.seeds))
+                if lacking and len(row_seeds) > 1:
+                    notes.append(
+                        f"{label} {arm_label(arm)} {bench}: {c.stat.n} of {len(row_seeds)} seeds "
+                        f"(missing seed {', '.join(str(s) for s in lacking)})"
+                    )
+        if len(row_seeds) == 1:
+            single_rows.append(label)
+            notes.append(f"{label}: a single seed ({next(iter(row_seeds))}): means without confidence intervals")
+        elif singles:
+            notes.append(f"{label}: a single seed for {', '.join(singles)}: mean without a confidence interval")
+    if table.rows and len(single_rows) == len(table.rows) and len(table.rows) > 1:
+        notes.append("every row has a single seed: run more seeds for confidence intervals")
+    notes.extend(run_set.notes)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
+    """Per row × arm: runs, mean wall time, mean step time, tokens, and the step-time
+    ratio against the baseline arm of the same row (the BICC overhead)."""
+    import pandas as pd
+
+    runs = run_set.runs
+    keys = run_set.row_keys
+    cols = [*keys, "arm", "runs", "wall_time_s", "mean_step_time_s", "tokens", "tokens_per_s",
+            "step_time_ratio", "wall_time_ratio"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols)
+    data = runs[[*keys, "arm", "wall_time_s", "mean_step_time_s", "tokens"]].copy()
+    for k in keys:
+        data[k] = data[k].astype(str)
+    grouped = data.groupby([*keys, "arm"], sort=False)
+    cost = grouped.agg(
+        runs=("arm", "size"),
+        wall_time_s=("wall_time_s", "mean"),
+        mean_step_time_s=("mean_step_time_s", "mean"),
+        tokens=("tokens", "mean"),
+    ).reset_index()
+    cost["tokens_per_s"] = cost["tokens"] / cost["wall_time_s"]
+    base = cost[cost["arm"] == baseline].set_index(keys)
+    ref_step = [base["mean_step_time_s"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
+                for r in cost[keys].itertuples(index=False)]
+    ref_wall = [base["wall_time_s"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
+                for r in cost[keys].itertuples(index=False)]
+    cost["step_time_ratio"] = cost["mean_step_time_s"] / np.asarray(ref_step, dtype=float)
+    cost["wall_time_ratio"] = cost["wall_time_s"] / np.asarray(ref_wall, dtype=float)
+    arm_order = {a: i for i, a in enumerate(order_arms(list(cost["arm"]), baseline))}
+    cost["_a"] = cost["arm"].map(arm_order)
+    cost = cost.sort_values([*keys, "_a"]).drop(columns="_a").reset_index(drop=True)
+    return cost[cols]

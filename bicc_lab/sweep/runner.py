@@ -1,0 +1,373 @@
+"""``sweep run``: hand every unfinished cell to local worker processes, watch them, summarise.
+
+Exactly-once: a cell is skipped when MLflow has a FINISHED child run with its config
+hash; otherwise its worker reuses the cell's recorded MLflow run (``mlflow_run_id``), so
+a crash never makes a second run. The per-cell ``flock`` keeps two ``sweep run``
+processes off the same cell: a cell locked by another process waits here until the lock
+is free, then its worker finds it FINISHED and exits at once (or resumes it).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from bicc_lab.launch import layout
+from bicc_lab.launch.local import LocalLauncher, WorkerProcess, threads_per_worker
+from bicc_lab.launch.locks import LOCK_NAME, blocking_lock, is_locked
+from bicc_lab.launch.worker import EXIT_BUSY, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_KILLED, EXIT_OK
+from bicc_lab.sweep import state as st
+from bicc_lab.sweep.context import SweepContext
+from bicc_lab.sweep.display import Row, fmt_duration, make_display
+
+__all__ = ["SweepOutcome", "run_sweep"]
+
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class SweepOutcome:
+    finished: list[str] = field(default_factory=list)  # names of cells finished in this run
+    already: list[str] = field(default_factory=list)  # finished before
+    failed: dict[str, str] = field(default_factory=dict)  # name -> last error line
+    failed_before: dict[str, str] = field(default_factory=dict)
+    killed: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return 1 if (self.failed or self.failed_before) else 0
+
+
+def cell_spec(
+    ctx: SweepContext, cell: Any, experiment_id: str, parent_run_id: str, commit: str
+) -> dict[str, Any]:
+    return {
+        "format": 1,
+        "sweep": ctx.sweep.name,
+        "sweep_file": str(ctx.sweep.path),
+        "name": cell.name,
+        "cell_id": cell.cell_id,
+        "config_hash": cell.config_hash,
+        "train_id": cell.train_id,
+        "index": cell.index,
+        "axes": cell.axes,
+        "config": cell.config.model_dump(mode="json"),
+        "tracking_uri": ctx.uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "git_commit": commit,
+    }
+
+
+def prebuild_models(cells: list[Any], say: Callable[[str], None]) -> dict[str, str]:
+    """Build each distinct tiny model once, here, before workers start (they share the cache).
+
+    Returns ``{cell_id: error}`` for the cells whose model could not be built: launching
+    them would only repeat the same (minutes-long) failed build in every worker.
+    """
+    tiny = [
+        c for c in cells if c.config.model.name == "tiny" or c.config.model.name.startswith("tiny:")
+    ]
+    if not tiny:
+        return {}
+    from bicc_lab.backends.trl.run import resolve_model, tiny_config
+
+    outcome: dict[str, str | None] = {}
+    failed: dict[str, str] = {}
+    for cell in tiny:
+        try:
+            key = tiny_config(cell.config).cache_key()
+        except Exception:  # noqa: BLE001 - the cell will report its own error
+            continue
+        if key not in outcome:
+            start = time.time()
+            say(f"preparing the tiny model {key} (built once, shared by the cells) ...")
+            try:
+                path = resolve_model(cell.config, progress=False)
+                outcome[key] = None
+                say(f"tiny model ready in {fmt_duration(time.time() - start)}: {path}")
+            except Exception as exc:  # noqa: BLE001
+                outcome[key] = f"building the tiny model failed: {type(exc).__name__}: {exc}"
+                say(f"error: {outcome[key]}")
+        if outcome[key]:
+            failed[cell.cell_id] = outcome[key]
+    return failed
+
+
+def run_sweep(
+    ctx: SweepContext,
+    *,
+    max_parallel: int,
+    retry_failed: bool = False,
+    console: Console | None = None,
+    live: bool | None = None,
+    grace_s: float = 10.0,
+    poll_s: float = 0.5,
+) -> SweepOutcome:
+    import bicc_lab
+    from bicc_lab.tracking.naming import Tag, git_commit
+
+    console = console or Console()
+    sweep = ctx.sweep
+    outcome = SweepOutcome()
+    t_start = time.time()
+
+    ctx.check_reachable()
+    tracker = ctx.tracker()
+    experiment_id = tracker.ensure_experiment(ctx.experiment)
+    commit = git_commit()
+    ctx.sweep_dir.mkdir(parents=True, exist_ok=True)
+    with blocking_lock(ctx.sweep_dir / layout.SWEEP_LOCK):
+        parent_run_id = tracker.ensure_parent(
+            experiment_id,
+            sweep.name,
+            {
+                Tag.N_CELLS: str(len(sweep.cells)),
+                Tag.VERSION: bicc_lab.__version__,
+                Tag.GIT_COMMIT: commit,
+                Tag.AXES: json.dumps({a.key: a.values for a in sweep.axes}, default=str),
+            },
+        )
+        tracker.set_status(parent_run_id, "RUNNING")
+        try:
+            tracker.log_artifacts(parent_run_id, [sweep.path])
+        except Exception:  # noqa: BLE001 - the sweep file is a convenience copy
+            pass
+
+    statuses = st.cell_statuses(sweep, ctx.runs_dir, tracker.cell_runs(experiment_id))
+    rows: dict[str, Row] = {}
+    queue: deque[Any] = deque()
+    by_id = {s.cell.cell_id: s for s in statuses}
+    for s in statuses:
+        cell = s.cell
+        row = Row(
+            name=cell.name,
+            cell_id=cell.cell_id,
+            state=s.state,
+            step=s.step,
+            max_steps=s.max_steps,
+            reward=s.progress.reward,
+        )
+        rows[cell.cell_id] = row
+        if s.state == st.FINISHED:
+            row.state = "done before"
+            outcome.already.append(cell.name)
+        elif s.state == st.FAILED and not retry_failed:
+            row.state = "failed before"
+            row.note = s.note[:120]
+            outcome.failed_before[cell.name] = s.note
+        elif s.state == st.ELSEWHERE:
+            row.note = s.note
+            outcome.elsewhere.append(cell.name)
+        else:
+            if s.state == st.RUNNING:
+                row.state = "waiting"
+                row.note = "locked by another process"
+            else:
+                row.state = "queued" if s.state == st.PENDING else s.state
+            queue.append(cell)
+
+    n_total = len(sweep.cells)
+    title = (
+        f"sweep {sweep.name}: {n_total} cells, {len(queue)} to run, {len(outcome.already)} finished before"
+        f" | {max_parallel} at a time | MLflow {ctx.uri} (experiment {ctx.experiment}) | {ctx.sweep_dir}"
+    )
+    display = make_display(console, title, live)
+    launcher = LocalLauncher(
+        gpus=sweep.spec.gpus, threads=None if sweep.spec.gpus else threads_per_worker(max_parallel)
+    )
+
+    def refresh() -> None:
+        now = time.time()
+        for proc in launcher.running.values():
+            row = rows[proc.key]
+            progress = layout.read_progress(proc.directory)
+            if progress.phase in ("starting", "training", "evaluating", "logging"):
+                row.state = progress.phase
+            row.observe(progress.step, progress.reward, now)
+        display.update(list(rows.values()))
+
+    def mark_if_running(proc: WorkerProcess, status: str, error: str | None) -> None:
+        """The worker could not record its end itself (SIGKILL, crash): do it here."""
+        run_id = layout.read_text(proc.directory / layout.RUN_ID_FILE)
+        if not run_id:
+            return
+        try:
+            run = tracker.get(run_id)
+            if run is not None and run.status == "RUNNING":
+                tags = {Tag.PHASE: status.lower()}
+                if error:
+                    tags[Tag.ERROR] = error
+                tracker.set_tags(run_id, tags)
+                tracker.set_status(run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            display.say(f"warning: could not mark {proc.key} {status} in MLflow: {exc}")
+
+    def handle_exit(proc: WorkerProcess, code: int, stopping: bool) -> None:
+        row = rows[proc.key]
+        cell = by_id[proc.key].cell
+        row.gpu = None
+        progress = layout.read_progress(proc.directory)
+        row.observe(progress.step, progress.reward, time.time())
+        row.eta_s = None
+        if code == EXIT_OK or progress.phase == "finished":
+            # (a SIGTERM that lands while a finished worker shuts down changes only its exit code)
+            row.state = "finished"
+            row.note = fmt_duration(time.time() - proc.started)
+            outcome.finished.append(cell.name)
+        elif code == EXIT_BUSY:
+            row.state = "waiting"
+            row.note = "locked by another process"
+            queue.append(cell)
+        elif code == EXIT_ELSEWHERE:
+            row.state = "running elsewhere"
+            outcome.elsewhere.append(cell.name)
+        elif code == EXIT_FAILED:
+            error = st._first_error_line(proc.directory, None)
+            row.state = "failed"
+            row.note = f"{error[:100]} (log: {proc.directory / layout.LOG_FILE})"
+            outcome.failed[cell.name] = error
+            mark_if_running(proc, "FAILED", error)
+        elif stopping or code == EXIT_KILLED or code == -signal.SIGTERM:
+            row.state = "killed"
+            outcome.killed.append(cell.name)
+            mark_if_running(proc, "KILLED", None)
+        else:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            error = f"worker died ({how}); out of memory? see {proc.directory / layout.LOG_FILE}"
+            row.state = "failed"
+            row.note = error
+            outcome.failed[cell.name] = error
+            mark_if_running(proc, "FAILED", error)
+
+    def launch_some() -> None:
+        tried = 0
+        while len(launcher.running) < max_parallel and queue and tried < len(queue):
+            cell = queue.popleft()
+            directory = st.cell_directory(ctx.runs_dir, sweep, cell)
+            if is_locked(directory / LOCK_NAME):
+                queue.append(cell)  # another process runs it: wait for its lock
+                tried += 1
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            layout.write_atomic(
+                directory / layout.CELL_SPEC,
+                json.dumps(
+                    cell_spec(ctx, cell, experiment_id, parent_run_id, commit),
+                    indent=1,
+                    default=str,
+                ),
+            )
+            layout.write_atomic(directory / layout.PHASE_FILE, "starting\n")
+            proc = launcher.start(cell.cell_id, directory)
+            row = rows[cell.cell_id]
+            row.state, row.note, row.gpu = "starting", "", proc.gpu
+
+    stop_signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *stop_signals)}
+
+    def on_stop_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM / SIGHUP (terminal gone) stop the sweep like Ctrl-C
+
+    display.start()
+    try:
+        for sig in stop_signals:
+            signal.signal(sig, on_stop_signal)
+        if queue:
+            unbuildable = prebuild_models(list(queue), display.say)
+            for cell in [c for c in queue if c.cell_id in unbuildable]:
+                queue.remove(cell)  # not launched; not FAILED in MLflow: the next run tries again
+                row = rows[cell.cell_id]
+                row.state, row.note = "failed", unbuildable[cell.cell_id][:120]
+                outcome.failed[cell.name] = unbuildable[cell.cell_id]
+        while queue or launcher.running:
+            for proc, code in launcher.finished():
+                handle_exit(proc, code, stopping=False)
+            launch_some()
+            refresh()
+            if queue or launcher.running:
+                time.sleep(poll_s)
+        refresh()
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+        for sig in (signal.SIGINT, *stop_signals):  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        _quietly(
+            display.say,
+            f"interrupted: stopping {len(launcher.running)} running cell(s) (SIGTERM, SIGKILL after {grace_s:.0f}s) ...",
+        )
+        for proc, code in launcher.stop_all(grace_s):
+            handle_exit(proc, code, stopping=True)
+        _quietly(refresh)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            display.stop()
+        except OSError:  # the terminal went away
+            pass
+
+    outcome.seconds = time.time() - t_start
+    try:
+        if outcome.interrupted:
+            tracker.set_status(parent_run_id, "KILLED")
+        elif outcome.failed or outcome.failed_before:
+            tracker.set_status(parent_run_id, "FAILED")
+        elif not outcome.elsewhere:
+            tracker.set_status(parent_run_id, "FINISHED")
+    except Exception as exc:  # noqa: BLE001
+        console.print(f"warning: could not update the sweep's parent run: {exc}", markup=False)
+    _quietly(print_summary, console, ctx, outcome, n_total)
+    return outcome
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    """Output that must not stop the cleanup when the terminal is gone."""
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def print_summary(console: Console, ctx: SweepContext, outcome: SweepOutcome, n_total: int) -> None:
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    done = len(outcome.finished) + len(outcome.already)
+    parts = [
+        f"{done}/{n_total} finished ({len(outcome.finished)} now, {len(outcome.already)} before)"
+    ]
+    if outcome.failed:
+        parts.append(f"{len(outcome.failed)} failed")
+    if outcome.failed_before:
+        parts.append(f"{len(outcome.failed_before)} failed before (rerun with --retry-failed)")
+    if outcome.killed:
+        parts.append(f"{len(outcome.killed)} killed (resume with the same command)")
+    if outcome.elsewhere:
+        parts.append(f"{len(outcome.elsewhere)} running elsewhere")
+    say(f"sweep {ctx.sweep.name}: " + ", ".join(parts) + f" in {fmt_duration(outcome.seconds)}")
+    by_error: dict[str, list[str]] = {}
+    for name, error in {**outcome.failed_before, **outcome.failed}.items():
+        by_error.setdefault(error or "(no error recorded)", []).append(name)
+    for error, names in by_error.items():
+        if len(names) == 1:
+            say(f"  FAILED {names[0]}: {error}")
+        else:
+            shown = ", ".join(names[:4]) + (
+                f", ... ({len(names) - 4} more)" if len(names) > 4 else ""
+            )
+            say(f"  FAILED {len(names)} cells ({shown}): {error}")
+    if outcome.failed:
+        say(f"  logs: {ctx.sweep_dir}/<cell>/run.log")

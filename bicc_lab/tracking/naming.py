@@ -1,0 +1,207 @@
+"""Names, tags and URIs of the MLflow tracking of a sweep. Standard library only.
+
+Layout in MLflow (one experiment per sweep):
+
+- experiment ``<sweep name>`` (or ``tracking.experiment`` of the sweep file);
+- one *parent* run per sweep (tag ``role=sweep``), named after the sweep;
+- one *child* run per cell (tag ``role=cell``, ``mlflow.parentRunId`` = the parent),
+  named after the cell (``tiny/grpo/bicc+rcc/s0``).
+
+A cell is finished when a child run with its ``config_hash`` tag has ``status=FINISHED``
+(the tag is written last, after every metric and artifact). Metric names are TRL's log
+keys as they are (``reward``, ``rewards/accuracy_reward/mean``, ``loss``, ...) at each
+training step, and ``eval/<benchmark>/<metric>`` at the end, where ``@`` (not allowed by
+MLflow) is spelled ``_at_``: ``eval/arith/avg_at_4``, ``eval/arith/pass_at_4``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "DEFAULT_DB_NAME",
+    "HEARTBEAT_ENV",
+    "STALE_AFTER_S",
+    "STATUSES",
+    "Tag",
+    "default_tracking_uri",
+    "eval_metric_key",
+    "flatten",
+    "git_commit",
+    "heartbeat_interval",
+    "metric_key",
+    "normalize_uri",
+    "project_root",
+    "resolve_tracking_uri",
+    "stale_after",
+]
+
+DEFAULT_DB_NAME = "mlflow.db"
+STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+ACTIVE_STATUSES = ("RUNNING",)
+
+HEARTBEAT_ENV = "BICC_LAB_HEARTBEAT_S"
+STALE_ENV = "BICC_LAB_STALE_AFTER_S"
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 60.0
+"""A RUNNING child run whose heartbeat is older than this is stale (its process died)."""
+
+
+class Tag:
+    """Tag keys written on the runs (constants, so that `report` and `tune` read the same names)."""
+
+    ROLE = "role"  # "sweep" | "cell"
+    SWEEP = "sweep"
+    CELL_ID = "cell_id"
+    CELL_NAME = "cell_name"
+    CONFIG_HASH = "config_hash"
+    TRAIN_ID = "train_id"
+    STATUS = "status"  # RUNNING | FINISHED | FAILED | KILLED
+    ARM = "arm"
+    VARIANT = "variant"
+    MODEL = "model"
+    SEED = "seed"
+    AXES = "axes"  # JSON of the cell's grid values
+    VERSION = "bicc_lab_version"
+    GIT_COMMIT = "git_commit"
+    HEARTBEAT = "heartbeat"  # unix seconds, refreshed while the worker lives
+    PROGRESS = "progress"  # "step/max_steps"
+    PHASE = "phase"  # training | evaluating | logging
+    ERROR = "error"  # last lines of the error of a FAILED cell
+    ATTEMPTS = "attempts"
+    HOST = "host"
+    PID = "pid"
+    N_CELLS = "n_cells"
+    RUN_NAME = "mlflow.runName"
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    SOURCE_COMMIT = "mlflow.source.git.commit"
+
+
+def heartbeat_interval() -> float:
+    return float(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S))
+
+
+def stale_after() -> float:
+    return float(os.environ.get(STALE_ENV, STALE_AFTER_S))
+
+
+# --------------------------------------------------------------------------- metric names
+
+_BAD_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def metric_key(name: str) -> str:
+    """A valid MLflow metric name for ``name``: ``@`` -> ``_at_``, other odd characters -> ``_``.
+
+    >>> metric_key("eval/math500/avg@32")
+    'eval/math500/avg_at_32'
+    """
+    text = str(name).replace("@", "_at_")
+    text = _BAD_CHARS.sub("_", text)
+    text = re.sub(r"/{2,}", "/", text).strip("/")
+    parts = [p for p in text.split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or "_"
+
+
+def eval_metric_key(benchmark: str, metric: str) -> str:
+    """``eval/<benchmark>/<metric>`` as logged, e.g. ``eval/arith/avg_at_4``."""
+    return metric_key(f"eval/{benchmark}/{metric}")
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value) if isinstance(value, float) else str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"train.max_steps": "200", ...}``; lists and empty dicts as JSON."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = _param_value(value)[:6000]
+    return out
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+def project_root(start: str | os.PathLike[str] | None = None) -> Path:
+    """The nearest ancestor of ``start`` (default: cwd) holding ``.git``, else ``start`` itself."""
+    here = Path(start or os.getcwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return here
+
+
+def default_tracking_uri(root: str | os.PathLike[str] | None = None) -> str:
+    """``sqlite:///<repo-or-cwd>/mlflow.db``."""
+    return f"sqlite:///{project_root(root) / DEFAULT_DB_NAME}"
+
+
+def normalize_uri(uri: str, base: str | os.PathLike[str] | None = None) -> str:
+    """Make a relative ``sqlite:///x.db`` absolute (so every worker process opens the same file)."""
+    uri = uri.strip()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"sqlite:///{(Path(base or os.getcwd()) / path).resolve()}"
+    return uri
+
+
+def resolve_tracking_uri(configured: str | None, root: str | os.PathLike[str] | None = None) -> str:
+    """The sweep's ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`default_tracking_uri`."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
+    return normalize_uri(uri)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:":
+            return Path(path)
+    return None
+
+
+@lru_cache(maxsize=8)
+def git_commit(root: str | None = None) -> str:
+    """``git rev-parse HEAD`` of the project (``+dirty`` when the tree has changes); "" if none."""
+    cwd = str(project_root(root))
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        if not sha:
+            return ""
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return f"{sha}+dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return ""
