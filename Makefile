@@ -24,10 +24,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Until the sweep lands, the main job is the best end-to-end command that exists.
 quickstart: install
-	$(BIN)/bicc-lab doctor
-	$(BIN)/bicc-lab data list
+	$(BIN)/bicc-lab sweep run sweeps/quickstart.yaml
+	$(BIN)/bicc-lab report sweeps/quickstart.yaml
 
 lint:
 	$(BIN)/ruff check bicc_lab tests

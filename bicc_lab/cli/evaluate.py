@@ -66,8 +66,8 @@ def evaluate(
         result.to_json(target)
         typer.echo(f"wrote {target}")
     if run is not None:
-        from bicc_lab.tracking import log_eval_to_run_dir
+        from bicc_lab.tracking.store import log_eval_to_run_dir
 
-        logged = log_eval_to_run_dir(run, result)
+        logged = log_eval_to_run_dir(run, result, eval_file=target)
         if logged:
-            typer.echo(f"logged to MLflow run {logged}")
+            typer.echo(f"logged eval metrics and {target.name} to MLflow run {logged}")

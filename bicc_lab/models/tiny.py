@@ -68,9 +68,10 @@ class TinyModelConfig:
     ops: str = "+"
     prompt_format: str = "plain"  # "plain": 47+38=85<eos>; "chat": ChatML user/assistant
     # Share of warm-start prompts followed by 1-3 other answers in BICC's separator layout
-    # ("47+38=\n84\n91\n85"): without it every conditioned prompt is out of distribution
-    # and log π(o|q+ctx) collapses (a shift of -26 nats per answer was measured).
-    context_prob: float = 0.5
+    # ("47+38=\n84\n91\n85"), to make conditioned prompts in-distribution. Off by default:
+    # at 0.5 the held-out accuracy was still 10% after 2,578 steps (plain prompts: 38% at
+    # 1,350), so the warm-start no longer fits a quickstart.
+    context_prob: float = 0.0
     n_train: int = 5000
     n_test: int = 500  # must match the arithmetic test split the benchmarks use
     n_val: int = 200  # held-out slice at the end of the train split
@@ -79,7 +80,9 @@ class TinyModelConfig:
     target_accuracy: float = 0.35
     eval_every: int = 25
     max_steps: int = 4000
-    max_seconds: float = 300.0
+    # The warm-start is deterministic in its steps, so the step cap decides the outcome; a
+    # wall-clock cap only turns a busy machine into a failed build. None: no wall-clock cap.
+    max_seconds: float | None = None
     lr: float = 2e-3
     batch_size: int = 64
     warmup_steps: int = 20
@@ -405,7 +408,7 @@ def warm_start(
             if (
                 step % config.eval_every == 0
                 or step >= config.max_steps
-                or elapsed >= config.max_seconds
+                or (config.max_seconds is not None and elapsed >= config.max_seconds)
             ):
                 acc = sampled_accuracy(
                     model,
@@ -429,7 +432,7 @@ def warm_start(
                     stop = "target"
                 elif step >= config.max_steps:
                     stop = "max_steps"
-                elif elapsed >= config.max_seconds:
+                elif config.max_seconds is not None and elapsed >= config.max_seconds:
                     stop = "max_seconds"
             else:
                 bar.update(step)
