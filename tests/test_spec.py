@@ -136,8 +136,10 @@ def test_tiny_experiment_file():
     c = load_experiment(ROOT / "experiments" / "tiny.yaml")
     assert c.model.name == "tiny" and c.data.train == "synthetic_arithmetic" and c.data.digits == 2
     assert c.train.learning_rate == 2e-4
-    assert c.train.num_generations == 8 and c.train.per_device_train_batch_size == 64
-    assert c.train.per_device_train_batch_size // c.train.num_generations == 8  # prompts per step
+    # 8 prompts x 8 generations per optimizer step, in two micro-batches (gradient variance)
+    assert c.train.num_generations == 8 and c.train.generation_batch_size == 64
+    assert c.train.generation_batch_size // c.train.num_generations == 8  # prompts per step
+    assert c.train.gradient_accumulation_steps == 2 and c.diagnostics.grad_variance
     assert c.train.max_completion_length <= 8
     assert c.eval.benchmarks == ["arith_test"]
 
@@ -701,7 +703,8 @@ def _shown(path: Path) -> str:
     return display_path(path)
 
 
-def test_search_block_is_validated_loosely(tmp_path, base):
+def test_search_block_is_validated(tmp_path, base):
+    # (the strict rules of the search block are tested in test_spec_search.py)
     path = write(
         tmp_path / "s.yaml",
         """
@@ -709,18 +712,18 @@ def test_search_block_is_validated_loosely(tmp_path, base):
         set: {rcc.enabled: true}
         search:
           params:
-            rcc.coef: {low: 0.0, high: 2.0}
+            rcc.coef: {type: float, low: 0.0, high: 2.0}
             rcc.max_shift: [0.1, 0.5, null]
           objective: eval/arith_test/avg@4
           direction: maximize
           n_trials: 8
           sampler: tpe
-          pruner: {name: median}
+          pruner: {type: median}
         """,
     )
     sweep = load_sweep(path)
     assert len(sweep.cells) == 1 and sweep.cells[0].config.rcc.enabled
-    assert sweep.spec.search.n_trials == 8 and sweep.spec.search.pruner == {"name": "median"}
+    assert sweep.spec.search.n_trials == 8 and sweep.spec.search.pruner.type == "median"
     assert list(sweep.spec.search.params) == ["rcc.coef", "rcc.max_shift"]
     path = write(
         tmp_path / "t.yaml",
@@ -728,13 +731,17 @@ def test_search_block_is_validated_loosely(tmp_path, base):
         base: base.yaml
         search:
           params:
-            rcc.cof: {low: 0.0, high: 2.0}
+            rcc.cof: {type: float, low: 0.0, high: 2.0}
+          objective: reward
         """,
     )
     assert error_of(load_sweep, path) == (
         f"unknown search parameter 'rcc.cof' at {_shown(path)}:4:5; did you mean 'rcc.coef'?"
     )
-    path = write(tmp_path / "u.yaml", "base: base.yaml\nsearch: {direction: up}\n")
+    path = write(
+        tmp_path / "u.yaml",
+        "base: base.yaml\nsearch: {direction: up, objective: reward, params: {rcc.coef: [1, 2]}}\n",
+    )
     assert error_of(load_sweep, path).startswith(
         f"invalid value 'up' for 'search.direction' at {_shown(path)}:2:21; expected one of: maximize, minimize"
     )

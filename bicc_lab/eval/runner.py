@@ -511,6 +511,7 @@ def evaluate_config(config: Any, model_dir: str | os.PathLike[str], *, out_file:
         backend=spec.backend,
         device="cuda" if torch.cuda.is_available() else "cpu",
         seed=config.seed,
+        dtype=None if config.model.dtype == "auto" else config.model.dtype,
         arith={"digits": config.data.digits},
     )
     if out_file is not None:

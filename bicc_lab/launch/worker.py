@@ -120,46 +120,15 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def evaluate_cell(config: Any, model_dir: str | os.PathLike[str], out_path: Path) -> Any:
-    """Evaluate the trained model of a cell as ``config.eval`` says; write ``out_path``."""
-    from bicc_lab.eval.runner import evaluate
-
-    ev = config.eval
-    device = "cpu"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            device = "cuda"
-    except ImportError:  # pragma: no cover
-        pass
-    result = evaluate(
-        str(model_dir),
-        ev.benchmarks,
-        samples=ev.samples,
-        limit=ev.limit,
-        data_dir=ev.data_dir,
-        temperature=ev.temperature,
-        top_p=ev.top_p,
-        max_new_tokens=ev.max_new_tokens,
-        backend=ev.backend,
-        device=device,
-        seed=config.seed,
-        dtype=None if config.model.dtype == "auto" else config.model.dtype,
-        arith={"digits": config.data.digits},
-    )
-    result.to_json(out_path)
-    return result
-
-
 def run_cell(directory: Path) -> int:
     """Run the cell in ``directory`` (its lock already held). Returns the exit code."""
     from mlflow.entities import Metric, RunTag
 
     import bicc_lab
     from bicc_lab.spec import ExperimentConfig, config_hash
-    from bicc_lab.tracking.naming import Tag, eval_metric_key, flatten, heartbeat_interval
+    from bicc_lab.tracking.naming import Tag, flatten, heartbeat_interval
     from bicc_lab.tracking.store import MetricBatcher, Tracker, dumps_axes, host_tags
+    from bicc_lab.tracking.store import eval_metrics as eval_metrics_of
 
     spec = layout.read_json(directory / layout.CELL_SPEC)
     if not isinstance(spec, dict):
@@ -352,17 +321,10 @@ def run_cell(directory: Path) -> int:
                 evaluation = EvalResult.from_json(eval_path)
                 _log("evaluation already done; re-logging it")
             else:
-                evaluation = evaluate_cell(config, result.final_model_dir, eval_path)
-            ts = int(time.time() * 1000)
-            eval_metrics = []
-            for bench, bres in evaluation.benchmarks.items():
-                for key, value in {**bres.metrics, "n": bres.n}.items():
-                    if value is None:
-                        continue
-                    eval_metrics.append(
-                        Metric(eval_metric_key(bench, key), float(value), ts, result.steps)
-                    )
-            eval_metrics.append(Metric("eval/seconds", float(evaluation.seconds), ts, result.steps))
+                from bicc_lab.eval.runner import evaluate_config
+
+                evaluation = evaluate_config(config, result.final_model_dir, out_file=eval_path)
+            eval_metrics = eval_metrics_of(evaluation, result.steps)
             with client_lock:
                 tracker.log_metrics(run_id, eval_metrics)
 

@@ -423,6 +423,10 @@ def load_sweep(path: str | Path, overrides: Iterable[str] | None = None) -> Swee
             )
 
     base_config = validate_model(ExperimentConfig, base_data, base_locs, base_fallback)
+    if spec.search is not None:  # bounds, choices and enqueued values against the base
+        from bicc_lab.spec.search import check_search
+
+        check_search(spec.search, base_config, locs, fallback)
 
     tracking = {k: v for k, v in spec.tracking.model_dump().items() if v is not None}
     tracking_locs = {k: e for k in tracking if (e := locs.get(("tracking", k))) is not None}

@@ -95,7 +95,7 @@ def prebuild_models(cells: list[Any], say: Callable[[str], None]) -> dict[str, s
             start = time.time()
             say(f"preparing the tiny model {key} (built once, shared by the cells) ...")
             try:
-                path = resolve_model(cell.config, progress=False)
+                path = resolve_model(cell.config, progress=True)  # minutes: show it
                 outcome[key] = None
                 say(f"tiny model ready in {fmt_duration(time.time() - start)}: {path}")
             except Exception as exc:  # noqa: BLE001

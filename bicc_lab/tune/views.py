@@ -1,0 +1,241 @@
+"""``tune status`` / ``tune best``: the trials table, best parameters, importances, plots.
+
+Plots (matplotlib, Agg) go to ``reports/<study>/``: ``history.png`` (objective per trial and
+best so far), ``importance.png`` (parameter importances, from 2 complete trials on),
+``intermediate.png`` (the pruner's metric per step), and ``trials.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bicc_lab.tune import study as st
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from bicc_lab.tune.runner import TuneSetup
+
+__all__ = ["best_overrides", "importances", "print_status", "write_best", "write_reports"]
+
+
+def _complete(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def importances(study: Any) -> tuple[dict[str, float] | None, str]:
+    """Parameter importances (Optuna's default evaluator), or None and why not."""
+    import optuna
+
+    complete = _complete(study)
+    if len(complete) < 2:
+        return None, f"needs 2 complete trials, {len(complete)} so far"
+    try:
+        with warnings.catch_warnings():  # "importances will be equal" on tiny studies
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study)), ""
+    except Exception as exc:  # noqa: BLE001 - e.g. every complete trial has the same params
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+def _note(trial: Any) -> str:
+    attrs = trial.user_attrs
+    parts = []
+    if attrs.get(st.A_DISCARDED):
+        parts.append("discarded (asked beyond n_trials by a concurrent process)")
+    if attrs.get(st.A_FAIL_REASON):
+        parts.append(str(attrs[st.A_FAIL_REASON]))
+    if attrs.get(st.A_PRUNED_AT) is not None:
+        parts.append(f"pruned at step {attrs[st.A_PRUNED_AT]}")
+    if attrs.get(st.A_DUPLICATE_OF) is not None:
+        parts.append(f"same params as trial {attrs[st.A_DUPLICATE_OF]}")
+    if attrs.get(st.A_RETRY_OF) is not None:
+        parts.append(f"retry of trial {attrs[st.A_RETRY_OF]}")
+    return "; ".join(parts)
+
+
+def _state(trial: Any) -> str:
+    name = trial.state.name
+    if name == "FAIL" and trial.user_attrs.get(st.A_INTERRUPTED):
+        return "FAIL*"  # interrupted: not counted
+    return name
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _param(value: Any) -> str:
+    return "null" if value is None else _value(value)
+
+
+def print_status(setup: TuneSetup, console: Console, *, reports: bool = True) -> int:
+    """Print the study's trials, best trial and importances; write the plots. Returns an exit code."""
+    from rich.table import Table
+
+    from bicc_lab.tune.runner import open_study
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    search = setup.search
+    if not st.storage_exists(setup.storage_url):
+        say(f"study {setup.study_name}: not started (no storage at {setup.storage_url}); "
+            f"run `bicc-lab tune run {setup.sweep.path}`")
+        return 0
+    try:
+        study, _ = open_study(setup, create=False)
+    except KeyError:
+        say(f"study {setup.study_name}: not started (not in {setup.storage_url})")
+        return 0
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(1 for t in trials if st.counts(t))
+    running = len(st.running(trials))
+    say(
+        f"study {setup.study_name}: {counted}/{search.n_trials} trials finished, {running} running | "
+        f"objective {setup.objective_key} ({search.direction}) | storage {setup.storage_url}"
+    )
+    keys = list(search.params)
+    for t in trials:
+        keys.extend(k for k in t.params if k not in keys)
+    table = Table(title_justify="left", expand=False)
+    for column in ["#", "state", "value", *keys, "steps", "time", "note"]:
+        table.add_column(column, overflow="fold")
+    for t in trials:
+        attrs = t.user_attrs
+        steps = attrs.get(st.A_STEPS)
+        max_steps = attrs.get(st.A_MAX_STEPS)
+        steps_text = f"{steps}/{max_steps}" if steps is not None and max_steps else _value(steps)
+        seconds = attrs.get(st.A_SECONDS)
+        table.add_row(
+            str(t.number),
+            _state(t),
+            _value(t.value) if t.state.name == "COMPLETE" else "-",  # PRUNED keeps its last report
+            *[_param(t.params[k]) if k in t.params else "" for k in keys],
+            steps_text,
+            f"{seconds:.0f}s" if isinstance(seconds, int | float) else "-",
+            _note(t),
+        )
+    console.print(table)
+    if any(_state(t) == "FAIL*" for t in trials):
+        say("FAIL*: interrupted (its tune process died or was stopped): not counted, parameters retried")
+    complete = _complete(study)
+    if complete:
+        best = study.best_trial
+        say(f"best: trial {best.number}, {setup.objective_key} = {best.value:.6g}")
+        for key, value in best.params.items():
+            say(f"  {key}: {_param(value)}")
+    else:
+        say("best: no complete trial yet")
+    imp, why = importances(study)
+    if imp is not None:
+        say("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()))
+    else:
+        say(f"importances: n/a ({why})")
+    if reports:
+        try:
+            written = write_reports(study, setup)
+        except Exception as exc:  # noqa: BLE001
+            say(f"warning: could not write the plots: {type(exc).__name__}: {exc}")
+        else:
+            if written:
+                say("plots: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def write_reports(study: Any, setup: TuneSetup) -> list[Path]:
+    """History / importance / intermediate-value plots and trials.csv in ``reports/<study>/``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    st.quiet_optuna()
+    out = setup.reports_dir
+    written: list[Path] = []
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(ax: Any, name: str, title: str) -> None:
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        figure.suptitle(title)
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        path = out / name
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+
+    complete = _complete(study)
+    if complete:
+        save(
+            ovm.plot_optimization_history(study, target_name=setup.objective_key),
+            "history.png",
+            f"{setup.study_name}: {setup.objective_key}",
+        )
+    imp, _ = importances(study)
+    if imp is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax = ovm.plot_param_importances(study)
+        save(ax, "importance.png", f"{setup.study_name}: importances")
+    if any(t.intermediate_values for t in trials):
+        save(
+            ovm.plot_intermediate_values(study),
+            "intermediate.png",
+            f"{setup.study_name}: pruner metric per step",
+        )
+    frame = study.trials_dataframe()
+    path = out / "trials.csv"
+    frame.to_csv(path, index=False)
+    written.append(path)
+    return written
+
+
+def best_overrides(study: Any) -> tuple[Any, dict[str, Any]]:
+    """(best trial, its params as dotted-key overrides)."""
+    best = study.best_trial
+    return best, dict(best.params)
+
+
+def write_best(setup: TuneSetup, out: Path | None) -> str:
+    """The best params as a YAML overrides file (``--set-file``); written to ``out`` if given.
+
+    Raises:
+        ValueError: no complete trial.
+    """
+    import yaml
+
+    from bicc_lab.launch.layout import write_atomic
+    from bicc_lab.tune.runner import open_study
+
+    if not st.storage_exists(setup.storage_url):
+        raise ValueError(f"study {setup.study_name} has not started (no storage at {setup.storage_url})")
+    try:
+        study, _ = open_study(setup, create=False)
+    except KeyError:
+        raise ValueError(f"study {setup.study_name} is not in {setup.storage_url}") from None
+    if not _complete(study):
+        raise ValueError(f"study {setup.study_name} has no complete trial yet")
+    best, overrides = best_overrides(study)
+    header = (
+        f"# bicc-lab tune best: study {setup.study_name}, trial {best.number}, "
+        f"{setup.objective_key} = {best.value:.6g} ({setup.search.direction})\n"
+        f"# apply with: bicc-lab sweep run SWEEP.yaml --set-file {out or 'THIS_FILE'}\n"
+    )
+    text = header + yaml.safe_dump(overrides, sort_keys=False, default_flow_style=False)
+    if out is not None:
+        write_atomic(out, text)
+    return text
