@@ -277,7 +277,10 @@ def test_to_json_is_atomic_and_round_trips(tmp_path, data_dir, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(runner.json, "dump", boom)
+    import bicc_lab.fileio
+
+    # Fail after the temp file was written, before it replaces the result.
+    monkeypatch.setattr(bicc_lab.fileio.os, "fsync", boom)
     with pytest.raises(RuntimeError):
         res.to_json(out)
     assert out.read_text() == before  # never a half-written result

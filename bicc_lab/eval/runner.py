@@ -93,23 +93,10 @@ class EvalResult:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically: a temp file in the same folder, then ``os.replace``."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=1, ensure_ascii=False, default=str)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return p
+        from bicc_lab.fileio import write_atomic
+
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False, default=str) + "\n"
+        return write_atomic(path, text)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> EvalResult:

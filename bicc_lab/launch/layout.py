@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bicc_lab.fileio import write_atomic  # noqa: F401 - part of this module's API
 
 __all__ = [
     "CELL_SPEC",
@@ -60,23 +61,6 @@ def cell_dir(
 ) -> Path:
     """``<runs_dir>/<sweep>/<cell name with / replaced>-<cell_id>``."""
     return sweep_dir(runs_dir, sweep_name) / f"{safe_name(cell_name)}-{cell_id}"
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
 
 
 def read_text(path: str | os.PathLike[str]) -> str | None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bicc_lab.fileio import write_atomic
 from bicc_lab.spec.models import ExperimentConfig
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -181,12 +182,6 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return None
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def quiet_transformers() -> None:
     """Silence what would bury our progress lines: per-file tqdm bars and known rename warnings."""
     import warnings
@@ -274,7 +269,7 @@ def train_run(
         resumed_from=checkpoint,
         final_metrics=metrics_file.last,
     )
-    _write_json_atomic(output_dir / "train_result.json", asdict(result))
+    write_atomic(output_dir / "train_result.json", json.dumps(asdict(result), indent=2, default=str))
     return result
 
 
