@@ -36,3 +36,21 @@ def untrained_tiny_dir(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def subprocess_env(cache: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses in end-to-end tests: offline, a private tiny-model
+    cache, fast heartbeats, and one thread per worker (tiny models; two threads per
+    process on a shared 2-core box spin-wait)."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        BICC_LAB_CACHE=str(cache),
+        BICC_LAB_HEARTBEAT_S="2",
+        COLUMNS="250",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -30,21 +31,6 @@ MISSING = "/nonexistent/bicc-lab-test/train.jsonl"
 def _write(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     return path
-
-
-def _env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        BICC_LAB_CACHE=str(cache),
-        BICC_LAB_HEARTBEAT_S="2",
-        COLUMNS="250",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",  # tiny models; 2 threads on a shared 2-core box spin-wait
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def _cli(
@@ -116,7 +102,7 @@ def project(tmp_path_factory, untrained_tiny_dir):
 
 @pytest.fixture(scope="module")
 def sqlite_run(project):
-    env = _env(project / "cache")
+    env = subprocess_env(project / "cache")
     uri = f"sqlite:///{project / 'mlflow.db'}"
     args = [
         "sweep",
@@ -316,7 +302,7 @@ def test_sigkill_mid_sweep_then_rerun_finishes_every_cell_exactly_once(project, 
         max_parallel: 1
         """,
     )
-    env = _env(project / "cache")
+    env = subprocess_env(project / "cache")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs_dir = tmp_path / "runs"
     args = [

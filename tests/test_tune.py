@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 MISSING = "/nonexistent/bicc-lab-test/train.jsonl"
 
@@ -177,21 +178,6 @@ def test_the_trial_hook_reports_prunes_and_stops_on_nan(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
-def _env(cache: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        BICC_LAB_CACHE=str(cache),
-        BICC_LAB_HEARTBEAT_S="2",
-        COLUMNS="250",
-        TOKENIZERS_PARALLELISM="false",
-        OMP_NUM_THREADS="1",
-    )
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bicc_lab.cli.main", *args],
@@ -262,7 +248,7 @@ def test_a_killed_study_resumes_to_exactly_n_trials(project):
           n_trials: 3
         """,
     )
-    env = _env(project / "cache")
+    env = subprocess_env(project / "cache")
     args = ["tune", "run", "kill.yaml", "--runs-dir", "runs", "--reports-dir", "reports", "--n-jobs", "2"]
     storage = f"sqlite:///{project / 'runs' / 'kill' / 'optuna.db'}"
     log = open(project / "kill-first.log", "w")  # noqa: SIM115
@@ -361,7 +347,7 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
             - {{train.learning_rate: 1.0e-5, data.train: synthetic_arithmetic}}
         """,
     )
-    env = _env(project / "cache")
+    env = subprocess_env(project / "cache")
     common = ["--runs-dir", "runs"]
     proc = _cli(["tune", "run", "prune.yaml", *common, "--reports-dir", "reports"], env, project)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -95,14 +95,9 @@ class BiccGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ set-up helpers
     def _build_reference_model(self):
         """A frozen copy of the initial policy for RCC's δ (TRL builds one only when beta != 0)."""
-        import copy
-
         from trl.models import prepare_deepspeed, prepare_fsdp
 
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        reference = copy.deepcopy(unwrapped)
-        reference.eval()
-        reference.requires_grad_(False)
+        reference = self._snapshot_policy()
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(reference, self.accelerator)
         if self.is_fsdp_enabled:
@@ -280,6 +275,7 @@ class BiccGRPOTrainer(GRPOTrainer):
                                      output["completion_ids"], output["completion_mask"])
 
     def _snapshot_policy(self):
+        """A frozen copy of the current policy (RCC's reference, or its lagged 'old' policy)."""
         import copy
 
         snapshot = copy.deepcopy(self.accelerator.unwrap_model(self.model))
