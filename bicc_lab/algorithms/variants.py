@@ -46,6 +46,8 @@ from typing import Any, Literal
 
 import torch
 
+from bicc_lab.errors import UserError
+
 __all__ = [
     "ADVANTAGE_SCALES",
     "AGGREGATIONS",
@@ -189,7 +191,7 @@ def _check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> N
         raise ValueError(f"{field_name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-class UnknownVariantError(ValueError):
+class UnknownVariantError(UserError, ValueError):
     """A variant name that is not in the registry; the message lists the valid ones."""
 
     def __init__(self, name: str, valid: list[str]) -> None:

@@ -19,7 +19,7 @@ from bicc_lab.cli import report as report_cmd
 from bicc_lab.cli import sweep as sweep_cmd
 from bicc_lab.cli import train as train_cmd
 from bicc_lab.cli import tune as tune_cmd
-from bicc_lab.cli._common import USER_ERROR_EXIT, user_errors
+from bicc_lab.errors import USER_ERROR_EXIT, UserError
 
 app = typer.Typer(
     name="bicc-lab",
@@ -62,13 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user mistakes become one line on stderr and exit code 2."""
     try:
         app(args=argv, standalone_mode=True)
-    except SystemExit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - mapped below, re-raised otherwise
-        if isinstance(exc, user_errors()):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(USER_ERROR_EXIT)
-        raise
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
 
 
 if __name__ == "__main__":

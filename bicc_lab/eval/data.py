@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bicc_lab.errors import UserError
 from bicc_lab.tasks.grading import last_boxed, normalize_gold
 from bicc_lab.tasks.math import gsm8k_answer
 from bicc_lab.tasks.math import read_jsonl as tasks_read_jsonl
@@ -35,7 +36,7 @@ DATA_DIR_ENV = "BICC_LAB_DATA_DIR"
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError, ValueError):
     """A benchmark's data could not be found or read (one-line message)."""
 
 

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bicc_lab.errors import UserError
+
 TINY_PREFIX = "tiny"
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(UserError, ValueError):
     """A model reference names a local path that does not exist or is not a model."""
 
 

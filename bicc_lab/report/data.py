@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bicc_lab.errors import UserError
 from bicc_lab.launch.layout import EVAL_FILE
 from bicc_lab.spec.grid import NAMED_AXES, format_value, model_short_name
 from bicc_lab.spec.models import ARMS
@@ -67,7 +68,7 @@ PAGE_SIZE = 50_000  # SEARCH_MAX_RESULTS_THRESHOLD of MLflow's stores
 FALLBACK_PAGE_SIZE = 1_000
 
 
-class ReportDataError(Exception):
+class ReportDataError(UserError):
     """Nothing to report (unknown experiment, no finished runs): one line, exit 2."""
 
 

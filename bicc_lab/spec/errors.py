@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from bicc_lab.errors import UserError
+
 __all__ = ["Loc", "SpecError", "display_path", "show_value"]
 
 
@@ -38,7 +40,7 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A user mistake in a config; ``str()`` is exactly one line.
 
     Attributes:

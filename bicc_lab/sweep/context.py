@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bicc_lab.errors import UserError
 from bicc_lab.launch import layout
 from bicc_lab.tracking.naming import project_root, resolve_tracking_uri, sqlite_path
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["SweepContext", "TrackingUnavailable"]
 
 
-class TrackingUnavailable(Exception):
+class TrackingUnavailable(UserError):
     """The tracking server cannot be reached (a one-line user-facing message)."""
 
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bicc_lab.errors import UserError
 from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
 from bicc_lab.tasks.grading import last_boxed, strip_thousands
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A training data source is missing or malformed (message is one line)."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bicc_lab.errors import UserError
 from bicc_lab.launch import layout
 from bicc_lab.spec import Sweep, config_hash, config_id, load_sweep
 from bicc_lab.spec.grid import Cell
@@ -51,7 +52,7 @@ T_VALUE = "optuna.value"
 T_KIND = "kind"
 
 
-class TuneError(Exception):
+class TuneError(UserError):
     """A user mistake or an unusable study (one line, exit code 2)."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bicc_lab.errors import UserError
 from bicc_lab.spec.models import ExperimentConfig
 
 
@@ -22,8 +23,6 @@ def preflight(config: ExperimentConfig) -> None:
 
 def _check_vllm(config: ExperimentConfig) -> None:
     """vLLM generation is validated here even where it cannot run (no GPU)."""
-    from bicc_lab.cli._common import UserError
-
     if config.train.vllm_mode == "server" and "vllm_server_base_url" not in config.train.extra and (
         "vllm_server_host" not in config.train.extra
     ):
