@@ -192,6 +192,61 @@ def test_token_ratio_clipping(name, ratio, advantage, expected_grad):
     assert metrics["clip_ratio/region_mean"].item() == (1.0 if expected_grad == 0 else 0.0)
 
 
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize(
+    ("ratio", "advantage", "expected_loss", "expected_grad", "dual"),
+    [
+        # A < 0, r = 4 above c = 3: loss min(max(4, 1.2), 3) = 3 = -c A, no gradient.
+        (4.0, -1.0, 3.0, 0.0, 1.0),
+        # A = -2, r = 5: capped at -c A = 6 (unclipped it would be 10).
+        (5.0, -2.0, 6.0, 0.0, 1.0),
+        # A < 0, r = 2 between 1 + eps and c: PPO's unclipped -A r = 2, gradient -A r = 2.
+        (2.0, -1.0, 2.0, 2.0, 0.0),
+        # A < 0 below 1 - eps_low: PPO's own clip, value -A (1 - 0.2) = 0.8, untouched by c.
+        (0.5, -1.0, 0.8, 0.0, 0.0),
+        # A > 0: the dual clip never applies; r = 4 is PPO-clipped, r = 1.1 keeps -A r.
+        (1.1, 1.0, -1.1, -1.1, 0.0),
+    ],
+)
+def test_dual_clip_bounds_negative_advantage_tokens_at_c(
+    name, ratio, advantage, expected_loss, expected_grad, dual
+):
+    loss, grad, metrics = one_token(name, math.log(ratio), advantage, clip_ratio_c=3.0)
+    assert loss == pytest.approx(expected_loss, abs=1e-12)
+    assert grad == pytest.approx(expected_grad, abs=1e-12)
+    assert metrics["clip_ratio/dual_mean"].item() == dual
+
+
+def test_dual_clip_positive_advantage_above_c_is_ppo_clipped_only():
+    # A > 0, r = 4 > c: PPO clips at 1 + eps_high (value -1.2 for grpo), the dual clip plays no part.
+    loss, grad, metrics = one_token("grpo", math.log(4.0), 1.0, clip_ratio_c=3.0)
+    assert (loss, grad) == (pytest.approx(-1.2, abs=1e-12), 0.0)
+    assert metrics["clip_ratio/dual_mean"].item() == 0.0
+
+
+def test_dual_clip_fraction_is_over_active_tokens():
+    # Two sequences, A = -1 and +1; log r = log 4 on every token; 3 active tokens of 4.
+    spec = get_variant("grpo", clip_ratio_c=3.0)
+    logps = torch.full((2, 2), math.log(4.0), dtype=torch.float64)
+    old = torch.zeros(2, 2, dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    _, metrics = policy_loss(spec, logps, old, torch.tensor([-1.0, 1.0], dtype=torch.float64), mask)
+    assert metrics["clip_ratio/dual_mean"].item() == pytest.approx(2 / 3)
+
+
+def test_dual_clip_off_is_plain_ppo_and_logs_no_dual_fraction():
+    loss_off, grad_off, metrics_off = one_token("grpo", math.log(4.0), -1.0)
+    assert (loss_off, grad_off) == (pytest.approx(4.0), pytest.approx(4.0))
+    assert "clip_ratio/dual_mean" not in metrics_off
+
+
+def test_dual_clip_is_validated():
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1, got 1.0"):
+        get_variant("grpo", clip_ratio_c=1.0)
+    with pytest.raises(ValueError, match="clip_ratio_c .*applies to token-ratio variants"):
+        get_variant("gspo", clip_ratio_c=3.0)
+
+
 def test_dapo_clip_higher_keeps_gradient_where_grpo_clips():
     _, grpo_grad, grpo_metrics = one_token("grpo", math.log(1.25), 1.0)
     _, dapo_grad, dapo_metrics = one_token("dapo", math.log(1.25), 1.0)
@@ -475,3 +530,15 @@ def test_overlong_penalty_by_hand():
     torch.testing.assert_close(half, torch.tensor([0.0, 0.0, -0.125, -0.25, -0.5, -0.5]))
     with pytest.raises(ValueError, match="overlong_buffer"):
         overlong_penalty(lengths, 20, 0)
+
+
+def test_experiment_level_dual_clip_reaches_token_ratio_variants_only():
+    from bicc_lab.algorithms.variants import resolve_variant
+
+    for name in ("grpo", "dr_grpo", "dapo"):
+        assert resolve_variant(name, {}, clip_ratio_c=3.0).clip_ratio_c == 3.0
+    # verl applies clip_ratio_c in its vanilla PPO loss only: the other variants keep theirs.
+    for name in ("gspo", "gmpo", "aspo"):
+        assert resolve_variant(name, {}, clip_ratio_c=3.0) == VARIANTS[name]
+    assert resolve_variant("grpo", {"clip_ratio_c": 10.0}, clip_ratio_c=3.0).clip_ratio_c == 10.0
+    assert resolve_variant("grpo", {}, clip_ratio_c=None) == VARIANTS["grpo"]

@@ -29,6 +29,10 @@ Variants and the source of every default:
 - ``aspo``: arXiv 2510.06062. Flipped ratio for positive-advantage tokens and a
   soft dual clip (c = 3), token mean. See :func:`aspo_per_token_loss`.
 
+The token-ratio variants (grpo, dr_grpo, dapo) also take verl's dual clip
+``clip_ratio_c`` (Ye et al., arXiv 1912.09729; verl ``compute_policy_loss``): off
+by default, so that they stay equal to TRL's losses.
+
 Gradient accumulation: every loss here is the loss of the tensors passed in.
 Dividing by the number of accumulation steps (TRL 1.16 does it after the
 ``grpo`` and ``dr_grpo`` aggregations; for ``dapo`` it folds it into the
@@ -70,6 +74,7 @@ __all__ = [
     "policy_loss",
     "ppo_per_token_loss",
     "register_variant",
+    "resolve_variant",
     "sequence_logps",
     "variant_names",
 ]
@@ -124,6 +129,10 @@ class VariantSpec:
             :func:`aggregate_loss`.
         dual_clip_c: ASPO's soft dual-clip cap on the (flipped) weight; ``None``
             disables it. Only read when ``clip == "soft_dual"``.
+        clip_ratio_c: verl's hard dual clip for token ratios: a negative-advantage
+            token's loss is capped at ``-c A``, so a token whose ratio rose above c
+            has no gradient (PPO's clip leaves it unbounded). ``None`` disables it;
+            c must be > 1; only token-ratio variants take it.
         dynamic_sampling: DAPO metadata: drop groups whose rewards are all equal
             and resample until the batch is full. Applied by the trainer.
         overlong_buffer_fraction: DAPO metadata: soft overlong punishment buffer
@@ -141,6 +150,7 @@ class VariantSpec:
     epsilon_high: float = 0.2
     aggregation: Aggregation = "seq_mean_token_mean"
     dual_clip_c: float | None = None
+    clip_ratio_c: float | None = None
     dynamic_sampling: bool = False
     overlong_buffer_fraction: float | None = None
 
@@ -168,6 +178,15 @@ class VariantSpec:
             raise ValueError(
                 f"variant {self.name!r}: dual_clip_c must be > 1, got {self.dual_clip_c!r}"
             )
+        if self.clip_ratio_c is not None:
+            c = self.clip_ratio_c
+            if not (isinstance(c, int | float) and math.isfinite(c) and c > 1):
+                raise ValueError(f"variant {self.name!r}: clip_ratio_c must be > 1, got {c!r}")
+            if self.ratio != "token":
+                raise ValueError(
+                    f"variant {self.name!r}: clip_ratio_c (dual clip) applies to token-ratio "
+                    f"variants (grpo, dr_grpo, dapo), not to ratio {self.ratio!r}"
+                )
         fraction = self.overlong_buffer_fraction
         if fraction is not None and not 0 < fraction <= 1:
             raise ValueError(
@@ -244,6 +263,24 @@ def get_variant(name: str, **overrides: Any) -> VariantSpec:
             f"valid: {', '.join(valid_fields)}"
         )
     return dataclasses.replace(spec, **overrides)
+
+
+def resolve_variant(
+    name: str, overrides: dict[str, Any] | None = None, *, clip_ratio_c: float | None = None
+) -> VariantSpec:
+    """The spec a run trains with: ``name`` plus its overrides and the dual clip.
+
+    ``clip_ratio_c`` (the experiment-level key) goes to token-ratio variants only, as verl
+    applies it only in its vanilla PPO loss: one config can then set it for a grid over
+    every variant, while gspo, gmpo and aspo keep their own clip rules. An explicit
+    ``overrides["clip_ratio_c"]`` wins and is validated like any field.
+    """
+    overrides = dict(overrides or {})
+    if clip_ratio_c is not None and "clip_ratio_c" not in overrides:
+        ratio = overrides.get("ratio", get_variant(name).ratio)
+        if ratio == "token":
+            overrides["clip_ratio_c"] = clip_ratio_c
+    return get_variant(name, **overrides)
 
 
 register_variant(
@@ -489,6 +526,7 @@ def ppo_per_token_loss(
     completion_mask: torch.Tensor,
     epsilon_low: float,
     epsilon_high: float,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """PPO clipped surrogate ``-min(r A, clip(r, 1-eps_low, 1+eps_high) A)``.
 
@@ -496,9 +534,21 @@ def ppo_per_token_loss(
     ``advantages`` is ``(B, 1)`` or ``(B, T)``. Clip fractions follow TRL 1.16:
     low = ratio below 1-eps_low with A<0, high = above 1+eps_high with A>0,
     averaged over active tokens (or over sequences for a ``(B, 1)`` ratio).
+
+    ``clip_ratio_c`` is verl's dual clip (``compute_policy_loss``): for A < 0 the
+    loss becomes ``min(max(-A r, -A clip(r)), -A c)``, i.e. bounded at ``-c A``,
+    with no gradient where ``r > c``. ``clip_ratio/dual_mean`` (logged only when
+    it is on) is the fraction of active tokens held at that bound, verl's
+    ``pg_clipfrac_lower``.
     """
     clipped = torch.clamp(coef, 1 - epsilon_low, 1 + epsilon_high)
     per_token_loss = -torch.min(coef * advantages, clipped * advantages)
+    is_dual = None
+    if clip_ratio_c is not None:
+        bound = -advantages * clip_ratio_c
+        negative = advantages < 0
+        is_dual = negative & (per_token_loss > bound)
+        per_token_loss = torch.where(negative, torch.minimum(per_token_loss, bound), per_token_loss)
     is_low = (coef < 1 - epsilon_low) & (advantages < 0)
     is_high = (coef > 1 + epsilon_high) & (advantages > 0)
     if is_low.shape[-1] == 1:
@@ -514,6 +564,10 @@ def ppo_per_token_loss(
             "clip_ratio/high_mean": _token_fraction(is_high, completion_mask),
             "clip_ratio/region_mean": _token_fraction(is_low | is_high, completion_mask),
         }
+    if is_dual is not None:
+        metrics["clip_ratio/dual_mean"] = _token_fraction(
+            is_dual.expand_as(completion_mask), completion_mask
+        )
     return per_token_loss.expand_as(completion_mask), metrics
 
 
@@ -704,7 +758,8 @@ def policy_loss(
         ``(loss, metrics)``: a scalar to minimise (not divided by gradient
         accumulation steps) and detached 0-d tensors ``clip_ratio/low_mean``,
         ``clip_ratio/high_mean``, ``clip_ratio/region_mean`` (and
-        ``clip_ratio/dual_mean`` for ASPO), plus ``policy_loss``.
+        ``clip_ratio/dual_mean`` for ASPO and for a ``clip_ratio_c`` dual clip),
+        plus ``policy_loss``.
     """
     if logps.dim() != 2 or completion_mask.shape != logps.shape:
         raise ValueError(
@@ -724,7 +779,8 @@ def policy_loss(
     if spec.ratio == "token":
         coef = importance_ratio(logps, old_logps, completion_mask, level="token")
         per_token_loss, metrics = ppo_per_token_loss(
-            coef, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high
+            coef, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high,
+            spec.clip_ratio_c,
         )
     elif spec.ratio == "sequence":
         coef = importance_ratio(logps, old_logps, completion_mask, level="sequence")

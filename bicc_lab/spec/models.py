@@ -288,6 +288,11 @@ class BiccConfig(_Section):
     seed: int | None = Field(
         None, description="Seed of trace selection/order; null: the experiment seed."
     )
+    truncate: Literal["whole", "cut"] = Field(
+        "whole",
+        description="whole: a trace that does not fit the remaining budget is skipped, never cut; "
+        "cut: the last trace is right-truncated to the budget (authors' code).",
+    )
 
 
 class RccConfig(_Section):
@@ -342,6 +347,12 @@ class DiagnosticsConfig(_Section):
     grad_variance: bool = Field(
         False, description="Estimate policy-gradient variance each logging step."
     )
+    transfer_every: int | None = Field(
+        None,
+        ge=1,
+        description="Every N steps log how the BICC update transfers to the plain prompt "
+        "(transfer/*; one extra forward+backward pass per micro-batch on those steps); null: off.",
+    )
 
 
 class TrackingConfig(_Section):
@@ -368,6 +379,13 @@ class ExperimentConfig(_Section):
     variant_overrides: dict[str, Any] = Field(
         default_factory=dict,
         description="Override fields of the variant spec, e.g. {epsilon_high: 0.28}.",
+    )
+    clip_ratio_c: Float | None = Field(
+        None,
+        gt=1,
+        description="verl's dual clip: for A < 0 the token loss is bounded at -c*A. Applies to the "
+        "token-ratio variants (grpo, dr_grpo, dapo); gspo, gmpo and aspo keep their own clip rules, "
+        "as in verl; null: off.",
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training data.")

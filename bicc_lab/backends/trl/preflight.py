@@ -8,12 +8,12 @@ from bicc_lab.spec.models import ExperimentConfig
 
 def preflight(config: ExperimentConfig) -> None:
     """Raise a one-line user error for anything that would fail later, before loading a model."""
-    from bicc_lab.algorithms.variants import get_variant
+    from bicc_lab.algorithms.variants import resolve_variant
     from bicc_lab.models.loading import check_model_reference
     from bicc_lab.tasks.data_dir import resolve_data_dir
     from bicc_lab.tasks.math import check_task
 
-    get_variant(config.variant, **config.variant_overrides)
+    resolve_variant(config.variant, config.variant_overrides, clip_ratio_c=config.clip_ratio_c)
     if not config.model.name.startswith("tiny"):
         check_model_reference(config.model.name)
     check_task(config.data.train, data_dir=resolve_data_dir(config.data.data_dir))

@@ -52,9 +52,9 @@ class TrainResult:
 
 
 def variant_spec(config: ExperimentConfig):
-    from bicc_lab.algorithms.variants import get_variant
+    from bicc_lab.algorithms.variants import resolve_variant
 
-    return get_variant(config.variant, **config.variant_overrides)
+    return resolve_variant(config.variant, config.variant_overrides, clip_ratio_c=config.clip_ratio_c)
 
 
 def resolve_model(config: ExperimentConfig, *, progress: bool = True) -> str:
