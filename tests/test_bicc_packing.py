@@ -99,13 +99,14 @@ def test_degenerate_groups_unchanged():
 
 @pytest.mark.parametrize("budget", [0, 1, 2, 3, 5, 8, 13, 40])
 @pytest.mark.parametrize("template_name", ["default", "separator"])
-def test_budget_never_exceeded_and_truncation_keeps_whole_tokens(budget, template_name):
+@pytest.mark.parametrize("truncate", ["whole", "cut"])
+def test_budget_never_exceeded_and_truncation_keeps_whole_tokens(budget, template_name, truncate):
     p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
     template = get_template(template_name, separator="\n\n")
     out = pack_conditioned_prompts(
         p_ids, p_mask, c_ids, c_mask, rewards, 4,
         tokenize=char_tokenize, budget_tokens=budget, pad_token_id=PAD, template=template,
-        strip_token_ids=[EOS],
+        strip_token_ids=[EOS], truncate=truncate,
     )
     original_lengths = p_mask.sum(1)
     added = out.prompt_mask.sum(1) - original_lengths
@@ -119,18 +120,88 @@ def test_budget_never_exceeded_and_truncation_keeps_whole_tokens(budget, templat
             assert t in trace_tokens or t >= 1000 or t in (5, 6, 7, 8, 9)
 
 
-def test_last_trace_truncated_to_fit_exactly():
+def test_cut_truncates_last_trace_to_fit_exactly():
     p_ids, p_mask, c_ids, c_mask, rewards = make_batch()
     # Sample 0 (correct) sees incorrect traces [20,21,22] and [40,41,42,43] in seeded order.
     out = pack_conditioned_prompts(
         p_ids, p_mask, c_ids, c_mask, rewards, 4,
         tokenize=char_tokenize, budget_tokens=5, pad_token_id=PAD, template=BARE, strip_token_ids=[EOS],
+        truncate="cut",
     )
     ctx = unpadded(out.prompt_ids, out.prompt_mask, 0)[2:]
     assert len(ctx) == 5
     first, second = ([20, 21, 22], [40, 41, 42, 43]) if ctx[0] == 20 else ([40, 41, 42, 43], [20, 21, 22])
     assert ctx == (first + second)[:5]
     assert out.num_traces[0] == 2
+
+
+def whole_vs_cut_batch():
+    # One group of 4: sample 0 correct; the incorrect traces have 6, 2 and 3 tokens.
+    prompts = [[5, 6]] * 4
+    completions = [[10, EOS], [60, 61, 62, 63, 64, 65, EOS], [20, 21, EOS], [30, 31, 32, EOS]]
+    p_ids, p_mask = left_pad(prompts)
+    c_ids, c_mask = right_pad(completions)
+    return p_ids, p_mask, c_ids, c_mask, torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+
+def test_whole_skips_a_trace_that_does_not_fit_and_takes_later_shorter_ones():
+    batch = whole_vs_cut_batch()
+    cut_first_long = 0
+    for seed in range(20):
+        kwargs = dict(
+            tokenize=char_tokenize, budget_tokens=5, pad_token_id=PAD, template=BARE,
+            strip_token_ids=[EOS], seed=seed,
+        )
+        whole = pack_conditioned_prompts(*batch, 4, truncate="whole", **kwargs)
+        ctx = unpadded(whole.prompt_ids, whole.prompt_mask, 0)[2:]
+        # Whatever the order, the 6-token trace never fits in 5 and is skipped; the 2- and
+        # 3-token traces fit whole (2 + 3 = 5), before or after it.
+        assert sorted(ctx) == [20, 21, 30, 31, 32]
+        assert ctx in ([20, 21, 30, 31, 32], [30, 31, 32, 20, 21])
+        assert (whole.num_traces[0].item(), whole.context_tokens[0].item()) == (2, 5)
+        cut = pack_conditioned_prompts(*batch, 4, truncate="cut", **kwargs)
+        cut_ctx = unpadded(cut.prompt_ids, cut.prompt_mask, 0)[2:]
+        assert len(cut_ctx) == 5
+        if cut_ctx[0] == 60:  # the long trace came first: cut packs its first 5 tokens and stops
+            assert (cut_ctx, cut.num_traces[0].item()) == ([60, 61, 62, 63, 64], 1)
+            cut_first_long += 1
+        # Incorrect samples see the one correct trace [10] in both modes.
+        for row in (1, 2, 3):
+            assert unpadded(whole.prompt_ids, whole.prompt_mask, row) == [5, 6, 10]
+    assert 0 < cut_first_long < 20  # both orders occurred, so the skip was exercised
+
+
+def test_whole_leaves_a_sample_unconditioned_when_no_trace_fits():
+    batch = whole_vs_cut_batch()
+    kwargs = dict(tokenize=char_tokenize, budget_tokens=1, pad_token_id=PAD, template=BARE, strip_token_ids=[EOS])
+    whole = pack_conditioned_prompts(*batch, 4, truncate="whole", **kwargs)
+    # Sample 0: every incorrect trace has >= 2 tokens, so nothing is shown; the others see [10].
+    assert whole.conditioned.tolist() == [False, True, True, True]
+    assert unpadded(whole.prompt_ids, whole.prompt_mask, 0) == [5, 6]
+    cut = pack_conditioned_prompts(*batch, 4, truncate="cut", **kwargs)
+    assert cut.conditioned.tolist() == [True] * 4
+    assert cut.context_tokens.tolist() == [1, 1, 1, 1]
+
+
+def test_whole_counts_prefixes_and_suffixes_in_the_budget():
+    batch = whole_vs_cut_batch()
+    sep = BiccTemplate(name="sep", header="", trace_prefix="", trace_suffix="|", footer="", placement="append")
+    # Budget 4: a trace needs its length + 1 (the "|"): [20,21]| = 3 fits, then 1 left, nothing
+    # else; or [30,31,32]| = 4 fits alone. Never a cut trace, never over budget.
+    for seed in range(10):
+        out = pack_conditioned_prompts(
+            *batch, 4, tokenize=char_tokenize, budget_tokens=4, pad_token_id=PAD, template=sep,
+            strip_token_ids=[EOS], seed=seed, truncate="whole",
+        )
+        ctx = unpadded(out.prompt_ids, out.prompt_mask, 0)[2:]
+        assert ctx in ([20, 21, 1000 + ord("|")], [30, 31, 32, 1000 + ord("|")])
+        assert out.num_traces[0] == 1
+
+
+def test_truncate_mode_is_checked():
+    with pytest.raises(ValueError, match="truncate must be one of whole, cut; got 'trim'"):
+        pack_conditioned_prompts(*whole_vs_cut_batch(), 4, tokenize=char_tokenize, budget_tokens=5,
+                                 pad_token_id=PAD, truncate="trim")
 
 
 def test_max_traces_caps_count():

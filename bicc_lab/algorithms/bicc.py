@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 
 Placement = Literal["before_answer", "append"]
+Truncate = Literal["whole", "cut"]
+TRUNCATE_MODES: tuple[str, ...] = ("whole", "cut")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class BiccBatch:
     prompt_mask: torch.Tensor  # (B, P') 1 on real tokens
     conditioned: torch.Tensor  # (B,) bool: this sample got a context block
     context_tokens: torch.Tensor  # (B,) long: tokens added to the prompt (0 if unconditioned)
-    num_traces: torch.Tensor  # (B,) long: opposite traces shown (the last may be truncated)
+    num_traces: torch.Tensor  # (B,) long: opposite traces shown (with truncate="cut" the last may be cut)
 
 
 def outcome_labels(rewards: torch.Tensor, success_threshold: float = 0.5) -> torch.Tensor:
@@ -117,6 +119,7 @@ def pack_conditioned_prompts(
     insert_positions: Sequence[int] | None = None,
     strip_token_ids: Sequence[int] = (),
     seed: int = 0,
+    truncate: Truncate = "whole",
 ) -> BiccBatch:
     """Build every sample's conditioned prompt ``q ⊕ pack(opposite outcome traces)``.
 
@@ -136,6 +139,10 @@ def pack_conditioned_prompts(
         strip_token_ids: ids removed from traces (EOS, pad), so a trace never closes a turn.
         seed: the order of the opposite traces is a seeded permutation per group, so the
             result is deterministic and every sample of a group sees the same order.
+        truncate: ``whole`` never cuts a trace: one that does not fit the remaining budget
+            is skipped and a later, shorter one may take its place (a cut answer can read
+            as another answer: "151" cut to "15"). ``cut`` right-truncates the trace that
+            reaches the budget and stops there, the authors' exact-budget packing.
 
     Degenerate groups (all correct or all wrong) and samples whose budget cannot hold one
     token of trace stay unconditioned: their prompt is returned unchanged.
@@ -147,6 +154,8 @@ def pack_conditioned_prompts(
         raise ValueError(f"budget_tokens must be >= 0, got {budget_tokens}")
     if max_traces is not None and max_traces < 1:
         raise ValueError(f"max_traces must be >= 1 or None, got {max_traces}")
+    if truncate not in TRUNCATE_MODES:
+        raise ValueError(f"truncate must be one of {', '.join(TRUNCATE_MODES)}; got {truncate!r}")
 
     prompts = _unpad_rows(prompt_ids, prompt_mask)
     strip = set(int(t) for t in strip_token_ids)
@@ -183,7 +192,9 @@ def pack_conditioned_prompts(
             shown = 0
             if mixed:
                 opposite = [j for j in order if correct[j] != correct[i] and traces[j]]
-                block, shown = _pack_block(opposite, traces, correct[i], template, piece, budget_tokens, max_traces)
+                block, shown = _pack_block(
+                    opposite, traces, correct[i], template, piece, budget_tokens, max_traces, truncate
+                )
             if shown:
                 pos = insert_positions[i]
                 packed.append(prompts[i][:pos] + block + prompts[i][pos:])
@@ -211,8 +222,13 @@ def _pack_block(
     piece: Callable[[str], list[int]],
     budget_tokens: int,
     max_traces: int | None,
+    truncate: Truncate = "whole",
 ) -> tuple[list[int], int]:
-    """Lay out opposite traces inside the budget; the last one is cut to fit. Returns (ids, count)."""
+    """Lay out opposite traces inside the budget. Returns (ids, count).
+
+    ``whole``: traces that do not fit whole are skipped; ``cut``: the first trace that does
+    not fit is cut to the remaining room and packing stops.
+    """
     header = piece(template.header.format(shown="incorrect" if sample_is_correct else "correct"))
     footer = piece(template.footer)
     suffix = piece(template.trace_suffix)
@@ -224,7 +240,10 @@ def _pack_block(
             break
         prefix = piece(template.trace_prefix.format(index=shown + 1))
         room = remaining - len(prefix) - len(suffix)
-        if room < 1:
+        if truncate == "whole":
+            if len(traces[j]) > room:
+                continue  # a later, shorter trace may still fit
+        elif room < 1:
             break
         trace = traces[j][:room]
         body += prefix + trace + suffix

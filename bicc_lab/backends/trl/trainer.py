@@ -305,6 +305,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             insert_positions=self._insert_positions(prompt_ids.cpu(), prompt_mask.cpu(), chat),
             strip_token_ids=[*self.eos_token_ids, pad],
             seed=seed,
+            truncate=self.bicc.truncate,
         )
         local_n = output["prompt_ids"].size(0)
         local = slice(self.accelerator.process_index * local_n, (self.accelerator.process_index + 1) * local_n)
