@@ -259,3 +259,24 @@ def test_context_budget_and_errors():
         )
     with pytest.raises(ValueError, match="unknown BICC template"):
         get_template("fancy")
+
+
+def test_nan_reward_is_neither_correct_nor_incorrect():
+    # One group of 4: sample 0 correct, 1 and 3 incorrect, 2 unscorable (NaN reward).
+    prompts = [[5, 6]] * 4
+    completions = [[10, EOS], [20, EOS], [30, EOS], [40, EOS]]
+    p_ids, p_mask = left_pad(prompts)
+    c_ids, c_mask = right_pad(completions)
+    kwargs = dict(tokenize=char_tokenize, budget_tokens=100, pad_token_id=PAD, template=BARE, strip_token_ids=[EOS])
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, torch.tensor([1.0, 0.0, float("nan"), 0.0]), 4, **kwargs
+    )
+    assert sorted(unpadded(out.prompt_ids, out.prompt_mask, 0)[2:]) == [20, 40]  # never the NaN trace 30
+    assert unpadded(out.prompt_ids, out.prompt_mask, 1) == [5, 6, 10]
+    assert unpadded(out.prompt_ids, out.prompt_mask, 3) == [5, 6, 10]
+    assert out.conditioned.tolist() == [True, True, False, True]
+    # Correct answers plus an unscorable one: not a mixed group, nothing is conditioned.
+    out = pack_conditioned_prompts(
+        p_ids, p_mask, c_ids, c_mask, torch.tensor([1.0, float("nan"), 1.0, 1.0]), 4, **kwargs
+    )
+    assert not out.conditioned.any()

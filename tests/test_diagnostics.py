@@ -115,3 +115,17 @@ def test_gradient_variance_from_moments_by_hand():
     # Per coordinate unbiased variance over two samples: (a-b)^2/2 -> 2, 0, 8; summed: 10.
     assert gradient_variance(total, total_sq, 2) == pytest.approx(10.0)
     assert gradient_variance(g1, g1 * g1, 1) is None
+
+
+def test_nan_rewards_are_neither_success_nor_failure():
+    from bicc_lab.algorithms.diagnostics import outcome_gap_by_group
+
+    nan = float("nan")
+    # Group 0: successes and an unscorable answer, not mixed; group 1: one failure, one success.
+    rewards = torch.tensor([1.0, nan, 1.0, 1.0, nan, 0.0, 1.0, nan])
+    assert mixed_group_mask(rewards, 4).tolist() == [False, True]
+    # Group 1's gap: success value 5 minus failure value 2 = 3; the NaN values of unscorable
+    # samples do not leak into the sums.
+    values = torch.tensor([1.0, nan, 1.0, 1.0, nan, 2.0, 5.0, nan])
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert outcome_gap_by_group(values, rewards, group) == {"value": 3.0, "num_groups": 1}

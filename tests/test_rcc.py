@@ -123,3 +123,51 @@ def test_sequence_delta_sum_and_mean_by_hand():
     assert not summed.requires_grad
     with pytest.raises(ValueError, match="reduction"):
         sequence_delta(policy, ref, mask, "max")
+
+
+NAN = float("nan")
+
+
+def test_nan_reward_is_left_out_of_mean_and_covariance_and_gets_zero_advantage():
+    # Group 0: completion 2 unscorable. Scored pairs r = [1, 0, 1], delta = [2, 0, 1]:
+    # mean r = 2/3, mean delta = 1, Cov = ((1/3)(1) + (-2/3)(-1) + (1/3)(0)) / 3 = 1/3,
+    # b = 2/3 + 2/3 = 4/3, A = r - 4/3 = [-1/3, -4/3, 0 (NaN reward), -1/3].
+    # Group 1 has no NaN: mean 1/4, Cov = (3/4 * 3/4 + 3 * 1/16) / 4 = 3/16, b = 1/4 + 3/8 = 5/8.
+    rewards = torch.tensor([1.0, 0.0, NAN, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    delta = torch.tensor([2.0, 0.0, 5.0, 1.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    result = rcc_advantages(rewards, delta, 4, coef=1.0, scale="none")
+    torch.testing.assert_close(result.cov, torch.tensor([1 / 3, 3 / 16], dtype=torch.float64))
+    expected = torch.tensor([-1 / 3, -4 / 3, 0.0, -1 / 3, 3 / 8, -5 / 8, -5 / 8, -5 / 8], dtype=torch.float64)
+    torch.testing.assert_close(result.advantages, expected, rtol=0, atol=1e-12)
+    # Std-scaled: the std of the three scored rewards, sqrt(1/3) (unbiased), divides group 0.
+    scaled = rcc_advantages(rewards, delta, 4, coef=1.0, scale="group_std", eps=0.0)
+    root = math.sqrt(1 / 3)
+    torch.testing.assert_close(
+        scaled.advantages[:4],
+        torch.tensor([-1 / 3 / root, -4 / 3 / root, 0.0, -1 / 3 / root], dtype=torch.float64),
+        rtol=0, atol=1e-12,
+    )
+
+
+def test_infinite_delta_leaves_only_that_pair_out_of_the_covariance():
+    # Completion 1's delta overflowed: pairs 0, 2, 3 give r = [1, 0, 1], delta = [2, 0, 1],
+    # Cov = 1/3 as above. Its reward still counts in the mean (1/2): b = 1/2 + 2/3 = 7/6.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    for bad in (math.inf, -math.inf, NAN):
+        delta = torch.tensor([2.0, bad, 0.0, 1.0], dtype=torch.float64)
+        result = rcc_advantages(rewards, delta, 4, coef=1.0, scale="none")
+        assert result.cov.item() == pytest.approx(1 / 3, abs=1e-12)
+        torch.testing.assert_close(
+            result.advantages,
+            torch.tensor([-1 / 6, -7 / 6, -7 / 6, -1 / 6], dtype=torch.float64),
+            rtol=0, atol=1e-12,
+        )
+
+
+def test_group_covariance_of_a_group_without_finite_pairs_is_zero():
+    x = torch.tensor([NAN, 1.0, 0.0, 1.0], dtype=torch.float64)
+    y = torch.tensor([0.0, math.inf, NAN, -math.inf], dtype=torch.float64)
+    assert group_covariance(x, y, 4).tolist() == [0.0]
+    # A whole group unscorable: every advantage 0, nothing NaN.
+    result = rcc_advantages(torch.full((4,), NAN), torch.zeros(4), 4)
+    assert result.advantages.tolist() == [0.0] * 4

@@ -234,3 +234,89 @@ def test_gradient_variance_is_logged_across_micro_batches(untrained_tiny_dir, tm
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     values = [x["diagnostics/grad_variance"] for x in lines if "diagnostics/grad_variance" in x]
     assert len(values) == 2 and all(v > 0 for v in values)
+
+
+def unscorable_rewards(trainer):
+    """Parity rewards, except that completions whose character codes sum to a multiple of 3 are
+    unscorable: the reward function returns None for them, which TRL turns into NaN."""
+
+    def reward(completions, **kw):
+        return [None if sum(map(ord, c)) % 3 == 0 else float(sum(map(ord, c)) % 2 == 0) for c in completions]
+
+    trainer.reward_funcs = [reward]
+    trainer.reward_func_names = ["parity_or_none"]
+
+
+@pytest.mark.slow
+def test_unscorable_completions_stay_out_of_their_group_and_get_advantage_zero(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, **{"rcc.enabled": True, "rcc.coef": 3.0, "bicc.enabled": True})
+    trainer = build_trainer(config, tmp_path, progress=False)
+    unscorable_rewards(trainer)
+    with torch.no_grad():  # move the policy away from the reference so that δ is not 0
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer.model.train()
+    batch = [dict(trainer.train_dataset[0]) for _ in range(4)] + [dict(trainer.train_dataset[1]) for _ in range(4)]
+    for attempt in range(50):
+        torch.manual_seed(attempt)
+        out = trainer._generate_and_score_completions([dict(x) for x in batch])
+        rewards = out["bicc_rewards"]
+        unscored = torch.isnan(rewards)
+        # Wanted: a group with an unscorable completion and both outcomes among the others.
+        wanted = [
+            g for g in range(2)
+            if unscored[4 * g : 4 * g + 4].any()
+            and (rewards[4 * g : 4 * g + 4] > 0.5).any() and (rewards[4 * g : 4 * g + 4] <= 0.5).any()
+        ]
+        if wanted:
+            break
+    else:
+        pytest.fail("no group with an unscorable and both scored outcomes in 50 tries")
+    advantages = out["advantages"]
+    assert torch.isfinite(advantages).all()
+    assert (advantages[unscored] == 0).all()
+    # Each group's advantages equal RCC on its scored members alone.
+    policy = trainer._logps(trainer.model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"])
+    reference = trainer._logps(trainer.ref_model, out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"])
+    delta = sequence_delta(policy, reference, out["completion_mask"], reduction="sum")
+    for g in wanted:
+        members = torch.arange(4 * g, 4 * g + 4)
+        scored = members[~unscored[members]]
+        expected = rcc_advantages(rewards[scored], delta[scored], scored.numel(), coef=3.0)
+        torch.testing.assert_close(advantages[scored], expected.advantages, atol=1e-5, rtol=1e-5)
+    # BICC: an unscorable completion is neither shown nor conditioned.
+    assert not out["bicc_conditioned"][unscored].any()
+
+
+@pytest.mark.slow
+def test_dapo_dynamic_sampling_decides_by_task_outcome_not_reward_value(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, variant="dapo")
+    trainer = build_trainer(config, tmp_path, progress=False)
+    # Every answer is wrong (reward <= 0.5), but the rewards differ within groups.
+    trainer.reward_funcs = [lambda completions, **kw: [0.3 * (sum(map(ord, c)) % 2) for c in completions]]
+    trainer.reward_func_names = ["wrong_but_varied"]
+    trainer.model.train()
+    batch = [dict(trainer.train_dataset[0]) for _ in range(4)] + [dict(trainer.train_dataset[1]) for _ in range(4)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    assert (out["bicc_rewards"].view(-1, 4).std(1) > 0).any()  # the values alone would look informative
+    assert int(out["completion_mask"].sum()) == 0 and int(out["num_items_in_batch"]) == 0
+    assert trainer._metrics["train"]["dapo/frac_groups_kept"][-1] == 0.0
+
+
+@pytest.mark.slow
+def test_logp_shift_is_logged_per_side(untrained_tiny_dir, tmp_path):
+    from bicc_lab.backends.trl.callbacks import MetricsFileCallback
+
+    config = tiny_config(untrained_tiny_dir, **{"bicc.enabled": True})
+    metrics_file = MetricsFileCallback(tmp_path / "metrics.jsonl")
+    trainer = build_trainer(config, tmp_path, progress=False, callbacks=[metrics_file])
+    force_mixed_rewards(trainer)
+    trainer.train()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    both = [x for x in lines if "bicc/logp_shift_correct" in x and "bicc/logp_shift_incorrect" in x]
+    assert both
+    for x in both:
+        # The overall shift is a count-weighted mean of the two sides, so it lies between them.
+        low, high = sorted((x["bicc/logp_shift_correct"], x["bicc/logp_shift_incorrect"]))
+        assert low - 1e-6 <= x["bicc/logp_shift"] <= high + 1e-6

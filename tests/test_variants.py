@@ -542,3 +542,18 @@ def test_experiment_level_dual_clip_reaches_token_ratio_variants_only():
         assert resolve_variant(name, {}, clip_ratio_c=3.0) == VARIANTS[name]
     assert resolve_variant("grpo", {"clip_ratio_c": 10.0}, clip_ratio_c=3.0).clip_ratio_c == 10.0
     assert resolve_variant("grpo", {}, clip_ratio_c=None) == VARIANTS["grpo"]
+
+
+def test_nan_reward_is_left_out_of_the_group_and_gets_advantage_zero():
+    nan = float("nan")
+    # Group 0: scored rewards [1, 0, 0]: mean 1/3, unbiased std sqrt((4/9 + 1/9 + 1/9) / 2) = 1/sqrt(3).
+    # Group 1: one scored reward, whose unbiased std is undefined: TRL zeroes all its advantages.
+    rewards = torch.tensor([1.0, nan, 0.0, 0.0, nan, nan, nan, 1.0], dtype=torch.float64)
+    advantages = group_advantages(rewards, 4, eps=0.0)
+    root3 = math.sqrt(3)
+    expected = torch.tensor([2 / root3, 0.0, -1 / root3, -1 / root3, 0, 0, 0, 0], dtype=torch.float64)
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-12)
+    centred = group_advantages(rewards, 4, scale="none")
+    torch.testing.assert_close(
+        centred[:4], torch.tensor([2 / 3, 0.0, -1 / 3, -1 / 3], dtype=torch.float64), rtol=0, atol=1e-12
+    )

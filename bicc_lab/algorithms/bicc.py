@@ -87,8 +87,17 @@ class BiccBatch:
 
 
 def outcome_labels(rewards: torch.Tensor, success_threshold: float = 0.5) -> torch.Tensor:
-    """Correct (True) when the reward exceeds the threshold; the paper's binary outcome."""
+    """Correct (True) when the reward exceeds the threshold; the paper's binary outcome.
+
+    A NaN reward (an unscorable answer) is False here and also not incorrect: callers that
+    partition a group use :func:`scored_labels` to leave it out of both sides.
+    """
     return rewards > success_threshold
+
+
+def scored_labels(rewards: torch.Tensor) -> torch.Tensor:
+    """True where the reward is a number; a NaN reward (unscorable answer) has no outcome."""
+    return ~torch.isnan(rewards)
 
 
 def context_budget(context_fraction: float, max_sequence_length: int) -> int:
@@ -145,7 +154,9 @@ def pack_conditioned_prompts(
             reaches the budget and stops there, the authors' exact-budget packing.
 
     Degenerate groups (all correct or all wrong) and samples whose budget cannot hold one
-    token of trace stay unconditioned: their prompt is returned unchanged.
+    token of trace stay unconditioned: their prompt is returned unchanged. A sample whose
+    reward is NaN (unscorable) is neither correct nor incorrect: it is never shown as a
+    trace, does not make a group mixed, and stays unconditioned itself.
     """
     batch_size = prompt_ids.size(0)
     if batch_size % group_size != 0:
@@ -161,6 +172,7 @@ def pack_conditioned_prompts(
     strip = set(int(t) for t in strip_token_ids)
     traces = [[t for t in row if t not in strip] for row in _unpad_rows(completion_ids, completion_mask)]
     correct = outcome_labels(rewards, success_threshold).tolist()
+    scored = scored_labels(rewards).tolist()
 
     if insert_positions is None:
         insert_positions = [len(p) if template.placement == "append" else 0 for p in prompts]
@@ -185,13 +197,14 @@ def pack_conditioned_prompts(
         # Drawn for every group, mixed or not, so a group's order does not depend on the
         # outcomes of the groups before it.
         order = [members[k] for k in torch.randperm(group_size, generator=generator).tolist()]
-        n_correct = sum(correct[i] for i in members)
-        mixed = 0 < n_correct < group_size
+        n_correct = sum(scored[i] and correct[i] for i in members)
+        n_incorrect = sum(scored[i] and not correct[i] for i in members)
+        mixed = n_correct > 0 and n_incorrect > 0
         for i in members:
             block: list[int] = []
             shown = 0
-            if mixed:
-                opposite = [j for j in order if correct[j] != correct[i] and traces[j]]
+            if mixed and scored[i]:
+                opposite = [j for j in order if scored[j] and correct[j] != correct[i] and traces[j]]
                 block, shown = _pack_block(
                     opposite, traces, correct[i], template, piece, budget_tokens, max_traces, truncate
                 )

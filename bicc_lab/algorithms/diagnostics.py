@@ -11,7 +11,9 @@ is ``None`` when no group qualifies, never NaN, and ``num_groups`` says how
 many groups the value averages.
 
 Inputs are group-contiguous ``(B,)`` tensors; a completion succeeds when its
-reward is strictly greater than ``success_threshold`` (BICC's partition rule).
+reward is strictly greater than ``success_threshold`` (BICC's partition rule)
+and fails when it is at most the threshold. A NaN reward (unscorable) does
+neither and is left out of every outcome split.
 """
 
 from __future__ import annotations
@@ -45,9 +47,16 @@ class GroupStat(TypedDict):
 def mixed_group_mask(
     rewards: torch.Tensor, group_size: int, success_threshold: float = 0.5
 ) -> torch.Tensor:
-    """``(n_groups,)`` bool: the group has at least one success and one failure."""
-    success = grouped_view(rewards, group_size, "rewards") > success_threshold
-    return success.any(dim=1) & ~success.all(dim=1)
+    """``(n_groups,)`` bool: the group has at least one success and one failure.
+
+    NaN rewards count as neither, so a group of successes and unscorable answers is not
+    mixed. This is also DAPO's dynamic-sampling rule: a group that is not mixed by task
+    outcome carries no signal.
+    """
+    grouped = grouped_view(rewards, group_size, "rewards")
+    success = grouped > success_threshold
+    failure = grouped <= success_threshold
+    return success.any(dim=1) & failure.any(dim=1)
 
 
 def _outcome_gap(
@@ -72,14 +81,17 @@ def outcome_gap_by_group(
     samples present include at least one success and one failure.
     """
     values = values.detach().reshape(-1).to(torch.float64)
-    success = (rewards.reshape(-1) > success_threshold).to(torch.float64)
+    flat_rewards = rewards.reshape(-1)
+    success = (flat_rewards > success_threshold).to(torch.float64)
+    failure = (flat_rewards <= success_threshold).to(torch.float64)  # NaN: neither
     _, dense = torch.unique(group_index.reshape(-1), return_inverse=True)
     n_groups = int(dense.max()) + 1 if dense.numel() else 0
     zeros = torch.zeros(n_groups, dtype=torch.float64, device=values.device)
     n_success = zeros.index_add(0, dense, success)
-    n_failure = zeros.index_add(0, dense, 1.0 - success)
-    sum_success = zeros.index_add(0, dense, values * success)
-    sum_failure = zeros.index_add(0, dense, values * (1.0 - success))
+    n_failure = zeros.index_add(0, dense, failure)
+    # where(), not a product: the value of an unscorable sample may itself be NaN.
+    sum_success = zeros.index_add(0, dense, torch.where(success > 0, values, 0.0))
+    sum_failure = zeros.index_add(0, dense, torch.where(failure > 0, values, 0.0))
     mixed = (n_success > 0) & (n_failure > 0)
     num_mixed = int(mixed.sum())
     if num_mixed == 0:

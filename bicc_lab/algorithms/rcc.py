@@ -14,6 +14,9 @@ model is more confident about.
 
 Pure functions over tensors; ``rewards`` and ``delta`` are group-contiguous
 (the G completions of a prompt are adjacent), as TRL and verl lay them out.
+A NaN reward marks an unscorable completion (TRL's convention): it is left out of
+its group's mean, std and covariance and gets advantage 0. A non-finite delta
+leaves only that completion out of the covariance.
 """
 
 from __future__ import annotations
@@ -88,7 +91,10 @@ def group_covariance(x: torch.Tensor, y: torch.Tensor, group_size: int) -> torch
     """Population covariance of ``x`` and ``y`` within each group, shape (n_groups,).
 
     ``Cov = mean_g((x - mean_g x) (y - mean_g y))``: divided by G, not G - 1,
-    as the RCC baseline derivation requires.
+    as the RCC baseline derivation requires. Pairs where either value is NaN or
+    infinite are left out (means and the divisor run over the n finite pairs), so
+    one unscorable completion or overflowing delta does not make the group's
+    covariance NaN; a group with no finite pair has covariance 0.
     """
     grouped_view(x, group_size, "x")
     grouped_view(y, group_size, "y")
@@ -98,7 +104,15 @@ def group_covariance(x: torch.Tensor, y: torch.Tensor, group_size: int) -> torch
         )
     gx = x.view(-1, group_size)
     gy = y.view(-1, group_size).to(gx.dtype)
-    return ((gx - gx.mean(dim=1, keepdim=True)) * (gy - gy.mean(dim=1, keepdim=True))).mean(dim=1)
+    finite = torch.isfinite(gx) & torch.isfinite(gy)
+    if bool(finite.all()):
+        return ((gx - gx.mean(dim=1, keepdim=True)) * (gy - gy.mean(dim=1, keepdim=True))).mean(dim=1)
+    count = finite.sum(dim=1, keepdim=True).clamp(min=1).to(gx.dtype)
+    zero = torch.zeros((), dtype=gx.dtype, device=gx.device)
+    fx, fy = torch.where(finite, gx, zero), torch.where(finite, gy, zero)
+    cx = torch.where(finite, fx - fx.sum(dim=1, keepdim=True) / count, zero)
+    cy = torch.where(finite, fy - fy.sum(dim=1, keepdim=True) / count, zero)
+    return (cx * cy).sum(dim=1) / count.squeeze(1)
 
 
 def rcc_advantages(
@@ -119,6 +133,9 @@ def rcc_advantages(
     :func:`~bicc_lab.algorithms.variants.group_advantages`, and with
     ``coef=0`` the advantages are bitwise equal to it. ``max_shift`` clamps
     ``|b - mean(r)|``. ``delta`` is treated as a constant (detached).
+
+    NaN rewards are left out of mean, std and covariance and get advantage 0;
+    non-finite deltas are left out of the covariance only.
 
     Raises:
         ValueError: shapes differ, B is not a multiple of ``group_size``, or an
@@ -151,4 +168,6 @@ def rcc_advantages(
     if scale == "group_std":
         spread = group_std(rewards, group_size, std).repeat_interleave(group_size)
         advantages = advantages / (spread + eps)
+    # TRL's rule for unscorable completions, applied as TRL applies it.
+    advantages = torch.nan_to_num(advantages, nan=0.0)
     return RCCResult(advantages=advantages, baseline=baseline, cov=cov, baseline_shift=shift)

@@ -420,8 +420,9 @@ def group_advantages(
     and ``eps = 1e-4`` added to the std, not under the square root, computed
     with TRL's operations so that the result is bitwise equal. ``rewards`` must
     be group-contiguous (the G completions of a prompt in a row). A NaN reward
-    is left out of its group's mean and std, as in TRL, and gets a NaN
-    advantage that the caller must zero.
+    (an unscorable completion) is left out of its group's mean and std and gets
+    advantage 0, as in TRL; so does a group with a single scored completion,
+    whose unbiased std is undefined.
     """
     _check_choice("scale", scale, ADVANTAGE_SCALES)
     grouped = grouped_view(rewards, group_size, "rewards")
@@ -430,7 +431,7 @@ def group_advantages(
     if scale == "group_std":
         spread = group_std(rewards, group_size, std).repeat_interleave(group_size)
         advantages = advantages / (spread + eps)
-    return advantages
+    return torch.nan_to_num(advantages, nan=0.0)
 
 
 def overlong_penalty(

@@ -26,7 +26,11 @@ from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 
 from bicc_lab.algorithms import bicc as bicc_alg
-from bicc_lab.algorithms.diagnostics import gradient_variance, outcome_gap_by_group
+from bicc_lab.algorithms.diagnostics import (
+    gradient_variance,
+    mixed_group_mask,
+    outcome_gap_by_group,
+)
 from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta
 from bicc_lab.algorithms.variants import (
     VariantSpec,
@@ -175,8 +179,13 @@ class BiccGRPOTrainer(GRPOTrainer):
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         device = self.accelerator.device
 
+        # TRL's rule: a completion that every reward function left unscored (None -> NaN) keeps a
+        # NaN reward, so it is left out of its group's mean, std, RCC covariance and BICC
+        # partition, and gets advantage 0 (the algorithms zero NaN advantages).
         weights = self.reward_weights.to(device).unsqueeze(0)
-        rewards = torch.nan_to_num((self._rollout_rewards_per_func * weights).nansum(dim=1), nan=0.0)
+        per_func = self._rollout_rewards_per_func
+        rewards = (per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
         local_n = output["prompt_ids"].size(0)
         local = slice(self.accelerator.process_index * local_n, (self.accelerator.process_index + 1) * local_n)
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
@@ -212,20 +221,21 @@ class BiccGRPOTrainer(GRPOTrainer):
             )
             advantages = result.advantages
             correct = rewards > self.bicc.success_threshold
+            incorrect = rewards <= self.bicc.success_threshold  # NaN (unscorable): neither
             metrics["rcc/cov_r_delta"].append(result.cov.mean().item())
             metrics["rcc/baseline_shift"].append(result.baseline_shift.mean().item())
             metrics["rcc/baseline_shift_abs"].append(result.baseline_shift.abs().mean().item())
             if correct.any():
                 metrics["rcc/delta_correct"].append(delta[correct].mean().item())
-            if (~correct).any():
-                metrics["rcc/delta_incorrect"].append(delta[~correct].mean().item())
+            if incorrect.any():
+                metrics["rcc/delta_incorrect"].append(delta[incorrect].mean().item())
         else:
             advantages = group_advantages(
                 advantage_rewards, group_size, scale=self.variant.advantage_scale, std=self.std_kind
             )
         output["advantages"] = advantages[local]
         if self.variant.dynamic_sampling:
-            self._drop_uniform_groups(output, advantage_rewards, group_size, local, mode)
+            self._drop_uniform_groups(output, rewards, group_size, local, mode)
 
         # Per-sample bookkeeping that survives TRL's shuffle/split, for the contrast diagnostics.
         n_groups = rewards.numel() // group_size
@@ -246,14 +256,16 @@ class BiccGRPOTrainer(GRPOTrainer):
         return output
 
     def _drop_uniform_groups(self, output, rewards, group_size, local, mode) -> None:
-        """DAPO's dynamic sampling without the refill: groups whose rewards are all equal carry
-        no signal, so their tokens leave the loss and its token count instead of diluting it.
+        """DAPO's dynamic sampling without the refill: groups whose task outcomes are all
+        correct or all wrong carry no signal, so their tokens leave the loss and its token
+        count instead of diluting it.
 
-        DAPO over-samples until the batch is full of informative groups; TRL generates a
-        fixed batch, so here the step simply trains on fewer tokens.
+        The outcome comes from the task reward, as in the DAPO paper, not from the
+        length-shaped reward: overlong shaping makes a group of equally wrong answers look
+        mixed. DAPO over-samples until the batch is full of informative groups; TRL generates
+        a fixed batch, so here the step simply trains on fewer tokens.
         """
-        grouped = rewards.view(-1, group_size)
-        informative = (grouped.max(dim=1).values > grouped.min(dim=1).values).repeat_interleave(group_size)
+        informative = mixed_group_mask(rewards, group_size, self.bicc.success_threshold).repeat_interleave(group_size)
         keep = informative[local].to(output["completion_mask"].dtype).unsqueeze(1)
         output["completion_mask"] = output["completion_mask"] * keep
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
@@ -422,7 +434,13 @@ class BiccGRPOTrainer(GRPOTrainer):
         if "bicc_prompt_ids" in inputs and "bicc_rollout_logps" in inputs:
             shift = ((logps - inputs["bicc_rollout_logps"]) * mask).sum(-1)
             conditioned = inputs["bicc_conditioned"].bool()
+            reward = inputs["bicc_rewards"]
+            threshold = self.bicc.success_threshold
             buffer["logp_shift"].append(shift[conditioned].detach())
+            # Per side: correct completions are shown incorrect traces, incorrect ones correct
+            # traces (a model that reads the context may rightly lower the latter).
+            buffer["logp_shift_correct"].append(shift[conditioned & (reward > threshold)].detach())
+            buffer["logp_shift_incorrect"].append(shift[conditioned & (reward <= threshold)].detach())
 
     def _contrast_metrics(self) -> dict[str, float]:
         buffer = self._diag_buffer
@@ -438,6 +456,10 @@ class BiccGRPOTrainer(GRPOTrainer):
         if buffer.get("logp_shift"):
             shifts = torch.cat(buffer["logp_shift"]).cpu()
             out["bicc/logp_shift"] = shifts.mean().item() if shifts.numel() else 0.0
+            for side in ("correct", "incorrect"):
+                side_shifts = torch.cat(buffer[f"logp_shift_{side}"]).cpu()
+                if side_shifts.numel():  # no conditioned sample on this side: nothing to log
+                    out[f"bicc/logp_shift_{side}"] = side_shifts.mean().item()
         buffer.clear()
         return {k: v for k, v in out.items() if v is not None and not math.isnan(v)}
 
