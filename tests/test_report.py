@@ -2,9 +2,9 @@
 
 The store (SQLite in a temp dir) holds one sweep laid out like `sweep run` writes it:
 two variants × four arms × three seeds, with hand-chosen per-problem correctness on two
-benchmarks, a FAILED and a RUNNING run that must not count, a missing arm, a missing
-seed and a row with a single seed. Every number asserted below is computed by hand from
-those inputs.
+benchmarks, a FAILED and a RUNNING run that must not count (the FAILED one is listed as
+failed), a missing arm, a missing seed and a row with a single seed. Every number asserted
+below is computed by hand from those inputs.
 """
 
 from __future__ import annotations
@@ -165,9 +165,14 @@ def test_missing_arm_missing_seed_and_single_seed(table):
     partial = table.cell(GRPO, "math500", "bicc+rcc")
     assert partial.stat.n == 2 and partial.seeds == (0, 1)
     assert any("+BICC+RCC math500: 2 of 3 seeds (missing seed 2)" in n for n in table.notes)
+    # fewer than 3 seeds: a bootstrap over problems (and seeds); every problem of these
+    # cells has the same score, so every resample gives the mean
+    assert partial.stat.method == "bootstrap" and (partial.stat.low, partial.stat.high) == pytest.approx((0.75, 0.75))
     single = table.cell(DAPO, "math500", "base")
-    assert single.stat.n == 1 and not single.stat.has_ci and single.stat.mean == pytest.approx(0.25)
-    assert any("single seed" in n for n in table.notes)
+    assert single.stat.n == 1 and single.stat.method == "bootstrap" and single.stat.mean == pytest.approx(0.25)
+    assert (single.stat.low, single.stat.high) == pytest.approx((0.25, 0.25))
+    assert table.cell(GRPO, "math500", "base").stat.method == "t"  # three seeds
+    assert any("a single seed (0): intervals from a bootstrap over problems only" in n for n in table.notes)
     frame = table.to_frame()
     missing = frame[(frame.variant == "dapo") & (frame.arm == "rcc")]
     assert len(missing) == 3 and (missing.n_seeds == 0).all() and missing["mean"].isna().all()
@@ -201,7 +206,8 @@ def test_write_report_files_and_content(run_set, tmp_path):
     md = (out / "ablation.md").read_text()
     assert "**100.0 ± 0.0** (+40.0†)" in md  # grpo math500 +BICC, best, significant
     assert f"60.0 ± {100 * T2 * 0.1 / math.sqrt(3):.1f}" in md  # grpo math500 baseline
-    assert "| tiny | dapo | 25.0 |" in md  # single seed: no ±
+    assert "| tiny | dapo | 25.0 ± 0.0 |" in md  # single seed: bootstrap over problems
+    assert "percentile bootstrap over problems and seeds" in md  # the legend says how
     assert "—" in md and "missing seed 2" in md
     tex = (out / "ablation.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
@@ -244,8 +250,8 @@ def test_failed_write_leaves_the_old_report(run_set, tmp_path, monkeypatch):
 
 def test_cli_writes_logs_and_exits_cleanly(store, tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["report", EXP, "--tracking-uri", store["uri"], "--out", str(out),
-                                 "--format", "md,html", "--resamples", "1000"])
+    result = runner.invoke(app, ["report", EXP, "--tracking-uri", store["uri"], "--out-dir", str(out),
+                                 "--format", "md,html", "--resamples", "1000", "--no-start"])
     assert result.exit_code == 0, result.output
     assert "Ablation report: abl" in result.output and "+BICC+RCC" in result.output
     assert (out / "ablation.md").is_file() and (out / "report.html").is_file()
@@ -262,7 +268,7 @@ def test_cli_from_a_sweep_file(store, tmp_path):
     sweep.write_text(f"name: abl\nbase: {base}\ngrid:\n  seed: [0, 1]\n"
                      f"tracking: {{uri: '{store['uri']}', experiment: {EXP}}}\n")
     result = runner.invoke(app, ["report", str(sweep), "--out", str(tmp_path / "o"), "--format", "csv",
-                                 "--no-plots", "--no-log", "--resamples", "200"])
+                                 "--no-plots", "--no-log", "--resamples", "200", "--no-start"])
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "o" / "ablation.csv")) == 2 * 3 * 4  # rows × columns × arms
 

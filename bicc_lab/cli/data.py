@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import fail
+from bicc_lab.cli._common import console, fail
 
 app = typer.Typer(
     help="Inspect benchmark and training data files.\n\nExample: bicc-lab data list --data-dir ../shared/data",
@@ -18,9 +17,9 @@ app = typer.Typer(
 
 @app.command("list", help="List the JSONL files in the data dir with row counts and fields.\n\nExample: bicc-lab data list --data-dir ../shared/data")
 def list_files(
-    data_dir: Path = typer.Option(None, "--data-dir", help="Data directory (default: $BICC_LAB_DATA_DIR)."),
+    data_dir: Path = typer.Option(None, "--data-dir", envvar="BICC_LAB_DATA_DIR", help="Data directory."),
 ) -> None:
-    directory = data_dir or (Path(os.environ["BICC_LAB_DATA_DIR"]) if os.environ.get("BICC_LAB_DATA_DIR") else None)
+    directory = data_dir
     if directory is None:
         fail("no data dir: pass --data-dir DIR or set BICC_LAB_DATA_DIR")
     if not directory.is_dir():
@@ -28,7 +27,6 @@ def list_files(
     files = sorted(directory.glob("*.jsonl"))
     if not files:
         fail(f"no .jsonl files in {directory}")
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"data in {directory}")
@@ -40,4 +38,4 @@ def list_files(
             rows = 1 + sum(1 for _ in handle) if first else 0
         fields = ", ".join(json.loads(first)) if first else ""
         table.add_row(path.name, str(rows), fields)
-    Console().print(table)
+    console().print(table)

@@ -35,11 +35,10 @@ BENCHMARK_FILES = (
 
 def doctor(
     data_dir: str = typer.Option(
-        None, "--data-dir", help="Directory with benchmark JSONL files (default: $BICC_LAB_DATA_DIR)."
+        None, "--data-dir", envvar="BICC_LAB_DATA_DIR", help="Directory with benchmark JSONL files."
     ),
 ) -> None:
     """Check the environment a run needs and report what is missing."""
-    import os
     from pathlib import Path
 
     problems = 0
@@ -67,7 +66,7 @@ def doctor(
         status = "ok" if pinned is None or installed == pinned else f"tested with {pinned}"
         rows.append((package, installed, status))
 
-    directory = data_dir or os.environ.get("BICC_LAB_DATA_DIR")
+    directory = data_dir
     if directory:
         present = [f for f in BENCHMARK_FILES if (Path(directory) / f).is_file()]
         missing = [f for f in BENCHMARK_FILES if f not in present]
@@ -76,14 +75,15 @@ def doctor(
     else:
         rows.append(("data dir", "not set", "benchmarks load from the hub (set --data-dir or BICC_LAB_DATA_DIR)"))
 
-    from rich.console import Console
     from rich.table import Table
+
+    from bicc_lab.cli._common import console
 
     table = Table(title="bicc-lab doctor")
     for column in ("component", "version / value", "status"):
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)
     if problems:
         raise typer.Exit(1)

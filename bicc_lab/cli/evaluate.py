@@ -22,14 +22,20 @@ def evaluate(
     ),
     samples: int = typer.Option(32, "--samples", help="Samples per problem (k of avg@k / pass@k)."),
     limit: int = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Directory with the benchmark JSONL files."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", envvar="BICC_LAB_DATA_DIR", help="Directory with the benchmark JSONL files."
+    ),
     temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature (0: greedy)."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Generation budget (capped by the model context)."),
     backend: str = typer.Option("hf", "--backend", help="lm-eval backend: hf (CPU/GPU) or vllm (GPU)."),
-    out: Path = typer.Option(None, "--out", help="Write the results as JSON to this file."),
+    output_path: Path = typer.Option(
+        None, "--output-path", help="Write the results as JSON to this file (lm-eval's name for it)."
+    ),
+    out_alias: Path = typer.Option(None, "--out", hidden=True, help="Old name of --output-path (one more release)."),
 ) -> None:
     """Evaluate a model on math benchmarks."""
+    out = output_path or out_alias
     if (model is None) == (run is None):
         fail("give exactly one of --model PATH and --run RUN_DIR")
     if run is not None:

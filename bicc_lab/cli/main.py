@@ -21,14 +21,31 @@ from bicc_lab.cli import train as train_cmd
 from bicc_lab.cli import tune as tune_cmd
 from bicc_lab.errors import USER_ERROR_EXIT, UserError
 
+#: Every environment variable bicc-lab reads (README "Environment variables" has the same list).
+ENVIRONMENT = {
+    "BICC_LAB_DATA_DIR": "benchmark and training JSONL files (--data-dir wins over it)",
+    "BICC_LAB_CACHE": "tiny-model and starting-score cache (default ~/.cache/bicc_lab)",
+    "BICC_LAB_HEARTBEAT_S": "seconds between a running cell's heartbeats (default 15)",
+    "BICC_LAB_STALE_AFTER_S": "a cell or trial whose heartbeat is older is taken as dead (default 60)",
+    "BICC_LAB_STORE_WAIT_S": "seconds a locked SQLite tracking store is waited for (default 60)",
+    "BICC_LAB_MP_START": "multiprocessing start method of the answer grader (default fork on Linux)",
+    "BICC_LAB_ROLLOUT_DUMP": "directory: each rank writes its first training generation batch there (debugging)",
+    "BICC_LAB_ROLLOUT_REPLAY": "file: the first training generation batch replays its completions (debugging)",
+    "MLFLOW_TRACKING_URI": "tracking store when the sweep names none (default sqlite:///mlflow.db at the repo root)",
+}
+# Click rewraps epilog paragraphs; \b keeps this block's lines as they are.
+ENV_HELP = "Environment variables:\n\n\b\n" + "\n".join(f"  {k:<24}{v}" for k, v in ENVIRONMENT.items())
+
 app = typer.Typer(
     name="bicc-lab",
     help=(
         "Ablation harness for GRPO-family RL with BICC and RCC.\n\n"
         "Example: bicc-lab sweep run sweeps/quickstart.yaml && bicc-lab report sweeps/quickstart.yaml"
     ),
+    epilog=ENV_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

@@ -9,25 +9,19 @@ from pathlib import Path
 
 import typer
 
+from bicc_lab.cli._common import console as _console
 from bicc_lab.cli._common import fail
 
 HELP = (
-    "Ablation tables (mean ± 95% CI over seeds, Δ vs baseline, paired tests) and plots.\n\n"
-    "Example: bicc-lab report sweeps/quickstart.yaml --format md,html"
+    "Ablation tables (mean ± 95% CI, Δ vs baseline, the model before training, paired tests) and plots.\n\n"
+    "Example: bicc-lab report sweeps/quickstart.yaml --format md,html --open"
 )
 FORMAT_NAMES = ("md", "tex", "csv", "html")
 
 
-def _console():
-    from rich.console import Console
-
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=int(os.environ.get("COLUMNS", "200")), soft_wrap=False)
-
-
-def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | None]:
-    """(experiment, tracking URI, sweep name or None) of a sweep file or experiment name."""
+def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | None, dict]:
+    """(experiment, tracking URI, sweep name or None, config hash -> cell config) of a sweep
+    file or experiment name."""
     from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
 
     path = Path(source)
@@ -44,23 +38,27 @@ def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | Non
         except OSError as exc:
             fail(f"cannot read {source}: {exc.strerror or exc}")
         uri = normalize_uri(tracking_uri) if tracking_uri else ctx.uri
-        return ctx.experiment, uri, ctx.sweep.name
+        configs = {cell.config_hash: cell.config for cell in ctx.sweep.cells}
+        return ctx.experiment, uri, ctx.sweep.name, configs
     uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(None)
-    return source, uri, None
+    return source, uri, None, {}
 
 
 def _check_server(uri: str, experiment: str) -> None:
-    """An http(s) tracking server that does not answer fails in seconds, with one line."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    from bicc_lab.sweep.context import SweepContext, TrackingUnavailable
+    """A wrong URI, a corrupt/foreign/locked store or an http(s) tracking server that does
+    not answer fails in seconds, with one line (a report only reads: nothing is created)."""
+    from bicc_lab.tracking.check import StoreError, check_tracking_uri, store_initialised
+    from bicc_lab.tracking.naming import sqlite_path
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     try:
-        SweepContext(sweep=None, uri=uri, experiment=experiment, runs_dir=Path(".")).check_reachable()  # type: ignore[arg-type]
-    except TrackingUnavailable as exc:
+        check_tracking_uri(uri, create=False)
+    except StoreError as exc:
         fail(str(exc))
+    if not store_initialised(uri):  # an empty file would be turned into a store by MLflow
+        fail(f"no MLflow store at {sqlite_path(uri)} (nothing was tracked there)")
 
 
 def _formats(text: str) -> list[str]:
@@ -71,10 +69,39 @@ def _formats(text: str) -> list[str]:
     return items
 
 
+def _command(argv: list[str], sweep: str, root: Path) -> str:
+    """The command line as the report shows it: paths inside the repository relative to it."""
+    from bicc_lab.report import display_path
+
+    args = argv[2:] if len(argv) > 2 and argv[1] == "report" else [sweep]
+    shown = []
+    for arg in args:
+        if os.path.isabs(arg) and Path(arg).exists():
+            arg = display_path(arg, root)
+        elif "=" in arg and arg.startswith("--") and os.path.isabs(arg.split("=", 1)[1]):
+            flag, value = arg.split("=", 1)
+            arg = f"{flag}={display_path(value, root)}"
+        shown.append(shlex.quote(arg))
+    return "bicc-lab report " + " ".join(shown)
+
+
+def _open(path: Path, console) -> None:
+    """Open the HTML report in the user's browser ($BROWSER is honoured by webbrowser)."""
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(path.resolve().as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        console.print(f"could not start a web browser; open {path} yourself", markup=False, highlight=False)
+
+
 def report(
     sweep: str = typer.Argument(..., help="Sweep YAML (e.g. sweeps/quickstart.yaml) or MLflow experiment name."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the sweep's, else $MLFLOW_TRACKING_URI, else mlflow.db at the repository root)."),
-    out_dir: Path = typer.Option(None, "--out", help="Output directory (default reports/<sweep>/)."),
+    out_dir: Path = typer.Option(None, "--out-dir", help="Output directory (default reports/<sweep>/)."),
+    out_alias: Path = typer.Option(None, "--out", hidden=True, help="Old name of --out-dir (one more release)."),
     formats: str = typer.Option("md,tex,csv,html", "--format", help="Comma list of md, tex, csv, html (plots are always written)."),
     baseline: str = typer.Option("base", "--baseline", help="Arm the others are compared with: base, rcc, bicc or bicc+rcc."),
     metric: str = typer.Option("avg_at_k", "--metric", help="Eval metric of the tables: avg_at_k (any k), pass_at_1, pass_at_k, maj_at_k, ..."),
@@ -82,17 +109,33 @@ def report(
     resamples: int = typer.Option(10_000, "--resamples", help="Paired bootstrap resamples over problems."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw training curves and the accuracy plot."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report as artifacts of the sweep's parent run."),
+    start: bool = typer.Option(
+        True, "--start/--no-start",
+        help="Score each base model before training (evaluated once, cached in $BICC_LAB_CACHE/start); "
+             "--no-start uses cached scores only.",
+    ),
+    open_browser: bool = typer.Option(False, "--open", help="Open report.html in the web browser ($BROWSER) when done."),
 ) -> None:
     """Build ablation tables and plots for a sweep."""
     fmts = _formats(formats)
     if resamples < 100:
         fail(f"--resamples must be >= 100, got {resamples}")
-    experiment, uri, sweep_name = _resolve(sweep, tracking_uri)
+    if open_browser and "html" not in fmts:
+        fail(f"--open shows report.html, but --format {formats} writes no html; add html")
+    out_dir = out_dir or out_alias
+    experiment, uri, sweep_name, sweep_configs = _resolve(sweep, tracking_uri)
     _check_server(uri, experiment)
 
     from mlflow.exceptions import MlflowException
 
-    from bicc_lab.report import ReportDataError, build_report, load_runs, log_report, write_report
+    from bicc_lab.report import (
+        ReportDataError,
+        build_report,
+        display_path,
+        load_runs,
+        log_report,
+        write_report,
+    )
     from bicc_lab.spec.models import ARMS
     from bicc_lab.tracking.naming import project_root
 
@@ -105,12 +148,21 @@ def report(
     arms = set(run_set.runs["arm"])
     if baseline not in arms and baseline not in ARMS:
         fail(f"--baseline: no arm {baseline!r}; the runs have {', '.join(sorted(arms))}")
-    command = "bicc-lab report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 and sys.argv[1] == "report" else f"bicc-lab report {shlex.quote(sweep)}"
-    rep = build_report(run_set, baseline=baseline, plots=plots, n_resamples=resamples, command=command)
+    from bicc_lab.report.start import start_scores
+
     console = _console()
+    root = project_root()
+
+    def say(text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+    starting = start_scores(run_set, sweep_configs=sweep_configs, compute=start, say=say)
+    rep = build_report(run_set, baseline=baseline, plots=plots, n_resamples=resamples,
+                       command=_command(sys.argv, sweep, root), start=starting.scores,
+                       start_notes=starting.notes, root=root)
     for renderable in rep.rich():
         console.print(renderable)
-    target = out_dir or project_root() / "reports" / _safe(run_set.sweep)
+    target = out_dir or root / "reports" / _safe(run_set.sweep)
     written = write_report(rep, target, fmts)
     logged = None
     if log:
@@ -119,7 +171,9 @@ def report(
         except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
             console.print(f"[yellow]could not log the report to MLflow: {type(exc).__name__}: {exc}[/]")
     where = f"; logged to MLflow run {logged} under report/" if logged else ""
-    console.print(f"wrote {len(written)} files to {target}{where}")
+    console.print(f"wrote {len(written)} files to {display_path(target, root)}{where}", markup=False, highlight=False)
+    if open_browser:
+        _open(target / "report.html", console)
 
 
 def _safe(name: str) -> str:

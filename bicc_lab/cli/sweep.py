@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import typer
 
+from bicc_lab.cli._common import console as _console
 from bicc_lab.cli._common import fail
 
 app = typer.Typer(
@@ -17,14 +16,7 @@ app = typer.Typer(
 
 SET_HELP = "Override a dotted key in every cell, e.g. --set train.max_steps=50 (repeatable)."
 RUNS_HELP = "Directory of the cells' outputs (default: runs/ at the repository root or cwd)."
-
-
-def _console():
-    from rich.console import Console
-
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=int(os.environ.get("COLUMNS", "200")), soft_wrap=False)
+JSON_HELP = "Print one JSON object (for scripts) instead of the table."
 
 
 def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | None = None):
@@ -64,12 +56,13 @@ def plan(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     from bicc_lab.sweep.views import plan_view, print_view
 
     ctx = _load(sweep, set_, runs_dir)
     statuses, tracked = _statuses(ctx)
-    print_view(_console(), plan_view(ctx, statuses, tracked))
+    print_view(_console(), plan_view(ctx, statuses, tracked), as_json=as_json)
 
 
 @app.command(
@@ -119,9 +112,10 @@ def status(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     from bicc_lab.sweep.views import print_view, status_view
 
     ctx = _load(sweep, set_, runs_dir)
     statuses, tracked = _statuses(ctx)
-    print_view(_console(), status_view(ctx, statuses, tracked))
+    print_view(_console(), status_view(ctx, statuses, tracked), as_json=as_json)

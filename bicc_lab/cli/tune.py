@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import typer
 
+from bicc_lab.cli._common import console as _console
 from bicc_lab.cli._common import fail
 
 app = typer.Typer(
@@ -20,14 +19,7 @@ SET_HELP = "Override a dotted key of the base config or of the study, e.g. --set
 SET_FILE_HELP = "YAML file of dotted-key overrides (as `tune best --out` writes), applied before --set."
 RUNS_HELP = "Directory of the trials' outputs (default: runs/ at the repository root or cwd)."
 REPORTS_HELP = "Where the plots go (default: reports/ at the repository root); <dir>/<study>/."
-
-
-def _console():
-    from rich.console import Console
-
-    if sys.stdout.isatty():
-        return Console()
-    return Console(width=int(os.environ.get("COLUMNS", "200")), soft_wrap=False)
+JSON_HELP = "Print one JSON object (for scripts) instead of the text."
 
 
 def _setup(study: Path, set_: list[str], set_file: Path | None, runs_dir: Path | None, reports_dir: Path | None):
@@ -45,10 +37,13 @@ def _setup(study: Path, set_: list[str], set_file: Path | None, runs_dir: Path |
         fail(f"cannot read {exc.filename or study}: {exc.strerror or exc}")
 
 
-@app.command("run", help="Run (or resume) a study until n_trials trials finished.\n\nExample: bicc-lab tune run sweeps/rcc_tune.yaml --n-jobs 2")
+@app.command("run", help="Run (or resume) a study until n_trials trials finished.\n\nExample: bicc-lab tune run sweeps/rcc_tune.yaml --max-parallel 2")
 def run(
     study: Path = typer.Argument(..., help=STUDY_HELP),
-    n_jobs: int = typer.Option(None, "--n-jobs", help="Trials running at once (default: search.n_jobs, 1)."),
+    max_parallel: int = typer.Option(
+        None, "--max-parallel", help="Trials running at once (default: search.n_jobs, 1); the name `sweep run` uses."
+    ),
+    n_jobs_alias: int = typer.Option(None, "--n-jobs", hidden=True, help="Old name of --max-parallel (one more release)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     set_file: Path = typer.Option(None, "--set-file", help=SET_FILE_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
@@ -58,8 +53,11 @@ def run(
     from bicc_lab.sweep.context import TrackingUnavailable
     from bicc_lab.tune.runner import TuneError, run_study
 
+    if max_parallel is not None and n_jobs_alias is not None and max_parallel != n_jobs_alias:
+        fail(f"--max-parallel {max_parallel} and its old name --n-jobs {n_jobs_alias} disagree; give one")
+    n_jobs = max_parallel if max_parallel is not None else n_jobs_alias
     if n_jobs is not None and n_jobs < 1:
-        fail(f"--n-jobs must be >= 1, got {n_jobs}")
+        fail(f"--max-parallel must be >= 1, got {n_jobs}")
     setup = _setup(study, set_, set_file, runs_dir, reports_dir)
     try:
         outcome = run_study(setup, n_jobs=n_jobs, console=_console(), grace_s=grace)
@@ -75,25 +73,32 @@ def status(
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     reports_dir: Path = typer.Option(None, "--reports-dir", help=REPORTS_HELP),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write history/importance plots to reports/<study>/."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     from bicc_lab.tune.views import print_status
 
     setup = _setup(study, set_, None, runs_dir, reports_dir)
-    raise typer.Exit(print_status(setup, _console(), reports=plots))
+    raise typer.Exit(print_status(setup, _console(), reports=plots, as_json=as_json))
 
 
-@app.command("best", help="Export the best parameters as overrides for `sweep run --set-file`.\n\nExample: bicc-lab tune best sweeps/rcc_tune.yaml --out best.yaml")
+@app.command("best", help="Export the best parameters as overrides for `sweep run --set-file`.\n\nExample: bicc-lab tune best sweeps/rcc_tune.yaml --output-path best.yaml")
 def best(
     study: Path = typer.Argument(..., help=STUDY_HELP),
-    out: Path = typer.Option(None, "--out", help="Write the overrides YAML here (default: print it)."),
+    output_path: Path = typer.Option(None, "--output-path", help="Write the overrides YAML to this file (default: print it)."),
+    out_alias: Path = typer.Option(None, "--out", hidden=True, help="Old name of --output-path (one more release)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the best trial (number, value, params) as one JSON object."),
 ) -> None:
-    from bicc_lab.tune.views import write_best
+    from bicc_lab.tune.views import best_json, write_best
 
+    out = output_path or out_alias
     setup = _setup(study, set_, None, runs_dir, None)
     try:
         text = write_best(setup, out)
+        if as_json:
+            typer.echo(best_json(setup, out))
+            return
     except ValueError as exc:
         fail(str(exc))
     if out is None:

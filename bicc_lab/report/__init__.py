@@ -10,7 +10,15 @@
 Heavy imports (pandas, mlflow, matplotlib) happen here, never at CLI start-up.
 """
 
-from bicc_lab.report.build import FORMATS, Report, build_report, log_report, write_report
+from bicc_lab.report.build import (
+    FORMATS,
+    Report,
+    build_report,
+    display_path,
+    display_uri,
+    log_report,
+    write_report,
+)
 from bicc_lab.report.data import (
     CURVE_METRICS,
     ReportDataError,
@@ -20,12 +28,19 @@ from bicc_lab.report.data import (
     load_runs,
     metric_selector,
 )
-from bicc_lab.report.stats import BootstrapResult, MeanCI, mean_ci, paired_bootstrap
-from bicc_lab.report.tables import AVERAGE, AblationTable, Cell, build_ablation, build_cost
+from bicc_lab.report.stats import (
+    BootstrapResult,
+    MeanCI,
+    bootstrap_mean_ci,
+    mean_ci,
+    paired_bootstrap,
+)
+from bicc_lab.report.tables import AVERAGE, START, AblationTable, Cell, build_ablation, build_cost
 
 __all__ = [
     "AVERAGE",
     "CURVE_METRICS",
+    "START",
     "FORMATS",
     "AblationTable",
     "BootstrapResult",
@@ -34,9 +49,12 @@ __all__ = [
     "Report",
     "ReportDataError",
     "RunSet",
+    "bootstrap_mean_ci",
     "build_ablation",
     "build_cost",
     "build_report",
+    "display_path",
+    "display_uri",
     "load_curves",
     "load_problem_scores",
     "load_runs",

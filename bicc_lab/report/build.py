@@ -27,11 +27,44 @@ from bicc_lab.report.tables import AblationTable, build_ablation, build_cost
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FORMATS", "REPORT_ARTIFACT_DIR", "Report", "build_report", "log_report", "write_report"]
+__all__ = ["FORMATS", "REPORT_ARTIFACT_DIR", "Report", "build_report", "display_path", "display_uri",
+           "log_report", "write_report"]
 
 FORMATS = ("md", "tex", "csv", "html")
 REPORT_ARTIFACT_DIR = "report"
 PLOTS_DIR = "plots"
+
+
+def display_path(path: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> str:
+    """``path`` relative to the repository ``root`` when it lies inside it (reports that are
+    committed must not name one machine's directories); other paths unchanged."""
+    if root is None:
+        return str(path)
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix() or "."
+    except (ValueError, OSError):
+        return str(path)
+
+
+def display_uri(uri: str, root: str | os.PathLike[str] | None) -> str:
+    """A tracking URI as a reader of the report can use it: a SQLite or file store inside
+    the repository as a relative URI (``sqlite:///mlflow.db``: what ``mlflow ui
+    --backend-store-uri`` takes when run from the repository root), credentials dropped."""
+    import urllib.parse
+
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            rest = uri[len(prefix):]
+            if rest.startswith("/") or prefix == "file://":
+                shown = display_path(rest, root)
+                return f"{prefix}{shown}"
+            return uri
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.username or parsed.password:
+        host = parsed.hostname or ""
+        netloc = f"{host}:{parsed.port}" if parsed.port else host
+        return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+    return uri
 
 
 @dataclass
@@ -44,6 +77,7 @@ class Report:
     command: str = ""
     created: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    root: str | None = None  # the repository root: paths and URIs under it are shown relative to it
 
     @property
     def title(self) -> str:
@@ -60,7 +94,7 @@ class Report:
                 if bench in found.index:
                     names[bench] = str(found[bench]).replace("_at_", "@")
         lines = [
-            f"Sweep {rs.sweep}; MLflow experiment {rs.experiment} at {rs.uri}",
+            f"Sweep {rs.sweep}; MLflow experiment {rs.experiment} at {display_uri(rs.uri, self.root)}",
             f"{len(rs.runs)} finished runs" + (f" (not counted: {skipped})" if skipped else "")
             + (f"; parent run {rs.parent_run_id}" if rs.parent_run_id else ""),
         ]
@@ -83,14 +117,21 @@ def build_report(
     curve_metrics: Sequence[str] = CURVE_METRICS,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     command: str = "",
+    start: dict[tuple[str, ...], dict[str, float]] | None = None,
+    start_notes: Sequence[str] = (),
+    root: str | os.PathLike[str] | None = None,
 ) -> Report:
-    """Tables, paired tests (``eval.json`` artifacts) and plots (metric histories)."""
+    """Tables, paired tests and small-seed intervals (``eval.json`` artifacts), plots (metric
+    histories). ``start``: row -> benchmark -> the starting model's score
+    (:func:`bicc_lab.report.start.start_scores`). ``root``: the repository root, for
+    relative paths in the report."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     problems = load_problem_scores(run_set) if significance else None
     timings["problems_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    table = build_ablation(run_set, baseline=baseline, problems=problems, n_resamples=n_resamples)
+    table = build_ablation(run_set, baseline=baseline, problems=problems, start=start, n_resamples=n_resamples)
+    table.notes.extend(start_notes)
     table.metric = run_set.metric.spec.replace("_at_", "@")
     cost = build_cost(run_set, baseline=baseline)
     timings["tables_s"] = time.perf_counter() - t0
@@ -116,6 +157,7 @@ def build_report(
         command=command,
         created=time.strftime("%Y-%m-%d %H:%M"),
         timings=timings,
+        root=None if root is None else str(root),
     )
 
 
@@ -135,8 +177,13 @@ def _outputs(report: Report, formats: Iterable[str]) -> dict[str, bytes]:
                                        baseline=report.table.baseline).encode()
     if "tex" in fmts:
         label = "tab:ablation-" + "".join(ch if ch.isalnum() else "-" for ch in rs.sweep)
-        caption = (f"Ablation on {tex_escape(rs.sweep)}: {tex_escape(report.table.metric)}, mean $\\pm$ "
-                   f"{report.table.confidence:.0%} CI over seeds; ($\\Delta$) vs baseline.")
+        methods = report.table.ci_methods
+        how = ", ".join(text for key, text in (("t", "t-interval over 3+ seeds"),
+                                               ("bootstrap", "bootstrap over problems and seeds below 3 seeds"))
+                        if key in methods) or "no interval"
+        start = "; start: the model before training" if report.table.start else ""
+        caption = (f"Ablation on {tex_escape(rs.sweep)}: {tex_escape(report.table.metric)}, mean and "
+                   f"{report.table.confidence:.0%} CI ({how}); ($\\Delta$) vs baseline{start}.")
         out["ablation.tex"] = render_latex(report.table, caption=caption, label=label).encode()
     if "csv" in fmts:
         out["ablation.csv"] = report.table.to_frame().to_csv(index=False).encode()

@@ -53,6 +53,11 @@ CURVE_METRICS: tuple[str, ...] = (
     "rcc/cov_r_delta",
     "contrast/margin",
     "bicc/logp_shift",
+    "bicc/logp_shift_correct",
+    "bicc/logp_shift_incorrect",
+    "transfer/grad_cosine",
+    "transfer/plain_logp_gain_correct",
+    "transfer/plain_logp_gain_incorrect",
     "diagnostics/grad_variance",
 )
 #: Latest values kept as training summaries in the tidy frame (``final/<key>``).
@@ -63,6 +68,7 @@ STEP_TIME = "step_time"
 TOKENS = "num_tokens"  # TRL: cumulative input tokens seen
 EVAL_PREFIX = "eval/"
 FINISHED = "FINISHED"
+FAILED_STATUSES = ("FAILED", "KILLED")  # shown as failed rows; RUNNING runs are only counted
 ROW_KEYS = ("model", "variant")
 PAGE_SIZE = 50_000  # SEARCH_MAX_RESULTS_THRESHOLD of MLflow's stores
 FALLBACK_PAGE_SIZE = 1_000
@@ -152,6 +158,8 @@ class RunSet:
 
     ``runs``: one row per finished child run (tags, axes, costs, every latest metric).
     ``frame``: the tidy table, one row per run × benchmark, with the chosen ``score``.
+    ``failed``: one row per cell whose newest run FAILED or was KILLED and that has no
+    finished run (row keys, arm, seed, status, the error's last line).
     """
 
     uri: str
@@ -168,6 +176,7 @@ class RunSet:
     skipped: dict[str, int] = field(default_factory=dict)  # our status -> count (not finished)
     artifact_uris: dict[str, str] = field(default_factory=dict)  # run_id -> artifact root
     client: Any = None
+    failed: Any = None  # pd.DataFrame of failed cells (see above); None: not read
 
     @property
     def row_keys(self) -> list[str]:
@@ -326,6 +335,7 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
     axis_values: dict[str, dict[str, Any]] = {}
     sweeps: dict[str, int] = {}
     by_hash: dict[str, tuple[float, str]] = {}
+    failed_by_key: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {}
     for run in runs:
         tags = run.data.tags
         status = tags.get(Tag.STATUS, run.info.status)
@@ -333,6 +343,11 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
             continue
         if status != FINISHED:
             skipped[status] = skipped.get(status, 0) + 1
+            if status in FAILED_STATUSES:
+                record, axes = _failed_record(run, status)
+                key = record["config_hash"] or record["run_id"]
+                if key not in failed_by_key or failed_by_key[key][0] < record["start_time"]:
+                    failed_by_key[key] = (record["start_time"], record, axes)
             continue
         params = run.data.params
         metrics = run.data.metrics
@@ -385,16 +400,25 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
         artifact_uris[run_id] = run.info.artifact_uri
 
     kept = {r["run_id"] for r in records}
+    # A cell that failed once and finished later is finished, not failed.
+    failed = [(rec, axes) for key, (_, rec, axes) in failed_by_key.items() if key not in by_hash]
+    for rec, axes in failed:
+        axis_values[rec["run_id"]] = axes
     # Row axes: every grid axis besides the named ones (model/variant/bicc/rcc/seed).
     row_axes: list[str] = []
-    for run_id in kept:
+    for run_id in [*kept, *(rec["run_id"] for rec, _ in failed)]:
         for key in axis_values.get(run_id, {}):
             if key not in NAMED_AXES and key not in row_axes:
                 row_axes.append(key)
-    for record in records:
+    for record in [*records, *(rec for rec, _ in failed)]:
         axes = axis_values.get(record["run_id"], {})
         for key in row_axes:
             record[key] = format_value(axes[key]) if key in axes else "—"
+    failed_df = pd.DataFrame.from_records(
+        [rec for rec, _ in failed],
+        columns=["run_id", "run_name", "cell_id", "cell_name", "config_hash", "model", "model_id", "variant",
+                 "arm", "seed", "status", "error", "start_time", *row_axes],
+    )
 
     runs_df = pd.DataFrame.from_records(records)
     if runs_df.empty:
@@ -452,7 +476,35 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
         notes=notes,
         skipped=skipped,
         artifact_uris=artifact_uris,
+        failed=failed_df,
     )
+
+
+def _failed_record(run: Any, status: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(record, grid axes) of a FAILED or KILLED run, for the report's failed rows."""
+    tags = run.data.tags
+    params = run.data.params
+    error_lines = [line.strip() for line in (tags.get(Tag.ERROR) or "").splitlines() if line.strip()]
+    try:
+        axes = json.loads(tags.get(Tag.AXES) or "{}")
+    except json.JSONDecodeError:
+        axes = {}
+    record = {
+        "run_id": run.info.run_id,
+        "run_name": tags.get(Tag.RUN_NAME, run.info.run_name or ""),
+        "cell_id": tags.get(Tag.CELL_ID, ""),
+        "cell_name": tags.get(Tag.CELL_NAME, ""),
+        "config_hash": tags.get(Tag.CONFIG_HASH, ""),
+        "model": model_short_name(tags.get(Tag.MODEL) or params.get("model.name") or "?"),
+        "model_id": tags.get(Tag.MODEL) or params.get("model.name") or "?",
+        "variant": tags.get(Tag.VARIANT) or params.get("variant") or "?",
+        "arm": _arm_of(tags, params),
+        "seed": _seed_of(tags, params),
+        "status": status,
+        "error": error_lines[-1][:300] if error_lines else "",
+        "start_time": run.info.start_time / 1000 if run.info.start_time else 0.0,
+    }
+    return record, axes if isinstance(axes, dict) else {}
 
 
 _BENCH_ORDER = ("math500", "amc23", "aime24", "aime25")

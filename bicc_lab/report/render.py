@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bicc_lab.report.tables import AVERAGE, AblationTable, Cell, arm_label
+from bicc_lab.report.tables import AVERAGE, START, AblationTable, Cell, arm_label, metric_family
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,10 +36,19 @@ def bench_label(name: str) -> str:
     return BENCH_LABELS.get(name, name)
 
 
+def column_label(column: str) -> str:
+    """An arm's label, or "start" for the model before training."""
+    return "start" if column == START else arm_label(column)
+
+
+def table_columns(table: AblationTable) -> list[str]:
+    """The columns under each benchmark: the starting model (when known), then the arms."""
+    return ([START] if table.start else []) + list(table.arms)
+
+
 def _percent(table: AblationTable) -> bool:
     """Accuracy-like metrics (avg@k, pass@k, maj@k) are shown in percent."""
-    family = table.metric.replace("@", "_at_").split("_at_")[0]
-    return family in ("avg", "pass", "maj")
+    return metric_family(table.metric) in ("avg", "pass", "maj")
 
 
 def _num(value: float, scale: float, digits: int = 1) -> str:
@@ -68,26 +77,70 @@ def _significant(c: Cell) -> bool:
     return c.test is not None and c.test.p_value < SIGNIFICANCE_LEVEL
 
 
-def _parts(c: Cell | None, scale: float) -> tuple[str, str, str] | None:
-    """(mean, "± half" or "", "(Δ)" or "") of a cell, None when missing."""
+def _ci_parts(c: Cell, scale: float) -> tuple[str, str] | None:
+    """(plus, minus) distances of the interval's ends from the mean as display text, None
+    when there is no interval; equal texts mean a symmetric interval (shown as ±)."""
+    if not c.stat.has_ci:
+        return None
+    up = _num(max(0.0, c.stat.high - c.stat.mean), scale)
+    down = _num(max(0.0, c.stat.mean - c.stat.low), scale)
+    return up, down
+
+
+def _ci_text(c: Cell, scale: float) -> str:
+    """``± 1.2`` (symmetric) or ``+3.4/−1.2`` (clipped or bootstrap interval); "" for none."""
+    parts = _ci_parts(c, scale)
+    if parts is None:
+        return ""
+    up, down = parts
+    return f"± {up}" if up == down else f"+{up}/−{down}"
+
+
+def _parts(c: Cell | None, scale: float, table: AblationTable | None = None) -> tuple[str, str, str] | None:
+    """(mean, interval text or "", "(Δ)" or "") of a cell, None when missing. A mean below
+    the starting model's score carries ↓."""
     if c is None or math.isnan(c.stat.mean):
         return None
     mean = _num(c.stat.mean, scale)
-    ci = f"± {_num(c.stat.half_width, scale)}" if c.stat.has_ci else ""
+    if table is not None and table.below_start(c):
+        mean += "↓"
+    ci = _ci_text(c, scale)
     delta = ""
     if c.delta is not None:
         delta = f"({_signed(c.delta, scale)}{'†' if _significant(c) else ''})"
     return mean, ci, delta
 
 
+def _start_text(table: AblationTable, row: tuple[str, ...], bench: str, scale: float) -> str:
+    value = table.start.get((row, bench))
+    return DASH if value is None else _num(value, scale)
+
+
+def _empty_text(table: AblationTable, row: tuple[str, ...], arm: str) -> str:
+    """What a cell without a finished seed shows: "failed" (its runs failed) or —."""
+    return table.failed_label(row, arm) or DASH
+
+
 def legend(table: AblationTable) -> str:
     scale = "in %, " if _percent(table) else ""
+    methods = table.ci_methods
+    how = []
+    if "t" in methods:
+        how.append("t-interval over seeds (3 seeds or more)")
+    if "bootstrap" in methods:
+        how.append(f"with fewer than 3 seeds, percentile bootstrap over problems and seeds "
+                   f"({table.n_resamples:,} resamples)")
+    interval = "; ".join(how) or "no interval (a single seed, no per-problem results)"
+    clipped = " clipped to [0, 100];" if _percent(table) else ""
     text = (
-        f"Cells: mean ± {table.confidence:.0%} CI half-width over seeds (t-distribution), {scale}"
-        f"of {table.metric}; (Δ) against {arm_label(table.baseline)} of the same row"
-        f"{' in points' if _percent(table) else ''}; bold: best arm per row and benchmark; "
-        f"{DASH}: no finished run."
+        f"Cells: mean and {table.confidence:.0%} CI ({interval};{clipped} ± when symmetric, "
+        f"+up/−down otherwise), {scale}of {table.metric}; (Δ) against {arm_label(table.baseline)} "
+        f"of the same row{' in points' if _percent(table) else ''}; bold: best arm per row and benchmark; "
+        f"{DASH}: no finished run; failed: every run of that cell failed (see Failed runs)."
     )
+    if table.start:
+        text += (" start: the model before training, same evaluation (cached per model and eval "
+                 "settings); ↓: below it.")
     if table.tested:
         text += (
             f" †: paired bootstrap over problems p < {SIGNIFICANCE_LEVEL} "
@@ -122,17 +175,21 @@ def render_markdown(
     lines += [f"{m}  " for m in meta]
     if meta:
         lines.append("")
-    head = _header_keys(table) + [f"{bench_label(b)} {arm_label(a)}" for b in table.columns for a in table.arms]
+    cols = table_columns(table)
+    head = _header_keys(table) + [f"{bench_label(b)} {column_label(a)}" for b in table.columns for a in cols]
     lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
     lines.append("|" + "|".join([":--"] * len(table.row_keys) + ["--:"] * (len(head) - len(table.row_keys))) + "|")
     for row in table.rows:
         cells = [_md_escape(x) for x in row]
         for bench in table.columns:
-            for arm in table.arms:
+            for arm in cols:
+                if arm == START:
+                    cells.append(_start_text(table, row, bench, scale))
+                    continue
                 c = table.cell(row, bench, arm)
-                parts = _parts(c, scale)
+                parts = _parts(c, scale, table)
                 if parts is None:
-                    cells.append(DASH)
+                    cells.append(_empty_text(table, row, arm))
                     continue
                 mean, ci, delta = parts
                 main = f"{mean} {ci}".strip()
@@ -144,6 +201,10 @@ def render_markdown(
     if significance is not None and not significance.empty:
         lines += ["## Paired significance against the baseline", "",
                   _significance_md(table, significance, scale), ""]
+    head, failed = failed_rows(table)
+    if failed:
+        lines += ["## Failed runs", "", "| " + " | ".join(head) + " |", "|" + "|".join([":--"] * len(head)) + "|"]
+        lines += ["| " + " | ".join(_md_escape(x) for x in r) + " |" for r in failed] + [""]
     if table.notes:
         lines += ["## Notes", ""] + [f"- {_md_escape(n)}" for n in table.notes] + [""]
     return "\n".join(lines)
@@ -232,7 +293,8 @@ def render_latex(table: AblationTable, *, caption: str, label: str) -> str:
     ``caption`` is LaTeX already (escape user text with :func:`tex_escape`)."""
     scale = 100.0 if _percent(table) else 1.0
     nk = len(table.row_keys)
-    na = len(table.arms)
+    cols = table_columns(table)
+    na = len(cols)
     spec = "l" * nk + "c" * (na * len(table.columns))
     lines = [
         "% Generated by bicc-lab report; needs \\usepackage{booktabs} and \\usepackage{graphicx}.",
@@ -253,21 +315,29 @@ def render_latex(table: AblationTable, *, caption: str, label: str) -> str:
     )
     lines.append(rules)
     head = [tex_escape(h) for h in _header_keys(table)] + [
-        tex_escape(arm_label(a)) for _ in table.columns for a in table.arms
+        tex_escape(column_label(a)) for _ in table.columns for a in cols
     ]
     lines.append(" & ".join(head) + " \\\\")
     lines.append("\\midrule")
     for row in table.rows:
         cells = [tex_escape(x) for x in row]
         for bench in table.columns:
-            for arm in table.arms:
-                c = table.cell(row, bench, arm)
-                parts = _parts(c, scale)
-                if parts is None:
-                    cells.append("---")
+            for arm in cols:
+                if arm == START:
+                    cells.append(_start_text(table, row, bench, scale).replace("−", "$-$").replace(DASH, "---"))
                     continue
-                mean, ci, delta = parts
-                main = mean.replace("−", "$-$") + (f"$\\pm${ci[2:]}" if ci else "")
+                c = table.cell(row, bench, arm)
+                parts = _parts(c, scale, table)
+                if parts is None:
+                    empty = _empty_text(table, row, arm)
+                    cells.append("---" if empty == DASH else f"\\textit{{{empty}}}")
+                    continue
+                mean, _, delta = parts
+                main = mean.replace("−", "$-$").replace("↓", "$\\downarrow$")
+                ci_parts = _ci_parts(c, scale) if c is not None else None
+                if ci_parts is not None:
+                    up, down = ci_parts
+                    main += f"$\\pm${up}" if up == down else f"$^{{+{up}}}_{{-{down}}}$"
                 if c is not None and c.best:
                     main = f"\\textbf{{{main}}}"
                 if delta:
@@ -288,6 +358,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 th,td{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
 th{background:#f4f4f4} td.key,th.key{text-align:left}
 td.best{font-weight:bold;background:#eaf6ea} td.missing{color:#999;text-align:center}
+td.failed{color:#b00;text-align:center;font-style:italic} td.start{color:#555;font-style:italic}
 .delta{color:#555;font-size:0.85em} .sig{color:#b00}
 .legend,.meta{color:#555;font-size:0.9em} figure{margin:1.5em 0} img{max-width:100%}
 """
@@ -301,18 +372,24 @@ def _html_ablation(table: AblationTable) -> str:
     scale = 100.0 if _percent(table) else 1.0
     out = ["<table class='ablation'>", "<thead><tr>"]
     out += [f"<th class='key' rowspan='2'>{_h(k)}</th>" for k in _header_keys(table)]
-    out += [f"<th colspan='{len(table.arms)}'>{_h(bench_label(b))}</th>" for b in table.columns]
+    cols = table_columns(table)
+    out += [f"<th colspan='{len(cols)}'>{_h(bench_label(b))}</th>" for b in table.columns]
     out.append("</tr><tr>")
-    out += [f"<th>{_h(arm_label(a))}</th>" for _ in table.columns for a in table.arms]
+    out += [f"<th>{_h(column_label(a))}</th>" for _ in table.columns for a in cols]
     out.append("</tr></thead><tbody>")
     for row in table.rows:
         out.append("<tr>" + "".join(f"<td class='key'>{_h(x)}</td>" for x in row))
         for bench in table.columns:
-            for arm in table.arms:
+            for arm in cols:
+                if arm == START:
+                    out.append(f"<td class='start'>{_h(_start_text(table, row, bench, scale))}</td>")
+                    continue
                 c = table.cell(row, bench, arm)
-                parts = _parts(c, scale)
+                parts = _parts(c, scale, table)
                 if parts is None:
-                    out.append(f"<td class='missing'>{DASH}</td>")
+                    empty = _empty_text(table, row, arm)
+                    cls = "failed" if empty != DASH else "missing"
+                    out.append(f"<td class='{cls}'>{_h(empty)}</td>")
                     continue
                 mean, ci, delta = parts
                 cls = " class='best'" if c is not None and c.best else ""
@@ -356,6 +433,23 @@ def significance_rows(table: AblationTable, sig: pd.DataFrame) -> tuple[list[str
     return head, rows
 
 
+def failed_rows(table: AblationTable) -> tuple[list[str], list[list[str]]]:
+    """The failed runs table: row keys, arm, seed, status, cell, last line of the error."""
+    head = _header_keys(table) + ["Arm", "Seed", "Status", "Cell", "Error"]
+    frame = table.failed_runs
+    if frame is None or frame.empty:
+        return head, []
+    rows = []
+    for rec in frame.to_dict("records"):
+        seed = rec.get("seed")
+        seed_text = "?" if seed is None or (isinstance(seed, float) and math.isnan(seed)) else str(int(seed))
+        rows.append([str(rec.get(k, "")) for k in table.row_keys] + [
+            arm_label(rec["arm"]), seed_text, str(rec["status"]).lower(), str(rec.get("cell_name") or ""),
+            str(rec.get("error") or ""),
+        ])
+    return head, rows
+
+
 def render_html(
     table: AblationTable,
     *,
@@ -384,6 +478,9 @@ def render_html(
     if cost is not None and not cost.empty:
         head, rows = cost_rows(cost, table.row_keys)
         parts += ["<h2>Cost</h2>", _html_frame(head, rows, len(table.row_keys) + 1)]
+    head, failed = failed_rows(table)
+    if failed:
+        parts += ["<h2>Failed runs</h2>", _html_frame(head, failed, len(table.row_keys) + 2)]
     if table.notes:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{_h(n)}</li>" for n in table.notes] + ["</ul>"]
     if images:
@@ -412,19 +509,24 @@ def rich_tables(
     scale = 100.0 if _percent(table) else 1.0
     out: list[Any] = []
     t = Table(title=title, caption=legend(table), caption_justify="left", show_lines=False)
+    cols = table_columns(table)
     for k in _header_keys(table):
         t.add_column(k, style="cyan", no_wrap=True)
     for bench in table.columns:
-        for arm in table.arms:
-            t.add_column(f"{bench_label(bench)}\n{arm_label(arm)}", justify="right")
+        for arm in cols:
+            t.add_column(f"{bench_label(bench)}\n{column_label(arm)}", justify="right", no_wrap=True)
     for row in table.rows:
         cells: list[Any] = list(row)
         for bench in table.columns:
-            for arm in table.arms:
+            for arm in cols:
+                if arm == START:
+                    cells.append(Text(_start_text(table, row, bench, scale), style="italic"))
+                    continue
                 c = table.cell(row, bench, arm)
-                parts = _parts(c, scale)
+                parts = _parts(c, scale, table)
                 if parts is None:
-                    cells.append(Text(DASH, style="dim"))
+                    empty = _empty_text(table, row, arm)
+                    cells.append(Text(empty, style="red" if empty != DASH else "dim"))
                     continue
                 mean, ci, delta = parts
                 text = Text(f"{mean} {ci}".strip(), style="bold green" if c is not None and c.best else "")
@@ -449,6 +551,14 @@ def rich_tables(
         for r in rows:
             c.add_row(*r)
         out.append(c)
+    head, failed = failed_rows(table)
+    if failed:
+        f = Table(title="Failed runs")
+        for h in head:
+            f.add_column(h)
+        for r in failed:
+            f.add_row(*r)
+        out.append(f)
     if table.notes:
         out.append(Text("Notes:\n" + "\n".join(f"- {n}" for n in table.notes), style="yellow"))
     return out

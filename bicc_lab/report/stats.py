@@ -1,4 +1,5 @@
-"""Statistics of the ablation report: t-intervals over seeds, paired bootstrap over problems.
+"""Statistics of the ablation report: t-intervals over seeds, a bootstrap over problems (and
+seeds) for cells with fewer than three seeds, the paired bootstrap over problems.
 
 Pure numpy / scipy, no MLflow: every function here is checked against hand-computed
 values in ``tests/test_report_stats.py``.
@@ -16,8 +17,11 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "CONFIDENCE",
+    "MIN_SEEDS_FOR_T",
     "BootstrapResult",
     "MeanCI",
+    "bootstrap_mean_ci",
+    "clip_ci",
     "mean_ci",
     "paired_bootstrap",
     "paired_bootstrap_many",
@@ -26,25 +30,50 @@ __all__ = [
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 20260313  # fixed: the same report twice gives the same p-values
+#: Below this many seeds a t-interval is useless (two seeds: t_{0.975,1} = 12.7, a ±118-point
+#: interval on the quickstart), so the interval comes from a bootstrap over problems.
+MIN_SEEDS_FOR_T = 3
 
 
 @dataclass(frozen=True)
 class MeanCI:
-    """Mean over seeds with a two-sided t-interval (``low``/``high`` NaN when n < 2)."""
+    """Mean over seeds with a two-sided interval (``low``/``high`` NaN when there is none).
+
+    ``method``: ``"t"`` (Student-t over seeds), ``"bootstrap"`` (percentile bootstrap over
+    problems, and over seeds when there are several) or ``""`` (no interval).
+    """
 
     mean: float
     low: float
     high: float
     n: int
-    std: float  # sample standard deviation (ddof=1); NaN when n < 2
+    std: float  # sample standard deviation over seeds (ddof=1); NaN when n < 2
+    method: str = "t"
 
     @property
     def half_width(self) -> float:
-        return (self.high - self.low) / 2 if self.n >= 2 else math.nan
+        return (self.high - self.low) / 2 if self.has_ci else math.nan
 
     @property
     def has_ci(self) -> bool:
-        return self.n >= 2 and not math.isnan(self.low)
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+    @property
+    def symmetric(self) -> bool:
+        """The interval is mean ± one half-width (an unclipped t-interval)."""
+        return self.has_ci and math.isclose(self.mean - self.low, self.high - self.mean, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def clip_ci(stat: MeanCI, low: float | None, high: float | None) -> MeanCI:
+    """``stat`` with its interval clipped to the metric's range ``[low, high]`` (None: open)."""
+    if not stat.has_ci:
+        return stat
+    lo, hi = stat.low, stat.high
+    if low is not None:
+        lo, hi = max(lo, low), max(hi, low)
+    if high is not None:
+        lo, hi = min(lo, high), min(hi, high)
+    return MeanCI(stat.mean, lo, hi, stat.n, stat.std, stat.method)
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE) -> MeanCI:
@@ -56,15 +85,61 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE
     x = x[~np.isnan(x)]
     n = int(x.size)
     if n == 0:
-        return MeanCI(math.nan, math.nan, math.nan, 0, math.nan)
+        return MeanCI(math.nan, math.nan, math.nan, 0, math.nan, "")
     mean = float(x.mean())
     if n == 1:
-        return MeanCI(mean, math.nan, math.nan, 1, math.nan)
+        return MeanCI(mean, math.nan, math.nan, 1, math.nan, "")
     from scipy import stats
 
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
     return MeanCI(mean, mean - half, mean + half, n, std)
+
+
+def bootstrap_mean_ci(
+    strata: Sequence[np.ndarray],
+    *,
+    mean: float | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = BOOTSTRAP_SEED,
+) -> MeanCI:
+    """Percentile bootstrap interval of a score averaged over problems, seeds and strata.
+
+    Each stratum (a benchmark) is an ``(n_problems, n_seeds)`` array of per-problem scores
+    with the same seeds in the same column order. One resample draws the problems of every
+    stratum with replacement and, when there are several seeds, the seeds with replacement
+    (the same seed draw for every stratum); its value is the mean over strata of the mean
+    over the drawn problems and seeds. With one stratum and one seed this is the textbook
+    percentile bootstrap of a mean (``scipy.stats.bootstrap(..., method="percentile")``).
+    ``mean`` is the point estimate shown (default: the mean of the data).
+    """
+    arrays = [np.asarray(a, dtype=float) for a in strata]
+    if not arrays or any(a.ndim != 2 or a.shape[0] == 0 for a in arrays):
+        raise ValueError("bootstrap_mean_ci: need non-empty (n_problems, n_seeds) arrays")
+    n_seeds = arrays[0].shape[1]
+    if n_seeds == 0 or any(a.shape[1] != n_seeds for a in arrays):
+        raise ValueError("bootstrap_mean_ci: every stratum needs the same seeds (columns)")
+    observed = float(np.mean([a.mean() for a in arrays]))
+    values = np.zeros(n_resamples, dtype=float)
+    seed_rng = np.random.default_rng([seed, 1])
+    if n_seeds > 1:
+        idx = seed_rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+        flat = (np.arange(n_resamples)[:, None] * n_seeds + idx).ravel()
+        seed_counts = np.bincount(flat, minlength=n_resamples * n_seeds).reshape(n_resamples, n_seeds).astype(float)
+    else:
+        seed_counts = np.ones((n_resamples, 1))
+    for k, a in enumerate(arrays):
+        n = a.shape[0]
+        chunk_rows = max(1, min(n_resamples, 2_000_000 // n))
+        for rows, counts in _resample_counts(n, n_resamples, seed + k, chunk_rows):
+            per_seed = counts @ a / n  # (chunk, n_seeds): each seed's mean over the drawn problems
+            values[rows] += (per_seed * seed_counts[rows]).sum(axis=1) / n_seeds
+    values /= len(arrays)
+    alpha = 1 - confidence
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    std = float(np.mean([a.mean(axis=0) for a in arrays], axis=0).std(ddof=1)) if n_seeds > 1 else math.nan
+    return MeanCI(observed if mean is None else float(mean), float(low), float(high), n_seeds, std, "bootstrap")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class SyntheticCell:
     status: str = "FINISHED"
     axes: Mapping[str, Any] = field(default_factory=dict)  # extra grid axes
     artifact: bool = True
+    error: str = ""  # the worker's error tag of a FAILED run
+    config: Mapping[str, Any] | None = None  # logged as the run's config.yaml artifact
 
     @property
     def name(self) -> str:
@@ -97,6 +99,8 @@ def fill_store(
             Tag.ARM: cell.arm, Tag.VARIANT: cell.variant, Tag.MODEL: cell.model,
             Tag.SEED: str(cell.seed), Tag.AXES: json.dumps(axes), Tag.STATUS: cell.status,
         }
+        if cell.error:
+            tags[Tag.ERROR] = cell.error
         run = client.create_run(exp_id, run_name=cell.name, tags=tags)
         rid = run.info.run_id
         ts = int(time.time() * 1000)
@@ -118,6 +122,10 @@ def fill_store(
             client.log_batch(rid, params=plist[j : j + 100], synchronous=True)
         if cell.artifact and cell.correct:
             client.log_text(rid, json.dumps(eval_payload(cell.correct)), EVAL_FILE)
+        if cell.config is not None:
+            import yaml
+
+            client.log_text(rid, yaml.safe_dump(dict(cell.config), sort_keys=False), "config.yaml")
         if cell.status != "RUNNING":
             client.set_terminated(rid, status=cell.status)
         run_ids.append(rid)

@@ -1,9 +1,12 @@
 """The ablation, significance and cost tables, as data (rendering lives in ``render``).
 
-Rows are base model × variant (× any other grid axis), columns benchmark × arm plus an
-average over benchmarks. A cell is the mean over seeds with a 95% t-interval, its Δ
-against the baseline arm of the same row and benchmark, and (when per-problem results
-exist) the paired bootstrap of the arm against that baseline.
+Rows are base model × variant (× any other grid axis), columns benchmark × (the starting
+model, then each arm) plus an average over benchmarks. A cell is the mean over seeds with
+a 95% interval (a t-interval with three seeds or more; with fewer, a percentile bootstrap
+over problems and seeds, when per-problem results exist), clipped to the metric's range;
+its Δ against the baseline arm of the same row and benchmark; and (when per-problem
+results exist) the paired bootstrap of the arm against that baseline. Runs that failed
+keep their row: a cell with no finished seed but a failed run reads "failed".
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from bicc_lab.report.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     CONFIDENCE,
+    MIN_SEEDS_FOR_T,
     BootstrapResult,
     MeanCI,
+    bootstrap_mean_ci,
+    clip_ci,
     mean_ci,
     paired_bootstrap_many,
 )
@@ -43,12 +49,25 @@ __all__ = [
 ]
 
 AVERAGE = "average"
+START = "start"  # the column of the model before training
+#: Metric families that are shares of problems: their intervals are clipped to [0, 1].
+SHARE_FAMILIES = ("avg", "pass", "maj")
 ARM_LABELS = {"base": "baseline", "rcc": "+RCC", "bicc": "+BICC", "bicc+rcc": "+BICC+RCC"}
 RowKey = tuple[str, ...]
 
 
 def arm_label(arm: str) -> str:
     return ARM_LABELS.get(arm, arm)
+
+
+def metric_family(metric: str) -> str:
+    """``avg`` of ``avg@4`` / ``avg_at_k`` / ``avg_at_4``."""
+    return metric.replace("@", "_at_").split("_at_")[0]
+
+
+def metric_bounds(metric: str) -> tuple[float | None, float | None]:
+    """The range a metric's values live in: [0, 1] for avg@k, pass@k, maj@k; else open."""
+    return (0.0, 1.0) if metric_family(metric) in SHARE_FAMILIES else (None, None)
 
 
 def order_arms(arms: Sequence[str], baseline: str = "base") -> list[str]:
@@ -93,6 +112,26 @@ class AblationTable:
     n_resamples: int = BOOTSTRAP_RESAMPLES
     tested: bool = False  # paired bootstrap ran (per-problem results were loaded)
     metric_names: dict[str, str] = field(default_factory=dict)  # benchmark -> logged metric, e.g. avg_at_4
+    start: dict[tuple[RowKey, str], float] = field(default_factory=dict)  # (row, benchmark) -> score before training
+    failed: dict[tuple[RowKey, str], list[str]] = field(default_factory=dict)  # (row, arm) -> "seed 1 FAILED", ...
+    failed_runs: pd.DataFrame | None = None  # one line per failed run: keys, arm, seed, status, error
+
+    @property
+    def ci_methods(self) -> set[str]:
+        """How the shown intervals were made: {"t", "bootstrap"} or a part of it."""
+        return {c.stat.method for c in self.cells.values() if c.stat.has_ci}
+
+    def failed_label(self, row: RowKey, arm: str) -> str | None:
+        """"failed" (or "killed") for a (row, arm) with failed runs, None otherwise."""
+        items = self.failed.get((row, arm))
+        if not items:
+            return None
+        states = {i.rsplit(" ", 1)[-1].lower() for i in items}
+        return "failed" if "failed" in states or len(states) > 1 else next(iter(states))
+
+    def below_start(self, cell: Cell) -> bool:
+        start = self.start.get((cell.row, cell.benchmark))
+        return start is not None and not math.isnan(cell.stat.mean) and cell.stat.mean < start - 1e-12
 
     @property
     def columns(self) -> list[str]:
@@ -113,17 +152,21 @@ class AblationTable:
                     c = self.cell(row, bench, arm)
                     rec: dict[str, Any] = dict(zip(self.row_keys, row, strict=True))
                     rec.update(benchmark=bench, arm=arm, metric=self.metric_names.get(bench, self.metric))
+                    failed = self.failed.get((row, arm), [])
                     if c is None:
-                        rec.update(n_seeds=0, seeds="", mean=math.nan, ci_low=math.nan,
-                                   ci_high=math.nan, std=math.nan, delta=math.nan, best=False,
+                        rec.update(status=self.failed_label(row, arm) or "missing",
+                                   n_seeds=0, seeds="", mean=math.nan, ci_low=math.nan,
+                                   ci_high=math.nan, ci_method="", std=math.nan, delta=math.nan, best=False,
                                    p_value=math.nan, diff_ci_low=math.nan, diff_ci_high=math.nan)
                     else:
                         rec.update(
+                            status="finished",
                             n_seeds=c.stat.n,
                             seeds=" ".join(str(s) for s in c.seeds),
                             mean=c.stat.mean,
                             ci_low=c.stat.low,
                             ci_high=c.stat.high,
+                            ci_method=c.stat.method if c.stat.has_ci else "",
                             std=c.stat.std,
                             delta=math.nan if c.delta is None else c.delta,
                             best=c.best,
@@ -131,6 +174,7 @@ class AblationTable:
                             diff_ci_low=c.test.low if c.test else math.nan,
                             diff_ci_high=c.test.high if c.test else math.nan,
                         )
+                    rec.update(failed_runs="; ".join(failed), start=self.start.get((row, bench), math.nan))
                     records.append(rec)
         return pd.DataFrame.from_records(records)
 
@@ -187,25 +231,38 @@ def _nan(x: Any) -> bool:
         return False
 
 
+def _row_of(values: Any) -> RowKey:
+    return tuple(str(v) for v in values)
+
+
 def build_ablation(
     run_set: RunSet,
     *,
     baseline: str = "base",
     problems: pd.DataFrame | None = None,
+    start: dict[RowKey, dict[str, float]] | None = None,
     confidence: float = CONFIDENCE,
     n_resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> AblationTable:
     """Means ± CI over seeds, Δ vs ``baseline``, best cell per row and benchmark, and
     (with ``problems`` from :func:`~bicc_lab.report.data.load_problem_scores`) the paired
-    bootstrap of every arm against the baseline of its row."""
+    bootstrap of every arm against the baseline of its row, and bootstrap intervals for
+    cells with fewer than :data:`MIN_SEEDS_FOR_T` seeds. ``start``: row -> benchmark ->
+    score of the model before training (see :mod:`bicc_lab.report.start`)."""
     frame = run_set.frame
     keys = run_set.row_keys
-    rows: list[RowKey] = []
+    failed_runs = getattr(run_set, "failed", None)
+    row_set: set[RowKey] = set()
     if not run_set.runs.empty:
-        rows = sorted({tuple(str(v) for v in r) for r in run_set.runs[keys].itertuples(index=False)},
-                      key=_row_order)
-    arms = order_arms(list(run_set.runs["arm"]) if not run_set.runs.empty else [], baseline)
+        row_set |= {_row_of(r) for r in run_set.runs[keys].itertuples(index=False)}
+    if failed_runs is not None and not failed_runs.empty:
+        row_set |= {_row_of(r) for r in failed_runs[keys].itertuples(index=False)}
+    rows: list[RowKey] = sorted(row_set, key=_row_order)
+    arm_names = list(run_set.runs["arm"]) if not run_set.runs.empty else []
+    if failed_runs is not None and not failed_runs.empty:
+        arm_names += list(failed_runs["arm"])
+    arms = order_arms(arm_names, baseline)
     if baseline not in arms:
         arms = [baseline, *arms]
     table = AblationTable(
@@ -213,32 +270,38 @@ def build_ablation(
         baseline=baseline, metric=run_set.metric.spec, notes=[], confidence=confidence,
         n_resamples=n_resamples,
     )
+    if failed_runs is not None and not failed_runs.empty:
+        table.failed_runs = failed_runs
+        for rec in failed_runs.to_dict("records"):
+            seed_text = "?" if _nan(rec.get("seed")) or rec.get("seed") is None else str(int(rec["seed"]))
+            table.failed.setdefault((_row_of(rec[k] for k in keys), rec["arm"]), []).append(
+                f"seed {seed_text} {rec['status']}")
     if frame.empty:
         table.notes.append("no eval metrics in the finished runs: the table is empty")
         table.notes.extend(run_set.notes)
         return table
     table.metric_names = {str(b): str(m) for b, m in frame.groupby("benchmark")["metric"].max().items()}
+    low, high = metric_bounds(run_set.metric.spec)
+    pivots = _problem_pivots(run_set, problems) if problems is not None and not problems.empty else {}
 
     # Per-run scores: (row, arm, seed) -> {benchmark: score}
     scores: dict[tuple[RowKey, str], dict[str, dict[int, float]]] = {}
     sub = frame[[*keys, "arm", "seed", "benchmark", "score"]]
     for tup in sub.itertuples(index=False):
         *rk, arm, seed_, bench, score = tup
-        row = tuple(str(v) for v in rk)
+        row = _row_of(rk)
         scores.setdefault((row, arm), {}).setdefault(bench, {})[int(seed_) if not _nan(seed_) else -1] = float(score)
     benches = table.benchmarks
     for (row, arm), per_bench in scores.items():
         for bench, by_seed in per_bench.items():
-            table.cells[(row, bench, arm)] = Cell(
-                row, bench, arm, mean_ci(list(by_seed.values()), confidence), _seeds(by_seed)
-            )
+            stat = _cell_stat(by_seed, [pivots.get((row, bench, arm))], confidence, n_resamples, seed)
+            table.cells[(row, bench, arm)] = Cell(row, bench, arm, clip_ci(stat, low, high), _seeds(by_seed))
         if AVERAGE in table.columns:
             common = set.intersection(*(set(per_bench.get(b, {})) for b in benches))
             if common:
                 avg = {s: float(np.mean([per_bench[b][s] for b in benches])) for s in common}
-                table.cells[(row, AVERAGE, arm)] = Cell(
-                    row, AVERAGE, arm, mean_ci(list(avg.values()), confidence), _seeds(avg)
-                )
+                stat = _cell_stat(avg, [pivots.get((row, b, arm)) for b in benches], confidence, n_resamples, seed)
+                table.cells[(row, AVERAGE, arm)] = Cell(row, AVERAGE, arm, clip_ci(stat, low, high), _seeds(avg))
 
     # Deltas and the best arm of each row and benchmark.
     for row in rows:
@@ -253,14 +316,66 @@ def build_ablation(
                 for c in present:
                     c.best = math.isclose(c.stat.mean, top, rel_tol=0, abs_tol=1e-12)
 
+    if start:
+        _add_start(table, start)
     if problems is not None:
-        _add_tests(table, run_set, problems, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        _add_tests(table, problems, pivots, confidence=confidence, n_resamples=n_resamples, seed=seed)
     _add_notes(table, run_set, scores)
     return table
 
 
+def _cell_stat(
+    by_seed: dict[int, float], pivots: list[pd.DataFrame | None], confidence: float, n_resamples: int, seed: int,
+) -> MeanCI:
+    """A t-interval over seeds from :data:`MIN_SEEDS_FOR_T` seeds on; below, the bootstrap
+    over problems (and seeds) when every seed has per-problem results; else what the seeds
+    give (a t-interval of two seeds, no interval for one)."""
+    values = list(by_seed.values())
+    if len(values) >= MIN_SEEDS_FOR_T:
+        return mean_ci(values, confidence)
+    seeds = sorted(by_seed)
+    strata = []
+    for pivot in pivots:
+        if pivot is None or not set(seeds) <= set(pivot.columns):
+            return mean_ci(values, confidence)
+        matrix = pivot[seeds].dropna().to_numpy(dtype=float)
+        if matrix.shape[0] == 0:
+            return mean_ci(values, confidence)
+        strata.append(matrix)
+    point = float(np.mean(values))
+    return bootstrap_mean_ci(strata, mean=point, n_resamples=n_resamples, confidence=confidence, seed=seed)
+
+
+def _add_start(table: AblationTable, start: dict[RowKey, dict[str, float]]) -> None:
+    for row in table.rows:
+        scores = start.get(row) or {}
+        for bench in table.benchmarks:
+            if bench in scores and not _nan(scores[bench]):
+                table.start[(row, bench)] = float(scores[bench])
+        if AVERAGE in table.columns and all((row, b) in table.start for b in table.benchmarks):
+            table.start[(row, AVERAGE)] = float(np.mean([table.start[(row, b)] for b in table.benchmarks]))
+
+
+def _problem_pivots(run_set: RunSet, problems: pd.DataFrame) -> dict[tuple[RowKey, str, str], pd.DataFrame]:
+    """(row, benchmark, arm) -> per-problem scores, one column per seed."""
+    keys = run_set.row_keys
+    info = run_set.runs[["run_id", *keys, "arm", "seed"]].copy()
+    info["row"] = [_row_of(r) for r in info[keys].itertuples(index=False)]
+    merged = problems.merge(info[["run_id", "row", "arm", "seed"]], on="run_id", how="inner")
+    if merged.empty:
+        return {}
+    # One reshape: (row, benchmark, arm, problem) x seed, then a frame per (row, benchmark, arm).
+    wide = merged.pivot_table(
+        index=["row", "benchmark", "arm", "problem_id"], columns="seed", values="score", aggfunc="mean"
+    )
+    return {
+        key: sub.droplevel([0, 1, 2]).dropna(axis=1, how="all")
+        for key, sub in wide.groupby(level=[0, 1, 2], sort=False)
+    }
+
+
 def _add_tests(
-    table: AblationTable, run_set: RunSet, problems: pd.DataFrame, *,
+    table: AblationTable, problems: pd.DataFrame, pivots: dict[tuple[RowKey, str, str], pd.DataFrame], *,
     confidence: float, n_resamples: int, seed: int,
 ) -> None:
     """Paired bootstrap over problems: per arm, the per-problem score averaged over the
@@ -269,18 +384,6 @@ def _add_tests(
         table.notes.append("no per-problem eval results (eval.json artifacts): no paired tests")
         return
     table.tested = True
-    keys = run_set.row_keys
-    info = run_set.runs[["run_id", *keys, "arm", "seed"]].copy()
-    info["row"] = [tuple(str(v) for v in r) for r in info[keys].itertuples(index=False)]
-    merged = problems.merge(info[["run_id", "row", "arm", "seed"]], on="run_id", how="inner")
-    # One reshape: (row, benchmark, arm, problem) x seed, then a frame per (row, benchmark, arm).
-    wide = merged.pivot_table(
-        index=["row", "benchmark", "arm", "problem_id"], columns="seed", values="score", aggfunc="mean"
-    )
-    pivots: dict[tuple[RowKey, str, str], pd.DataFrame] = {
-        key: sub.droplevel([0, 1, 2]).dropna(axis=1, how="all")
-        for key, sub in wide.groupby(level=[0, 1, 2], sort=False)
-    }
     pending: dict[int, list[tuple[Cell, np.ndarray, tuple[int, ...]]]] = {}
     for row in table.rows:
         for bench in table.benchmarks:
@@ -323,7 +426,12 @@ def _add_notes(
             for by_seed in scores.get((row, arm), {}).values():
                 row_seeds |= set(by_seed)
         present = [a for a in table.arms if (row, a) in scores]
-        missing_arms = [arm_label(a) for a in table.arms if a not in present]
+        for arm in table.arms:
+            if table.failed.get((row, arm)):
+                what = ", ".join(table.failed[(row, arm)])
+                shown = "the other seeds are shown" if arm in present else f"shown as {table.failed_label(row, arm)}"
+                notes.append(f"{label} {arm_label(arm)}: {what} ({shown})")
+        missing_arms = [arm_label(a) for a in table.arms if a not in present and not table.failed.get((row, a))]
         if missing_arms:
             notes.append(f"{label}: no finished run of {', '.join(missing_arms)} (shown as —)")
         if present and table.baseline not in present:
@@ -335,7 +443,7 @@ def _add_notes(
                 if c is None:
                     notes.append(f"{label} {arm_label(arm)}: no {bench} result (shown as —)")
                     continue
-                if c.stat.n == 1:
+                if c.stat.n == 1 and not c.stat.has_ci:
                     singles.append(f"{arm_label(arm)} {bench}")
                 lacking = sorted(row_seeds - set(c.seeds))
                 if lacking and len(row_seeds) > 1:
@@ -345,11 +453,13 @@ def _add_notes(
                     )
         if len(row_seeds) == 1:
             single_rows.append(label)
-            notes.append(f"{label}: a single seed ({next(iter(row_seeds))}): means without confidence intervals")
+            how = ("intervals from a bootstrap over problems only" if not singles
+                   else "means without confidence intervals")
+            notes.append(f"{label}: a single seed ({next(iter(row_seeds))}): {how}")
         elif singles:
             notes.append(f"{label}: a single seed for {', '.join(singles)}: mean without a confidence interval")
     if table.rows and len(single_rows) == len(table.rows) and len(table.rows) > 1:
-        notes.append("every row has a single seed: run more seeds for confidence intervals")
+        notes.append("every row has a single seed: run more seeds for intervals that include seed variance")
     notes.extend(run_set.notes)
 
 

@@ -1,10 +1,17 @@
-"""``sweep plan`` and ``sweep status`` tables."""
+"""``sweep plan`` and ``sweep status``: one record per cell, shown as a Rich table or JSON.
+
+The records are built first and the table is drawn from them, so ``--json`` and the table
+can never disagree.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -16,7 +23,7 @@ from bicc_lab.sweep import state as st
 from bicc_lab.sweep.context import SweepContext
 from bicc_lab.sweep.display import STATE_STYLE, fmt_duration
 
-__all__ = ["plan_view", "status_view"]
+__all__ = ["View", "plan_view", "print_view", "status_view"]
 
 
 def _styled(state: str) -> str:
@@ -28,18 +35,63 @@ def _axes_text(axes: dict[str, Any]) -> str:
     return " ".join(f"{k}={v if isinstance(v, str) else format_value(v)}" for k, v in axes.items())
 
 
-def _counts(statuses: list[st.CellStatus]) -> str:
+_STATE_ORDER = (st.FINISHED, st.RUNNING, st.ELSEWHERE, st.INTERRUPTED, st.KILLED, st.FAILED, st.PENDING)
+
+
+def _count_map(statuses: list[st.CellStatus]) -> dict[str, int]:
     counts = Counter(s.state for s in statuses)
-    order = [
-        st.FINISHED,
-        st.RUNNING,
-        st.ELSEWHERE,
-        st.INTERRUPTED,
-        st.KILLED,
-        st.FAILED,
-        st.PENDING,
-    ]
-    return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
+    return {k: counts[k] for k in _STATE_ORDER if counts[k]}
+
+
+def _counts(statuses: list[st.CellStatus]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in _count_map(statuses).items())
+
+
+@dataclass
+class View:
+    """What ``plan`` / ``status`` show: header and footer lines, the table, and the same
+    content as JSON-able data (``--json``)."""
+
+    header: str
+    table: Table
+    footer: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def _sweep_data(ctx: SweepContext, tracked: bool, statuses: list[st.CellStatus]) -> dict[str, Any]:
+    sweep = ctx.sweep
+    return {
+        "sweep": sweep.name,
+        "path": str(sweep.path),
+        "base": str(sweep.base_path),
+        "axes": list(sweep.axis_keys),
+        "n_cells": len(sweep.cells),
+        "tracking_uri": ctx.uri,
+        "experiment": ctx.experiment,
+        "tracked": tracked,
+        "runs_dir": str(ctx.sweep_dir),
+        "counts": _count_map(statuses),
+    }
+
+
+def _finite(value: Any) -> float | None:
+    """A float for JSON, None for a missing or NaN value (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able copy of a grid value (tuples become lists, odd objects their text)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _header(ctx: SweepContext, tracked: bool) -> str:
@@ -53,10 +105,29 @@ def _header(ctx: SweepContext, tracked: bool) -> str:
     )
 
 
-def plan_view(
-    ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool
-) -> tuple[str, Table, str]:
-    """(header, table of cells, footer line)."""
+def _note(s: st.CellStatus) -> str:
+    note = s.note
+    if s.duplicates:
+        note = (note + "; " if note else "") + f"{s.duplicates + 1} runs of this config!"
+    return note
+
+
+def plan_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -> View:
+    """The cells, their arm, grid values and state."""
+    records = []
+    for s in statuses:
+        records.append({
+            "index": s.cell.index,
+            "name": s.cell.name,
+            "cell_id": s.cell.cell_id,
+            "arm": s.cell.arm,
+            "axes": _plain(dict(s.cell.axes)),
+            "state": s.state,
+            "step": s.step,
+            "max_steps": s.max_steps,
+            "runs": len(s.runs),
+            "note": _note(s),
+        })
     table = Table(show_lines=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("cell", overflow="fold")
@@ -65,24 +136,16 @@ def plan_view(
     table.add_column("axes", overflow="fold")
     table.add_column("state")
     table.add_column("note", overflow="fold")
-    for s in statuses:
-        cell = s.cell
-        note = s.note
-        if s.duplicates:
-            note = (note + "; " if note else "") + f"{s.duplicates + 1} runs of this config!"
+    for s, rec in zip(statuses, records, strict=True):
+        note = rec["note"]
         if s.state in (st.INTERRUPTED, st.KILLED, st.RUNNING) and s.step:
             note = (note + "; " if note else "") + f"step {s.step}/{s.max_steps}"
         table.add_row(
-            str(cell.index),
-            cell.name,
-            cell.cell_id,
-            cell.arm,
-            _axes_text(cell.axes),
-            _styled(s.state),
-            note,
+            str(rec["index"]), rec["name"], rec["cell_id"], rec["arm"], _axes_text(s.cell.axes),
+            _styled(rec["state"]), note,
         )
-    footer = _counts(statuses)
-    return _header(ctx, tracked), table, footer
+    data = {**_sweep_data(ctx, tracked, statuses), "cells": records}
+    return View(_header(ctx, tracked), table, _counts(statuses), data)
 
 
 _EVAL_KEY = re.compile(r"^eval/(?P<bench>[^/]+)/avg_at_(?P<k>\d+)$")
@@ -114,22 +177,11 @@ def _eval_from_file(directory: Any) -> dict[str, float]:
     return out
 
 
-def status_view(
-    ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool
-) -> tuple[str, Table, str]:
-    """(header, table of progress and key metrics, footer line)."""
+def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -> View:
+    """Progress and key metrics (training reward, eval avg@k) of every cell."""
     eval_cols = _eval_columns(statuses)
     varying = [k for k in ctx.sweep.axis_keys if k not in NAMED_AXES]
-    table = Table()
-    table.add_column("cell", overflow="fold")
-    table.add_column("id")
-    table.add_column("state")
-    table.add_column("step", justify="right")
-    table.add_column("reward", justify="right")
-    for _, title in eval_cols:
-        table.add_column(title, justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("note", overflow="fold")
+    records = []
     steps_done = 0
     steps_total = 0
     for s in statuses:
@@ -146,30 +198,62 @@ def status_view(
         if s.run is not None and s.run.start_time:
             end = s.run.end_time if s.run.status != "RUNNING" and s.run.end_time else None
             seconds = (end or time.time()) - s.run.start_time
-        note = s.note
-        if s.duplicates:
-            note = (note + "; " if note else "") + f"{s.duplicates + 1} runs of this config!"
+        records.append({
+            "name": s.cell.name,
+            "cell_id": s.cell.cell_id,
+            "arm": s.cell.arm,
+            "state": s.state,
+            "step": step,
+            "max_steps": s.max_steps,
+            "reward": _finite(reward),
+            "eval": {key: _finite(run_metrics.get(key)) for key, _ in eval_cols if run_metrics.get(key) is not None},
+            "seconds": seconds,
+            "run_id": s.run.run_id if s.run is not None else None,
+            "note": _note(s),
+        })
+    table = Table()
+    table.add_column("cell", overflow="fold")
+    table.add_column("id")
+    table.add_column("state")
+    table.add_column("step", justify="right")
+    table.add_column("reward", justify="right")
+    for _, title in eval_cols:
+        table.add_column(title, justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("note", overflow="fold")
+    for rec in records:
         row = [
-            s.cell.name,
-            s.cell.cell_id,
-            _styled(s.state),
-            f"{step}/{s.max_steps}",
-            "-" if reward is None else f"{reward:.3f}",
+            rec["name"],
+            rec["cell_id"],
+            _styled(rec["state"]),
+            f"{rec['step']}/{rec['max_steps']}",
+            "-" if rec["reward"] is None else f"{rec['reward']:.3f}",
         ]
         for key, _ in eval_cols:
-            value = run_metrics.get(key)
+            value = rec["eval"].get(key)
             row.append("-" if value is None else f"{value:.3f}")
-        row += [fmt_duration(seconds), note[:160]]
+        row += [fmt_duration(rec["seconds"]), rec["note"][:160]]
         table.add_row(*row)
     pct = 100.0 * steps_done / steps_total if steps_total else 0.0
     footer = f"{_counts(statuses)}; training steps {steps_done}/{steps_total} ({pct:.0f}%)"
     if varying:
         footer += f"; other axes: {', '.join(varying)}"
-    return _header(ctx, tracked), table, footer
+    data = {
+        **_sweep_data(ctx, tracked, statuses),
+        "steps_done": steps_done,
+        "steps_total": steps_total,
+        "eval_metrics": [key for key, _ in eval_cols],
+        "cells": records,
+    }
+    return View(_header(ctx, tracked), table, footer, data)
 
 
-def print_view(console: Console, view: tuple[str, Table, str]) -> None:
-    header, table, footer = view
-    console.print(header, markup=False, highlight=False)
-    console.print(table)
-    console.print(footer, markup=False, highlight=False)
+def print_view(console: Console, view: View, *, as_json: bool = False) -> None:
+    """The table between its header and footer lines, or (``as_json``) one JSON object."""
+    if as_json:
+        # Straight to stdout: Rich would wrap and highlight it.
+        sys.stdout.write(json.dumps(view.data, indent=2, allow_nan=False, default=str) + "\n")
+        return
+    console.print(view.header, markup=False, highlight=False)
+    console.print(view.table)
+    console.print(view.footer, markup=False, highlight=False)

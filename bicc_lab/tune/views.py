@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from bicc_lab.tune.runner import TuneSetup
 
-__all__ = ["best_overrides", "importances", "print_status", "write_best", "write_reports"]
+__all__ = ["best_json", "best_overrides", "importances", "print_status", "status_data", "write_best", "write_reports"]
 
 
 def _complete(study: Any) -> list[Any]:
@@ -78,16 +78,82 @@ def _param(value: Any) -> str:
     return "null" if value is None else _value(value)
 
 
-def print_status(setup: TuneSetup, console: Console, *, reports: bool = True) -> int:
-    """Print the study's trials, best trial and importances; write the plots. Returns an exit code."""
-    from rich.table import Table
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: those become None; other values pass through."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    attrs = t.user_attrs
+    seconds = attrs.get(st.A_SECONDS)
+    return {
+        "number": t.number,
+        "state": _state(t),
+        "value": _finite(t.value) if t.state.name == "COMPLETE" else None,
+        "params": {k: _finite(v) for k, v in t.params.items()},
+        "steps": attrs.get(st.A_STEPS),
+        "max_steps": attrs.get(st.A_MAX_STEPS),
+        "seconds": _finite(float(seconds)) if isinstance(seconds, int | float) else None,
+        "note": _note(t),
+    }
+
+
+def status_data(setup: TuneSetup) -> dict[str, Any]:
+    """The study as JSON-able data: trials, best trial, importances (``tune status --json``)."""
+    from bicc_lab.tune.runner import open_study
+
+    search = setup.search
+    data: dict[str, Any] = {
+        "study": setup.study_name,
+        "storage": setup.storage_url,
+        "objective": setup.objective_key,
+        "direction": search.direction,
+        "n_trials": search.n_trials,
+        "started": False,
+    }
+    if not st.storage_exists(setup.storage_url):
+        return data
+    try:
+        study, _ = open_study(setup, create=False)
+    except KeyError:
+        return data
+    trials = study.get_trials(deepcopy=False)
+    complete = _complete(study)
+    imp, why = importances(study)
+    best = study.best_trial if complete else None
+    data.update(
+        started=True,
+        finished=sum(1 for t in trials if st.counts(t)),
+        running=len(st.running(trials)),
+        trials=[_trial_record(t) for t in trials],
+        best=None if best is None else {"number": best.number, "value": _finite(best.value),
+                                        "params": {k: _finite(v) for k, v in best.params.items()}},
+        importances=imp,
+        importances_note=why or None,
+    )
+    return data
+
+
+def print_status(setup: TuneSetup, console: Console, *, reports: bool = True, as_json: bool = False) -> int:
+    """Print the study's trials, best trial and importances (or, ``as_json``, the same as one
+    JSON object); write the plots. Returns an exit code."""
+    import json
+    import sys
 
     from bicc_lab.tune.runner import open_study
 
     def say(text: str) -> None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        if not as_json:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    search = setup.search
+    if as_json:
+        # Straight to stdout: Rich would wrap and highlight it. Plots are written as usual.
+        data = status_data(setup)
+        sys.stdout.write(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+        if not (reports and data["started"]):
+            return 0
     if not st.storage_exists(setup.storage_url):
         say(f"study {setup.study_name}: not started (no storage at {setup.storage_url}); "
             f"run `bicc-lab tune run {setup.sweep.path}`")
@@ -97,6 +163,23 @@ def print_status(setup: TuneSetup, console: Console, *, reports: bool = True) ->
     except KeyError:
         say(f"study {setup.study_name}: not started (not in {setup.storage_url})")
         return 0
+    if not as_json:
+        _print_trials(setup, study, console, say)
+    if reports:
+        try:
+            written = write_reports(study, setup)
+        except Exception as exc:  # noqa: BLE001
+            say(f"warning: could not write the plots: {type(exc).__name__}: {exc}")
+        else:
+            if written:
+                say("plots: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _print_trials(setup: TuneSetup, study: Any, console: Console, say: Any) -> None:
+    from rich.table import Table
+
+    search = setup.search
     trials = study.get_trials(deepcopy=False)
     counted = sum(1 for t in trials if st.counts(t))
     running = len(st.running(trials))
@@ -141,15 +224,6 @@ def print_status(setup: TuneSetup, console: Console, *, reports: bool = True) ->
         say("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()))
     else:
         say(f"importances: n/a ({why})")
-    if reports:
-        try:
-            written = write_reports(study, setup)
-        except Exception as exc:  # noqa: BLE001
-            say(f"warning: could not write the plots: {type(exc).__name__}: {exc}")
-        else:
-            if written:
-                say("plots: " + ", ".join(str(p) for p in written))
-    return 0
 
 
 def write_reports(study: Any, setup: TuneSetup) -> list[Path]:
@@ -210,15 +284,8 @@ def best_overrides(study: Any) -> tuple[Any, dict[str, Any]]:
     return best, dict(best.params)
 
 
-def write_best(setup: TuneSetup, out: Path | None) -> str:
-    """The best params as a YAML overrides file (``--set-file``); written to ``out`` if given.
-
-    Raises:
-        ValueError: no complete trial.
-    """
-    import yaml
-
-    from bicc_lab.launch.layout import write_atomic
+def _open_best(setup: TuneSetup) -> tuple[Any, Any, dict[str, Any]]:
+    """(study, best trial, overrides); ValueError when there is no complete trial."""
     from bicc_lab.tune.runner import open_study
 
     if not st.storage_exists(setup.storage_url):
@@ -230,6 +297,20 @@ def write_best(setup: TuneSetup, out: Path | None) -> str:
     if not _complete(study):
         raise ValueError(f"study {setup.study_name} has no complete trial yet")
     best, overrides = best_overrides(study)
+    return study, best, overrides
+
+
+def write_best(setup: TuneSetup, out: Path | None) -> str:
+    """The best params as a YAML overrides file (``--set-file``); written to ``out`` if given.
+
+    Raises:
+        ValueError: no complete trial.
+    """
+    import yaml
+
+    from bicc_lab.fileio import write_atomic
+
+    _, best, overrides = _open_best(setup)
     header = (
         f"# bicc-lab tune best: study {setup.study_name}, trial {best.number}, "
         f"{setup.objective_key} = {best.value:.6g} ({setup.search.direction})\n"
@@ -239,3 +320,23 @@ def write_best(setup: TuneSetup, out: Path | None) -> str:
     if out is not None:
         write_atomic(out, text)
     return text
+
+
+def best_json(setup: TuneSetup, out: Path | None = None) -> str:
+    """``tune best --json``: the best trial and its overrides as one JSON object.
+
+    Raises:
+        ValueError: no complete trial.
+    """
+    import json
+
+    _, best, overrides = _open_best(setup)
+    return json.dumps({
+        "study": setup.study_name,
+        "objective": setup.objective_key,
+        "direction": setup.search.direction,
+        "trial": best.number,
+        "value": _finite(best.value),
+        "params": {k: _finite(v) for k, v in overrides.items()},
+        "output_path": None if out is None else str(out),
+    }, indent=2, allow_nan=False)
