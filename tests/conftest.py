@@ -54,3 +54,13 @@ def subprocess_env(cache: Path) -> dict[str, str]:
     )
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+def late_bad_jsonl(directory: Path, good_rows: int = 6) -> Path:
+    """A training JSONL whose first ``good_rows`` records are fine and whose next line is
+    not JSON: it passes the preflight (which parses the first records) and fails once
+    training reads the whole file, i.e. a cell that fails while it runs."""
+    path = Path(directory) / "late_bad.jsonl"
+    rows = "".join(f'{{"problem": "{i}+1=", "answer": "{i + 1}"}}\n' for i in range(good_rows))
+    path.write_text(rows + '{"problem": "broken",\n')
+    return path

@@ -1,6 +1,7 @@
 """`bicc-lab sweep run` end to end on a tiny untrained model (2-24 training steps per cell).
 
-- a failing cell (a training file that does not exist) fails alone, the others finish;
+- a failing cell (a training file whose 7th line is broken: past the preflight's first
+  records) fails alone, the others finish;
 - reruns skip finished cells, `--retry-failed` reuses the failed cell's MLflow run;
 - the same sweep against SQLite and against a live `mlflow server` gives the same runs;
 - a sweep SIGKILLed mid-way (parent and workers), rerun by two concurrent `sweep run`
@@ -21,11 +22,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
+from conftest import late_bad_jsonl, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-MISSING = "/nonexistent/bicc-lab-test/train.jsonl"
 
 
 def _write(path: Path, text: str) -> Path:
@@ -76,6 +76,7 @@ def _summary(uri: str, experiment: str) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, untrained_tiny_dir):
     root = tmp_path_factory.mktemp("sweep-project")
+    bad = late_bad_jsonl(root)
     base = f"""
         name: t
         model: {{name: {untrained_tiny_dir}}}
@@ -90,10 +91,10 @@ def project(tmp_path_factory, untrained_tiny_dir):
         name: fail-sweep
         base: base.yaml
         grid:
-          data.train: [synthetic_arithmetic, {MISSING}]
+          data.train: [synthetic_arithmetic, {bad}]
           seed: [0, 1]
         exclude:
-          - {{data.train: {MISSING}, seed: 1}}
+          - {{data.train: {bad}, seed: 1}}
         max_parallel: 2
         """,
     )
@@ -131,7 +132,7 @@ def test_a_failing_cell_fails_alone_and_the_others_finish(sqlite_run, project):
     assert len(by_status["FINISHED"]) == 2 and len(by_status["FAILED"]) == 1
     failed = by_status["FAILED"][0]
     assert failed["mlflow_status"] == "FAILED"
-    assert MISSING in failed["tags"]["error"] and "not found" in failed["tags"]["error"]
+    assert f"{project / 'late_bad.jsonl'}:7: not valid JSON" in failed["tags"]["error"]
     assert "error.txt" in failed["artifacts"] and "run.log" in failed["artifacts"]
     assert f"FAILED {failed['name']}: " in proc.stdout
     for r in by_status["FINISHED"]:

@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
-
-MISSING = "/nonexistent/bicc-lab-test/train.jsonl"
+from conftest import late_bad_jsonl, subprocess_env
 
 
 def _write(path: Path, text: str) -> Path:
@@ -326,6 +324,7 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
     from bicc_lab.tracking.store import Tracker
     from bicc_lab.tune import study as st
 
+    bad = late_bad_jsonl(project)  # passes the preflight, fails the trial that trains on it
     _write(
         project / "prune.yaml",
         f"""
@@ -334,7 +333,7 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
         search:
           params:
             train.learning_rate: [1.0e-3, 1.0e-5]
-            data.train: [synthetic_arithmetic, {MISSING}]
+            data.train: [synthetic_arithmetic, {bad}]
           objective: reward
           n_trials: 3
           storage: journal:journal/prune.log
@@ -343,7 +342,7 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
           pruner: {{type: median, metric: learning_rate, n_startup_trials: 1}}
           enqueue:
             - {{train.learning_rate: 1.0e-3, data.train: synthetic_arithmetic}}
-            - {{data.train: {MISSING}}}
+            - {{data.train: {bad}}}
             - {{train.learning_rate: 1.0e-5, data.train: synthetic_arithmetic}}
         """,
     )
@@ -362,7 +361,7 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
     assert complete.value == pytest.approx(records[-1]["reward"]) and records[-1]["step"] == 4
 
     # FAIL: the worker raised; the reason is recorded and the study went on
-    assert MISSING in failed.user_attrs[st.A_FAIL_REASON]
+    assert f"{bad}:7: not valid JSON" in failed.user_attrs[st.A_FAIL_REASON]
     assert "trial 1 FAIL: " in proc.stdout
 
     # PRUNED: stopped after step 1 of 4, everywhere
@@ -383,7 +382,7 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
     assert status.returncode == 0, status.stdout + status.stderr
     out = status.stdout
     assert "3/3 trials finished, 0 running" in out
-    assert "PRUNED" in out and "pruned at step 1" in out and MISSING in out
+    assert "PRUNED" in out and "pruned at step 1" in out and "late_bad.jsonl:7" in out
     assert "best: trial 0, reward =" in out
     assert "importances: n/a (needs 2 complete trials, 1 so far)" in out
     assert {p.name for p in (project / "reports" / "prune").iterdir()} >= {"history.png", "intermediate.png", "trials.csv"}

@@ -15,7 +15,11 @@ HELP = (
 
 
 def evaluate(
-    model: str = typer.Option(None, "--model", help="Model directory or hub id to evaluate."),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="What to evaluate, as in model.name: tiny, tiny:<variant>, a model directory or a hub id.",
+    ),
     run: Path = typer.Option(None, "--run", help="A training run directory (its final/ model is used)."),
     benchmarks: str = typer.Option(
         "math500,aime24,aime25,amc23", "--benchmarks", help="Comma-separated benchmark names."
@@ -42,12 +46,17 @@ def evaluate(
         if not (run / "final").is_dir():
             fail(f"--run {run}: no final/ model in that directory (has the run finished?)")
         model = str(run / "final")
-    elif not Path(model).exists() and (model.startswith((".", "/", "~")) or Path(model).suffix):
-        fail(f"--model {model}: no such directory")
     if backend not in ("hf", "vllm"):
         fail(f"--backend {backend!r}: expected hf or vllm")
     if samples < 1:
         fail("--samples must be >= 1")
+    from bicc_lab.preflight import EvalCheck, preflight
+
+    # The model reference and every benchmark file, before lm-eval, torch or a model loads.
+    preflight(EvalCheck(model, benchmarks, data_dir))
+    from bicc_lab.models.loading import resolve_model_path
+
+    model_ref = resolve_model_path(model)  # `tiny` / `tiny:<variant>`: built once, then cached
 
     import torch
 
@@ -55,7 +64,7 @@ def evaluate(
     from bicc_lab.eval.runner import print_table
 
     result = run_evaluation(
-        model,
+        model_ref,
         benchmarks,
         samples=samples,
         limit=limit,

@@ -95,6 +95,10 @@ def run(
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
     if parallel < 1:
         fail(f"--max-parallel must be >= 1, got {parallel}")
+    from bicc_lab.preflight import preflight, sweep_checks
+
+    # Every cell and the store, before any cell, cell directory or MLflow run exists.
+    preflight(sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True)
     try:
         outcome = run_sweep(
             ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace

@@ -33,16 +33,18 @@ def train(
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train one run from an experiment config."""
-    from bicc_lab.spec import load_experiment
+    from bicc_lab.preflight import RunCheck, preflight
+    from bicc_lab.spec.load import load_experiment_located
 
-    experiment = load_experiment(config, set_)
-    # Everything a user can get wrong is checked before any model is loaded.
-    from bicc_lab.backends.trl.preflight import preflight
-
-    preflight(experiment)
+    experiment, locs = load_experiment_located(config, set_)
+    # Everything a user can get wrong (model, data, benchmarks, train.extra) is checked
+    # before the output directory, its config.yaml or any model exists.
+    preflight(RunCheck(experiment, locs, evaluate=not no_eval))
     out = output_dir or Path(experiment.train.output_dir or default_output_dir(experiment))
     if out.exists() and no_resume:
         fail(f"--no-resume given but {out} already exists; pick another --output-dir")
+    if out.exists() and not out.is_dir():
+        fail(f"--output-dir {out} is a file, not a directory")
 
     from bicc_lab.backends.trl.run import train_run
 
@@ -53,7 +55,8 @@ def train(
         + f"; final model: {result.final_model_dir}"
     )
     if experiment.eval.enabled and not no_eval:
-        from bicc_lab.eval.runner import evaluate_config
+        from bicc_lab.eval.runner import evaluate_config, print_table
 
         evaluation = evaluate_config(experiment, result.final_model_dir, out_file=out / "eval.json")
-        evaluation.print_table()
+        print_table(evaluation, title=f"{experiment.name} {experiment.variant} {experiment.arm} (k={experiment.eval.samples})")
+        typer.echo(f"wrote {out / 'eval.json'}")

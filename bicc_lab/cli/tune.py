@@ -59,6 +59,11 @@ def run(
     if n_jobs is not None and n_jobs < 1:
         fail(f"--max-parallel must be >= 1, got {n_jobs}")
     setup = _setup(study, set_, set_file, runs_dir, reports_dir)
+    from bicc_lab.preflight import preflight, study_checks
+
+    # The base config, every categorical choice and enqueued set, and the store: before
+    # the study, a trial directory or an MLflow run exists.
+    preflight(study_checks(setup.sweep), tracking_uri=setup.ctx.uri, create_store=True)
     try:
         outcome = run_study(setup, n_jobs=n_jobs, console=_console(), grace_s=grace)
     except (TrackingUnavailable, TuneError) as exc:

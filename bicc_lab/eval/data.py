@@ -15,18 +15,26 @@ Data resolution, per benchmark:
    (``--data-dir`` / config key), else ``$BICC_LAB_DATA_DIR``;
 3. the Hugging Face Hub dataset(s) (needs the network or a warm HF cache);
 4. otherwise ``EvalDataError``: one line naming the local file and the hub id.
+
+Step 3 is skipped, and the missing file is an error at once, when a data dir is set (the
+user said where the files are) or when the hub is switched off (``HF_HUB_OFFLINE`` /
+``HF_DATASETS_OFFLINE``) and the dataset is not in the local HF cache: otherwise the
+``datasets`` library retries the hub for half a minute before giving up.
+:func:`check_benchmarks` applies the same rule without reading anything, so a run can be
+checked before it trains or loads a model.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bicc_lab.errors import UserError
+from bicc_lab.models.loading import hf_cache_dirs, hub_offline, in_hub_cache
 from bicc_lab.tasks.grading import last_boxed, normalize_gold
 from bicc_lab.tasks.math import gsm8k_answer
 from bicc_lab.tasks.math import read_jsonl as tasks_read_jsonl
@@ -241,6 +249,65 @@ def docs_from_rows(bench: Benchmark, rows: list[dict[str, Any]], where: str) -> 
     return docs
 
 
+def _hub_cached(src: HubSource) -> bool:
+    """Whether the HF hub or datasets cache may hold ``src`` (offline loading can work).
+
+    Looks for the cache folders by name only (no ``datasets`` import); a false positive
+    only lets ``datasets`` try, and fail, from its cache.
+    """
+    if in_hub_cache(src.path, "dataset"):
+        return True
+    _, datasets_cache = hf_cache_dirs()
+    wanted = src.path.replace("/", "___").lower()
+    try:
+        return any(entry.name.lower() == wanted for entry in datasets_cache.iterdir())
+    except OSError:
+        return False
+
+
+def check_benchmark(
+    bench: Benchmark | str, data_dir: str | os.PathLike[str] | None = None
+) -> Benchmark:
+    """The benchmark, once its data is known to be reachable without downloading blindly.
+
+    Raises EvalDataError (one line naming the file) for an unknown name, for a file that a
+    set data dir lacks, and for a hub-only benchmark while the hub is switched off and the
+    dataset is not cached. Reads nothing but directory entries.
+    """
+    b = bench if isinstance(bench, Benchmark) else get_benchmark(bench)
+    if b.filename is None or local_file(b, data_dir) is not None or b.name == "arith":
+        return b  # arith: generated when there is no file
+    d = resolve_data_dir(data_dir)
+    hubs = " or ".join(src.path for src in b.hub)
+    if d is not None:
+        raise EvalDataError(
+            f"benchmark {b.name}: {d / b.filename}: file not found in the data dir "
+            f"(the hub's {hubs} is tried only when no data dir is set)"
+        )
+    if hub_offline() and not any(_hub_cached(src) for src in b.hub):
+        raise EvalDataError(
+            f"benchmark {b.name}: no data dir for {b.filename} (pass --data-dir or set "
+            f"{DATA_DIR_ENV}) and the hub is off (HF_HUB_OFFLINE), with {hubs} not in the HF cache"
+        )
+    return b
+
+
+def check_benchmarks(
+    names: str | Iterable[str], data_dir: str | os.PathLike[str] | None = None
+) -> list[Benchmark]:
+    """:func:`check_benchmark` for each of ``names`` ("a,b" or a list), duplicates dropped."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: list[Benchmark] = []
+    for name in items:
+        if str(name).strip():
+            b = check_benchmark(name, data_dir)
+            if b not in out:
+                out.append(b)
+    if not out:
+        raise EvalDataError("no benchmarks given")
+    return out
+
+
 def local_file(bench: Benchmark, data_dir: str | os.PathLike[str] | None) -> Path | None:
     d = resolve_data_dir(data_dir)
     if d is None or bench.filename is None:
@@ -279,6 +346,7 @@ def load_docs(
         return docs_from_rows(b, read_jsonl(p), str(p)), str(p)
     if b.name == "arith":
         return docs_from_rows(b, _default_arith_rows(), "arithmetic test split"), "generated"
+    check_benchmark(b, data_dir)  # a set data dir without the file, or the hub off: fail now
 
     errors = []
     for src in b.hub:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.eval import scoring
-from bicc_lab.eval.data import Benchmark, EvalDataError, get_benchmark, resolve_data_dir
+from bicc_lab.eval.data import EvalDataError, check_benchmarks, resolve_data_dir
 from bicc_lab.eval.metrics import aggregate
 
 log = logging.getLogger(__name__)
@@ -105,19 +105,6 @@ class EvalResult:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def parse_benchmarks(benchmarks: str | Iterable[str]) -> list[Benchmark]:
-    names = benchmarks.split(",") if isinstance(benchmarks, str) else list(benchmarks)
-    out: list[Benchmark] = []
-    for n in names:
-        if str(n).strip():
-            b = get_benchmark(n)
-            if b not in out:
-                out.append(b)
-    if not out:
-        raise EvalDataError("no benchmarks given")
-    return out
 
 
 def clamp_max_new_tokens(requested: int, context: int | None) -> tuple[int, str | None]:
@@ -309,7 +296,7 @@ def evaluate(
     k = int(samples)
     if k < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    benches = parse_benchmarks(benchmarks)
+    benches = check_benchmarks(benchmarks, data_dir)  # before lm-eval or a model loads
     notes: list[str] = []
 
     def warn(msg: str) -> None:

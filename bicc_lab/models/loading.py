@@ -2,7 +2,9 @@
 
 :func:`check_model_reference` validates a reference without loading anything
 (no torch import, no network), so configs can be checked before any model
-loads. :func:`load_model_and_tokenizer` loads it. torch and transformers are
+loads; :func:`check_model_available` also refuses a hub id that cannot be
+loaded because the hub is switched off and the model is not in the HF cache.
+:func:`load_model_and_tokenizer` loads it. torch and transformers are
 imported inside functions only.
 """
 
@@ -78,6 +80,48 @@ def check_model_reference(name: str) -> ModelReference:
             f"{name!r} is neither 'tiny', an existing local directory, nor a hub id like 'org/name'"
         )
     return ModelReference("hub", name)
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE``) switches the hub off."""
+    return any(
+        os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def hf_cache_dirs() -> tuple[Path, Path]:
+    """(hub cache, datasets cache) as huggingface_hub and datasets resolve them, without
+    importing either: ``HF_HUB_CACHE`` / ``HF_DATASETS_CACHE``, else under ``HF_HOME``."""
+    home = Path(
+        os.environ.get("HF_HOME")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    ).expanduser()
+    hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    datasets = os.environ.get("HF_DATASETS_CACHE")
+    return (
+        Path(hub).expanduser() if hub else home / "hub",
+        Path(datasets).expanduser() if datasets else home / "datasets",
+    )
+
+
+def in_hub_cache(repo_id: str, kind: str = "model") -> bool:
+    """Whether the HF hub cache holds a snapshot folder of ``repo_id`` (``kind``: model or dataset)."""
+    hub, _ = hf_cache_dirs()
+    return (hub / f"{kind}s--{repo_id.replace('/', '--')}").is_dir()
+
+
+def check_model_available(name: str) -> ModelReference:
+    """:func:`check_model_reference`, and for a hub id while the hub is off
+    (``HF_HUB_OFFLINE``): the model must be in the HF cache, else a one-line error now
+    instead of a connection error after the other checks and the data have loaded."""
+    ref = check_model_reference(name)
+    if ref.kind == "hub" and hub_offline() and not in_hub_cache(ref.name):
+        raise ModelNotFoundError(
+            f"{name}: a hub id, but the hub is off (HF_HUB_OFFLINE) and the model is not in "
+            f"the HF cache {hf_cache_dirs()[0]}; download it first or give a local directory"
+        )
+    return ref
 
 
 def resolve_model_path(

@@ -136,6 +136,8 @@ class Cell:
         cell_id: 12 hex characters, see the module docstring.
         config_hash: the full sha256 the id is cut from.
         index: position in the expansion order.
+        locs: where each key of ``config`` is written (base file, sweep file or ``--set``),
+            so that checks after loading (the preflight) can point at a file:line.
     """
 
     config: ExperimentConfig
@@ -144,6 +146,7 @@ class Cell:
     cell_id: str
     config_hash: str
     index: int = 0
+    locs: LocMap = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def arm(self) -> str:
@@ -304,6 +307,7 @@ def build_cells(
                 cell_id=digest[:ID_LENGTH],
                 config_hash=digest,
                 index=index,
+                locs=locs,
             )
         )
 
@@ -330,6 +334,7 @@ def build_cells(
                 cell_id=c.cell_id,
                 config_hash=c.config_hash,
                 index=c.index,
+                locs=c.locs,
             )
             for c in cells
         ]

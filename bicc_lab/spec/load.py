@@ -28,7 +28,7 @@ from typing import Any
 
 from bicc_lab.spec.errors import Loc, SpecError, display_path, show_value
 from bicc_lab.spec.grid import Axis, Cell, build_cells, format_value, rule_matches
-from bicc_lab.spec.models import ExperimentConfig, SweepConfig
+from bicc_lab.spec.models import PATH_NAME_HINT, ExperimentConfig, SweepConfig, path_name_problem
 from bicc_lab.spec.schema import check_keys, resolve_key, validate_model
 from bicc_lab.spec.yamlio import KeyLoc, LocMap, parse_value, put, read_yaml, subtree
 
@@ -37,6 +37,7 @@ __all__ = [
     "SpecError",
     "Sweep",
     "load_experiment",
+    "load_experiment_located",
     "load_sweep",
     "parse_override",
     "parse_overrides",
@@ -157,6 +158,13 @@ def load_experiment(path: str | Path, overrides: Iterable[str] | None = None) ->
     Raises:
         SpecError: any mistake, as one line with ``file:LINE:COL`` or ``--set key``.
     """
+    return load_experiment_located(path, overrides)[0]
+
+
+def load_experiment_located(
+    path: str | Path, overrides: Iterable[str] | None = None
+) -> tuple[ExperimentConfig, LocMap]:
+    """:func:`load_experiment`, plus where each key is written (for checks after loading)."""
     parsed = parse_overrides(overrides)
     data, locs, shown = read_yaml(path, what="experiment file")
     data = _top_mapping(data, shown, "experiment file")
@@ -171,7 +179,7 @@ def load_experiment(path: str | Path, overrides: Iterable[str] | None = None) ->
     fallback = Loc(file=shown)
     check_keys(data, locs, fallback)
     _apply_overrides(data, locs, parsed)
-    return validate_model(ExperimentConfig, data, locs, fallback)
+    return validate_model(ExperimentConfig, data, locs, fallback), locs
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -304,6 +312,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] | None = None) -> Swee
 
     spec = validate_model(SweepConfig, data, locs, fallback)
     name = spec.name or sweep_path.stem
+    if spec.name is None and (problem := path_name_problem(name)):  # e.g. a file named "...yaml"
+        raise SpecError(f"sweep {problem} (the file's stem)", fallback, key="name", hint=PATH_NAME_HINT)
 
     # Base experiment, relative to the sweep file.
     base_entry = locs.get(("base",))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AllowInfNan,
     BaseModel,
     BeforeValidator,
@@ -43,6 +44,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "arm",
+    "path_name_problem",
 ]
 
 VARIANTS: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo", "gmpo", "aspo")
@@ -84,6 +86,35 @@ def _reject_bool(value: Any) -> Any:
 
 # Floats: lax (ints and "1e-3"-style strings are fine), but never booleans.
 Float = Annotated[float, Strict(False), AllowInfNan(False), BeforeValidator(_reject_bool)]
+
+
+def path_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a directory of its own (None: it can).
+
+    Experiment, sweep and study names become ``runs/<sweep>/``, ``runs/train/<name>-<id>/``
+    and ``reports/<study>/``; a separator or a ``.``/``..`` name would write outside them.
+    """
+    if "/" in value or "\\" in value:
+        return f"name {value!r} contains a path separator"
+    if value.strip() in (".", ".."):
+        return f"name {value!r} is a relative directory, not a name"
+    if "\0" in value:
+        return f"name {value!r} contains a NUL character"
+    return None
+
+
+PATH_NAME_HINT = "names become directory names under runs/ and reports/"
+
+
+def _path_name(value: str) -> str:
+    problem = path_name_problem(value)
+    if problem:
+        raise FieldProblem((), problem, hint=PATH_NAME_HINT)
+    return value
+
+
+PathName = Annotated[str, AfterValidator(_path_name)]
+"""A name that becomes one directory name (no separator, not ``.`` or ``..``)."""
 
 
 class _Section(BaseModel):
@@ -369,7 +400,7 @@ class TrackingConfig(_Section):
 class ExperimentConfig(_Section):
     """One training run: model, data, training, BICC, RCC, evaluation, tracking."""
 
-    name: str = Field(
+    name: PathName = Field(
         ..., min_length=1, description="Experiment name (a label; not part of the run id)."
     )
     seed: int = Field(0, description="Seed of everything (data order, sampling, init).")
@@ -586,7 +617,7 @@ class SearchConfig(_Section):
         min_length=1,
         description="Optuna storage: an RDB URL, or journal:<path> (a journal file on a shared filesystem); null: runs/<study>/optuna.db.",
     )
-    study_name: str | None = Field(
+    study_name: PathName | None = Field(
         None, min_length=1, description="Optuna study name; null: the sweep's name."
     )
     enqueue: list[dict[str, Choice]] = Field(
@@ -660,7 +691,7 @@ class SearchConfig(_Section):
 class SweepConfig(_Section):
     """A grid of experiments over one base experiment."""
 
-    name: str | None = Field(None, description="Sweep name; null: the file's stem.")
+    name: PathName | None = Field(None, description="Sweep name; null: the file's stem.")
     base: str = Field(
         ..., min_length=1, description="Base experiment YAML, relative to the sweep file."
     )

@@ -7,7 +7,11 @@ starts. Differences from ``yaml.safe_load``:
 
 - YAML 1.2 style floats without a dot (``1e-3``, ``2E+4``) are floats, not strings;
 - dates stay strings (configs never want ``datetime.date``);
-- a key written twice in one mapping is an error, not "last one wins".
+- a key written twice in one mapping is an error, not "last one wins";
+- a YAML tag is an error unless it names a plain type (``!!str``, ``!!int``, ``!!float``,
+  ``!!bool``, ``!!null``; ``!!map`` / ``!!seq`` on mappings / lists). SafeLoader alone would
+  ignore a tag such as ``!!python/object/apply:os.system`` on a list or mapping (we build
+  those nodes ourselves), so such a config would load as if the tag were not there.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ SpecLoader.add_implicit_resolver(
 SpecLoader.add_constructor("tag:yaml.org,2002:timestamp", SpecLoader.construct_yaml_str)
 
 
+_YAML = "tag:yaml.org,2002:"
+_PLAIN_SCALAR_TAGS = frozenset(
+    _YAML + name for name in ("str", "int", "float", "bool", "null", "timestamp")
+)
+
+
 def _loc(file: str, mark: Any) -> Loc:
     return Loc(file=file, line=mark.line + 1, col=mark.column + 1)
 
@@ -93,16 +103,38 @@ def read_yaml_text(text: str, file: str) -> tuple[Any, LocMap]:
         loader.dispose()
 
 
+def _shown_tag(tag: str) -> str:
+    return "!!" + tag[len(_YAML) :] if tag.startswith(_YAML) else tag
+
+
+def _check_tag(node: yaml.Node, file: str) -> None:
+    """Only plain types: any other tag is refused where it is written (see the module doc)."""
+    if isinstance(node, yaml.MappingNode):
+        allowed = node.tag == _YAML + "map"
+    elif isinstance(node, yaml.SequenceNode):
+        allowed = node.tag == _YAML + "seq"
+    else:
+        allowed = node.tag in _PLAIN_SCALAR_TAGS
+    if not allowed:
+        raise SpecError(
+            f"YAML tag '{_shown_tag(node.tag)}' is not allowed",
+            _loc(file, node.start_mark),
+            hint="configs hold plain values, lists and mappings only",
+        )
+
+
 def _build(
     loader: SpecLoader, node: yaml.Node, path: Path_, locs: LocMap, file: str, active: set[int]
 ) -> Any:
     if id(node) in active:
         raise SpecError("recursive YAML alias", _loc(file, node.start_mark))
+    _check_tag(node, file)
     if isinstance(node, yaml.MappingNode):
         active.add(id(node))
         loader.flatten_mapping(node)  # resolves "<<" merge keys
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            _check_tag(key_node, file)
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 raise SpecError(
@@ -154,13 +186,15 @@ def read_yaml(path: str | Path, *, what: str = "config file") -> tuple[Any, LocM
 def parse_value(text: str, label: str) -> Any:
     """Parse one ``--set`` value as YAML (``true``, ``2``, ``1e-3``, ``[a, b]``, ``{k: v}``).
 
-    An empty string is null. Raises SpecError naming ``label`` when it is not valid YAML.
+    An empty string is null. Raises SpecError naming ``label`` when it is not valid YAML
+    or holds a tag that a config file may not hold either.
     """
     try:
-        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc)
+        data, _ = read_yaml_text(text, label)
+    except SpecError as exc:
+        problem = exc.message.removeprefix("invalid YAML: ")
         raise SpecError(f"invalid YAML value {text!r}: {problem}", Loc(label=label)) from None
+    return data
 
 
 # --------------------------------------------------------------------------- tree edits

@@ -456,6 +456,73 @@ def check_task(name: str, *, data_dir: str | os.PathLike[str] | None = None) -> 
     return kind
 
 
+def check_task_records(
+    name: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    problem_field: str | None = None,
+    answer_field: str | None = None,
+    records: int = 5,
+) -> str:
+    """:func:`check_task`, then the first ``records`` records of a local file are parsed
+    and converted exactly as training will convert them (fields, answer format), so a
+    malformed file fails before a model loads. Hub datasets are not read (no network);
+    parquet files only checked to exist. Returns the kind like :func:`check_task`."""
+    kind = check_task(name, data_dir=data_dir)
+    root = resolve_data_dir(data_dir)
+    if kind == "registry":
+        if name not in _LOCAL_FILES or root is None:
+            return kind  # generated, or read from the hub
+        path, _ = _local_or_hub(name, root)
+    elif kind == "jsonl":
+        path = Path(name).expanduser()
+        if not path.is_file() and root is not None and not path.is_absolute():
+            path = root / path
+    else:
+        return kind
+    if path.suffix == ".parquet":
+        return kind
+    rows = _head_jsonl(path, records)
+    if not rows:
+        raise DataError(f"{path}: no records (expected one JSON object per line)")
+    if name == "dapo_math":
+        for lineno, row in enumerate(rows, 1):
+            _field(row, "prompt", f"{path}:{lineno}")
+            answer_to_str(_field(row, "reward_model.ground_truth", f"{path}:{lineno}"))
+        return kind
+    fields: dict[str, str] = {}
+    if name == "gsm8k":
+        fields = {"problem_field": "question", "answer_field": "answer", "answer_format": "gsm8k"}
+    if problem_field:
+        fields["problem_field"] = problem_field
+    if answer_field:
+        fields["answer_field"] = answer_field
+    load_jsonl_task(path, rows=rows, **fields)
+    return kind
+
+
+def _head_jsonl(path: Path, records: int) -> list[dict[str, Any]]:
+    """The first ``records`` JSON objects of a JSONL file (errors name file:line)."""
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if len(rows) >= records:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object per line")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    return rows
+
+
 def reward_kind(name: str) -> str:
     """Which reward fits a task: ``"arithmetic"`` or ``"math"``."""
     return TASKS[name].reward if name in TASKS else "math"

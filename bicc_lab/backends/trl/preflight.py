@@ -1,34 +1,110 @@
-"""Checks of a resolved config that need no model: run before anything heavy loads."""
+"""What only the TRL backend knows about a config, checked before anything heavy loads.
+
+:func:`check_config` is one part of :func:`bicc_lab.preflight.preflight` (which also checks
+the model, the data, the benchmarks and the store). Each problem is a :class:`SpecError`
+that names its dotted key but no location: the caller knows where the key is written.
+"""
 
 from __future__ import annotations
 
-from bicc_lab.errors import UserError
-from bicc_lab.spec.models import ExperimentConfig
+import difflib
+from pathlib import Path
+
+from bicc_lab.spec.errors import SpecError
+from bicc_lab.spec.models import ExperimentConfig, TrainConfig
+
+__all__ = ["OVERRIDABLE", "check_config", "check_extra", "check_variant", "check_vllm"]
+
+# GRPOConfig fields that bicc-lab sets from the machine or for its own display, not from a
+# config key: train.extra may replace them (e.g. report_to=wandb, gradient checkpointing
+# off on a GPU with memory to spare). Every other field bicc-lab sets comes from the
+# config (or the variant), and an extra key would make the run differ from what its
+# config, id and tags say.
+OVERRIDABLE = frozenset({"report_to", "disable_tqdm", "gradient_checkpointing", "use_cpu"})
+
+# Where the value of a mapped GRPOConfig field comes from, when not train.<same name>.
+_SOURCE = {
+    "output_dir": "--output-dir / train.output_dir",
+    "seed": "seed",
+    "data_seed": "seed",
+    "warmup_steps": "train.warmup_ratio",
+    "save_strategy": "train.save_steps (resume needs step checkpoints)",
+    "epsilon": "the variant (variant_overrides.epsilon_low)",
+    "epsilon_high": "the variant (variant_overrides.epsilon_high)",
+    "scale_rewards": "the variant (variant_overrides.advantage_scale)",
+    "loss_type": "the variant",
+    "importance_sampling_level": "the variant",
+}
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """Raise a one-line user error for anything that would fail later, before loading a model."""
-    from bicc_lab.algorithms.variants import resolve_variant
-    from bicc_lab.models.loading import check_model_reference
-    from bicc_lab.tasks.data_dir import resolve_data_dir
-    from bicc_lab.tasks.math import check_task
-
-    resolve_variant(config.variant, config.variant_overrides, clip_ratio_c=config.clip_ratio_c)
-    if not config.model.name.startswith("tiny"):
-        check_model_reference(config.model.name)
-    check_task(config.data.train, data_dir=resolve_data_dir(config.data.data_dir))
-    if config.train.use_vllm:
-        _check_vllm(config)
+def check_config(config: ExperimentConfig) -> None:
+    """Every backend check of one resolved config (cheap ones first; TRL is imported only
+    when ``train.extra`` is not empty)."""
+    check_variant(config)
+    check_vllm(config)
+    check_extra(config)
 
 
-def _check_vllm(config: ExperimentConfig) -> None:
+def check_variant(config: ExperimentConfig) -> None:
+    """The variant and its overrides build a valid spec (e.g. no unknown override field)."""
+    from bicc_lab.backends.trl.run import variant_spec
+
+    try:
+        variant_spec(config)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(str(exc), key="variant_overrides" if config.variant_overrides else "variant") from None
+
+
+def check_vllm(config: ExperimentConfig) -> None:
     """vLLM generation is validated here even where it cannot run (no GPU)."""
-    if config.train.vllm_mode == "server" and "vllm_server_base_url" not in config.train.extra and (
-        "vllm_server_host" not in config.train.extra
+    if not config.train.use_vllm:
+        return
+    extra = config.train.extra
+    if config.train.vllm_mode == "server" and not (
+        "vllm_server_base_url" in extra or "vllm_server_host" in extra
     ):
-        raise UserError(
-            "train.vllm_mode 'server' needs train.extra.vllm_server_base_url (or vllm_server_host/port): "
-            "start `trl vllm-serve --model ...` first"
+        raise SpecError(
+            "train.vllm_mode 'server' needs train.extra.vllm_server_base_url (or vllm_server_host/port)",
+            key="train.vllm_mode",
+            hint="start `trl vllm-serve --model ...` first",
         )
-    if config.model.name.startswith("tiny"):
-        raise UserError("train.use_vllm needs a real model (model.name), not the tiny CPU model")
+    if config.model.name == "tiny" or config.model.name.startswith("tiny:"):
+        raise SpecError(
+            "train.use_vllm needs a real model (model.name), not the tiny CPU model",
+            key="train.use_vllm",
+        )
+
+
+def check_extra(config: ExperimentConfig) -> None:
+    """``train.extra`` keys are GRPOConfig fields, and none replaces a field set from the config.
+
+    Reads the dataclass fields of TRL's GRPOConfig (imports trl; builds no config and no model).
+    """
+    extra = config.train.extra
+    if not extra:
+        return
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from bicc_lab.backends.trl.run import grpo_config_kwargs
+
+    fields = sorted(f.name for f in dataclasses.fields(GRPOConfig) if f.init)
+    mapped = grpo_config_kwargs(config, Path("."), use_cpu=True)
+    for key in extra:
+        dotted = f"train.extra.{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise SpecError(
+                f"{dotted}: '{key}' is not a field of TRL's GRPOConfig",
+                key=dotted,
+                hint=f"did you mean '{close[0]}'?" if close else "train.extra passes GRPOConfig fields through",
+            )
+        if key in mapped and key not in OVERRIDABLE:
+            source = _SOURCE.get(key) or (f"train.{key}" if key in TrainConfig.model_fields else None)
+            raise SpecError(
+                f"{dotted} would replace the {key} that bicc-lab sets"
+                + (f" from {source}" if source else ""),
+                key=dotted,
+                hint=f"set {source} instead" if source else "remove it from train.extra",
+            )

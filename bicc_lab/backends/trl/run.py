@@ -97,11 +97,19 @@ def grpo_config(config: ExperimentConfig, output_dir: Path, *, use_cpu: bool | N
     import torch
     from trl import GRPOConfig
 
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    kwargs = grpo_config_kwargs(config, output_dir, use_cpu=use_cpu)
+    kwargs.update(config.train.extra)
+    return GRPOConfig(**kwargs)
+
+
+def grpo_config_kwargs(config: ExperimentConfig, output_dir: Path, *, use_cpu: bool) -> dict[str, Any]:
+    """The GRPOConfig fields bicc-lab sets itself (the preflight refuses ``train.extra`` keys
+    that would silently replace one of them)."""
     spec = variant_spec(config)
     loss_type, level = _TRL_LOSS[config.variant]
     train = config.train
-    if use_cpu is None:
-        use_cpu = not torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         seed=config.seed,
@@ -136,8 +144,7 @@ def grpo_config(config: ExperimentConfig, output_dir: Path, *, use_cpu: bool | N
         disable_tqdm=True,
         gradient_checkpointing=False if use_cpu else True,
     )
-    kwargs.update(train.extra)
-    return GRPOConfig(**kwargs)
+    return kwargs
 
 
 def reward_functions(config: ExperimentConfig) -> list[Callable[..., list[float]]]:

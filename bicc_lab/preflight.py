@@ -1,0 +1,222 @@
+"""One preflight for every entry point: what a user can get wrong, before any work starts.
+
+``train``, ``sweep run``, ``tune run`` and ``eval`` call :func:`preflight` with everything
+they are about to run (one config, every cell of a sweep, each configuration a study can
+produce, an evaluation), before a cell starts, a model loads, a store is created or a
+file is written. The first problem is one :class:`~bicc_lab.spec.SpecError` line naming
+the key, where it is written and the cell::
+
+    data.train: /data/train.jsonl: file not found at sweeps/s.yaml:7:31 (in cell tiny/grpo/base/s1)
+
+What is checked, per run: the model reference (``tiny`` names, hub id syntax, a local
+path that exists and holds a model; a hub id while the hub is off must be cached); the
+training data (the file exists, its first records parse with the fields training reads);
+``eval.benchmarks`` (known names; their files, when a data dir is set or the hub is off);
+the backend's own checks (variant overrides, vLLM settings, ``train.extra`` keys against
+TRL's GRPOConfig fields, none replacing a field set from the config). Then, once, the
+tracking store (scheme, SQLite location writable, server reachable).
+
+Layering: this module sits with sweep/tune/eval (the CLI calls it); it imports the
+checks of models, tasks, eval data, the backend and tracking, and nothing imports it
+from below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bicc_lab.errors import UserError
+from bicc_lab.spec.errors import Loc, SpecError
+from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.yamlio import KeyLoc, LocMap
+
+__all__ = ["EvalCheck", "RunCheck", "preflight", "study_checks", "sweep_checks"]
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """One training run about to start (a ``train``, a sweep cell, a study's configuration).
+
+    Attributes:
+        config: the resolved config.
+        locs: where its keys are written (``load_experiment_located``, ``Cell.locs``).
+        cell: the name shown as ``(in cell NAME)``; None for a single run.
+        evaluate: whether the run will evaluate (``train --no-eval`` skips the eval checks).
+    """
+
+    config: ExperimentConfig
+    locs: LocMap = field(default_factory=dict)
+    cell: str | None = None
+    evaluate: bool = True
+
+
+@dataclass(frozen=True)
+class EvalCheck:
+    """One ``bicc-lab eval``: a model reference and the benchmarks to score it on."""
+
+    model: str
+    benchmarks: str | Sequence[str]
+    data_dir: str | os.PathLike[str] | None = None
+
+
+def preflight(
+    checks: RunCheck | EvalCheck | Iterable[RunCheck | EvalCheck],
+    *,
+    tracking_uri: str | None = None,
+    create_store: bool = False,
+) -> None:
+    """Raise the first problem of any of ``checks`` as one SpecError line; return if none.
+
+    ``tracking_uri``: also check the MLflow store (``create_store``: the caller will write,
+    so the SQLite file's folder must be creatable). The store is checked last, after every
+    run, so that a bad cell is reported before anything is created for the store.
+    """
+    items = [checks] if isinstance(checks, (RunCheck, EvalCheck)) else list(checks)
+    runs = [item for item in items if isinstance(item, RunCheck)]
+    for item in items:
+        if isinstance(item, EvalCheck):
+            _check_eval(item)
+        else:
+            _check_run(item)
+    # The backend's train.extra check imports TRL (seconds): after every cheap check.
+    from bicc_lab.backends.trl.preflight import check_extra
+
+    for run in runs:
+        with _located(run, None):
+            check_extra(run.config)
+    if tracking_uri is not None:
+        from bicc_lab.tracking.check import check_tracking_uri
+
+        check_tracking_uri(tracking_uri, create=create_store, what="tracking.uri")
+
+
+def _check_run(run: RunCheck) -> None:
+    from bicc_lab.backends.trl.preflight import check_variant, check_vllm
+    from bicc_lab.eval.data import check_benchmark
+    from bicc_lab.models.loading import check_model_available
+    from bicc_lab.tasks.math import check_task_records
+
+    config = run.config
+    with _located(run, ("model", "name")):
+        check_model_available(config.model.name)
+    with _located(run, ("data", "train")):
+        check_task_records(
+            config.data.train,
+            data_dir=config.data.data_dir,
+            problem_field=config.data.problem_field,
+            answer_field=config.data.answer_field,
+        )
+    if run.evaluate and config.eval.enabled:
+        for index, name in enumerate(config.eval.benchmarks):
+            with _located(run, ("eval", "benchmarks", index)):
+                check_benchmark(name, config.eval.data_dir)
+    with _located(run, None):
+        check_variant(config)
+        check_vllm(config)
+
+
+def _check_eval(item: EvalCheck) -> None:
+    from bicc_lab.eval.data import check_benchmarks
+    from bicc_lab.models.loading import check_model_available
+
+    try:
+        check_model_available(item.model)
+    except (UserError, ValueError) as exc:
+        raise SpecError(f"--model: {_one_line(exc)}", key="model.name") from None
+    try:
+        check_benchmarks(item.benchmarks, item.data_dir)
+    except (UserError, ValueError) as exc:
+        raise SpecError(f"--benchmarks: {_one_line(exc)}", key="eval.benchmarks") from None
+
+
+@contextlib.contextmanager
+def _located(run: RunCheck, path: tuple[Any, ...] | None) -> Iterator[None]:
+    """Re-raise a check's error as one line with the key, its file:line and the cell.
+
+    ``path``: the key being checked; None when the error itself names its key (a
+    SpecError with ``key``, as the backend's checks raise).
+    """
+    try:
+        yield
+    except (UserError, ValueError) as exc:
+        key_path = path
+        if isinstance(exc, SpecError) and exc.key:
+            message, hint = exc.message, exc.hint
+            key_path = tuple(exc.key.split("."))
+        else:
+            message, hint = _one_line(exc), None
+        dotted = _dotted(key_path) if key_path else None
+        if dotted and not message.startswith(dotted):
+            message = f"{dotted}: {message}"
+        raise SpecError(
+            message,
+            _where(run.locs, key_path),
+            key=dotted,
+            hint=hint,
+            suffix=f"(in cell {run.cell})" if run.cell else None,
+        ) from None
+
+
+def _where(locs: LocMap, path: tuple[Any, ...] | None) -> Loc | None:
+    """Where ``path`` is written: its value, or its key for a ``train.extra`` entry (the
+    key is what is wrong there); the nearest written parent when it is not written."""
+    if not path:
+        return None
+    for end in range(len(path), 0, -1):
+        entry: KeyLoc | None = locs.get(path[:end])
+        if entry is not None:
+            if path[:2] == ("train", "extra") and end == len(path) and entry.key is not None:
+                return entry.key
+            return entry.value
+    return None
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- what to check
+
+
+def sweep_checks(sweep: Any) -> list[RunCheck]:
+    """One :class:`RunCheck` per cell of a loaded sweep, located in its files."""
+    return [RunCheck(cell.config, cell.locs, cell.name) for cell in sweep.cells]
+
+
+def study_checks(sweep: Any) -> list[RunCheck]:
+    """What a study (a sweep with ``search:``) can run: its one base cell, the base with
+    each categorical choice (a choice can name a model, a data file, a benchmark), and
+    each enqueued parameter set. Numeric parameters change no checked value."""
+    from bicc_lab.spec.load import with_overrides
+
+    base = sweep.cells[0]
+    checks = [RunCheck(base.config, base.locs, base.name)]
+    search = sweep.spec.search
+    where = str(sweep.path)
+    for key, param in search.params.items():
+        if param.type != "categorical":
+            continue
+        for choice in param.choices or []:
+            locs = dict(base.locs)
+            locs[tuple(key.split("."))] = KeyLoc(None, Loc(label=f"{where}: search.params.{key}"))
+            checks.append(
+                RunCheck(with_overrides(base.config, {key: choice}), locs, f"{base.name} with {key}={choice!r}")
+            )
+    for index, entry in enumerate(search.enqueue):
+        locs = dict(base.locs)
+        for key in entry:
+            locs[tuple(key.split("."))] = KeyLoc(None, Loc(label=f"{where}: search.enqueue[{index}]"))
+        shown = ", ".join(f"{k}={v!r}" for k, v in entry.items())
+        checks.append(RunCheck(with_overrides(base.config, entry), locs, f"{base.name} with {shown}"))
+    return checks
