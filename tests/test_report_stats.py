@@ -7,7 +7,14 @@ import pytest
 from scipy import stats
 
 from bicc_lab.report.data import metric_selector
-from bicc_lab.report.stats import mean_ci, paired_bootstrap, paired_bootstrap_many
+from bicc_lab.report.stats import (
+    MeanCI,
+    bootstrap_mean_ci,
+    clip_ci,
+    mean_ci,
+    paired_bootstrap,
+    paired_bootstrap_many,
+)
 
 # t_{0.975, 2} in closed form (df = 2: t_p = (2p - 1) / sqrt(2 p (1 - p))); t_{0.975, 4} from tables
 T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
@@ -83,3 +90,70 @@ def test_metric_selector():
     assert metric_selector("maj_at_k").pick(["avg_at_4"]) is None
     score = metric_selector("pass_at_k").problem_score(2)
     assert score({"correct": [True, False, False, False]}) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2)
+
+
+# --------------------------------------------------------------------------- fewer than 3 seeds
+
+
+def test_bootstrap_mean_ci_on_cases_with_known_distributions():
+    # two problems scoring 0 and 1: resampled means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4,
+    # so the 2.5% and 97.5% quantiles are 0 and 1
+    r = bootstrap_mean_ci([np.array([[0.0], [1.0]])])
+    assert (r.mean, r.low, r.high, r.n, r.method) == (0.5, 0.0, 1.0, 1, "bootstrap")
+    # one problem, two seeds scoring 0 and 1: the seeds are what varies, same distribution
+    r = bootstrap_mean_ci([np.array([[0.0, 1.0]])])
+    assert (r.mean, r.low, r.high, r.n) == (0.5, 0.0, 1.0, 2)
+    assert r.std == pytest.approx(math.sqrt(0.5))  # sd of the two seed means (0, 1)
+    # every problem of every seed the same: no spread at all
+    r = bootstrap_mean_ci([np.full((7, 2), 0.25), np.full((3, 2), 0.75)])
+    assert (r.mean, r.low, r.high) == pytest.approx((0.5, 0.5, 0.5))
+    # the point estimate shown can be given (the logged metric) and stays put
+    assert bootstrap_mean_ci([np.array([[0.0], [1.0]])], mean=0.4).mean == 0.4
+
+
+def test_bootstrap_mean_ci_seed_resampling_widens_the_interval():
+    rng = np.random.default_rng(3)
+    base = rng.binomial(4, 0.5, size=(200, 1)) / 4
+    same = np.hstack([base, base])
+    apart = np.hstack([base, np.clip(base + 0.2, 0, 1)])  # the second seed scores higher everywhere
+    narrow = bootstrap_mean_ci([same])
+    wide = bootstrap_mean_ci([apart])
+    assert narrow.high - narrow.low == pytest.approx(bootstrap_mean_ci([base]).high - bootstrap_mean_ci([base]).low,
+                                                     rel=0.1)
+    assert wide.high - wide.low > 2 * (narrow.high - narrow.low)
+
+
+def test_interval_and_p_value_agree_with_scipy():
+    """Same data through scipy.stats.bootstrap / permutation_test: the intervals agree to
+    Monte-Carlo precision, the p-values of the two paired tests (bootstrap, sign-flip permutation) to 0.002."""
+    rng = np.random.default_rng(7)
+    baseline = rng.binomial(4, 0.55, size=300) / 4
+    arm = np.clip(baseline + rng.choice([0.0, 0.25, -0.25], size=300, p=[0.5, 0.3, 0.2]), 0, 1)
+
+    ours = bootstrap_mean_ci([arm[:, None]])
+    ref = stats.bootstrap((arm,), np.mean, method="percentile", n_resamples=10_000, random_state=0)
+    assert ours.low == pytest.approx(ref.confidence_interval.low, abs=0.004)
+    assert ours.high == pytest.approx(ref.confidence_interval.high, abs=0.004)
+
+    paired = paired_bootstrap(arm, baseline)
+    ref = stats.bootstrap((arm, baseline), lambda a, b: np.mean(a - b), paired=True, method="percentile",
+                          n_resamples=10_000, random_state=0)
+    assert paired.low == pytest.approx(ref.confidence_interval.low, abs=0.004)
+    assert paired.high == pytest.approx(ref.confidence_interval.high, abs=0.004)
+    perm = stats.permutation_test(
+        (arm, baseline), lambda a, b, axis=-1: np.mean(a - b, axis=axis), permutation_type="samples",
+        n_resamples=10_000, random_state=0, vectorized=True,
+    )
+    assert 0.001 < perm.pvalue < 0.2  # a moderate effect: both tests see it, neither is at its floor
+    assert paired.p_value == pytest.approx(perm.pvalue, abs=0.002)  # 0.0022 vs 0.0024 here
+
+
+def test_clip_ci_keeps_the_interval_in_the_metric_range():
+    # seeds 0, 50, 100 (%): t-interval 0.5 ± 4.303 * 0.5 / sqrt(3) = ±1.242, far outside [0, 1]
+    stat = mean_ci([0.0, 0.5, 1.0])
+    assert stat.low == pytest.approx(0.5 - 4.302652729749464 * 0.5 / math.sqrt(3))
+    clipped = clip_ci(stat, 0.0, 1.0)
+    assert (clipped.mean, clipped.low, clipped.high, clipped.n) == (0.5, 0.0, 1.0, 3)
+    assert clipped.symmetric and not clip_ci(mean_ci([0.9, 1.0, 1.0]), 0.0, 1.0).symmetric
+    assert clip_ci(MeanCI(0.5, math.nan, math.nan, 1, math.nan, ""), 0.0, 1.0).has_ci is False
+    assert clip_ci(stat, None, None) == stat

@@ -495,8 +495,9 @@ def evaluate_config(config: Any, model_dir: str | os.PathLike[str], *, out_file:
 
 def print_table(result: EvalResult, title: str = "evaluation") -> None:
     """A Rich table: one row per benchmark with n, k and every metric."""
-    from rich.console import Console
     from rich.table import Table
+
+    from bicc_lab.console import console
 
     table = Table(title=title)
     metric_names: list[str] = []
@@ -509,6 +510,6 @@ def print_table(result: EvalResult, title: str = "evaluation") -> None:
     for name, bench in result.benchmarks.items():
         values = [f"{100 * bench.metrics[m]:.1f}" if m in bench.metrics else "—" for m in metric_names]
         table.add_row(name, str(bench.n), str(bench.k), *values)
-    Console().print(table)
+    console().print(table)  # off a terminal: full width, every metric column kept
     for note in result.warnings:
-        Console(stderr=True).print(f"[yellow]warning:[/] {note}")
+        console(stderr=True).print(f"[yellow]warning:[/] {note}")

@@ -417,7 +417,7 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
     failed_df = pd.DataFrame.from_records(
         [rec for rec, _ in failed],
         columns=["run_id", "run_name", "cell_id", "cell_name", "config_hash", "model", "model_id", "variant",
-                 "arm", "seed", "status", "error", "start_time", *row_axes],
+                 "arm", "seed", "status", "error", "start_time", "artifact_uri", *row_axes],
     )
 
     runs_df = pd.DataFrame.from_records(records)
@@ -503,6 +503,7 @@ def _failed_record(run: Any, status: str) -> tuple[dict[str, Any], dict[str, Any
         "status": status,
         "error": error_lines[-1][:300] if error_lines else "",
         "start_time": run.info.start_time / 1000 if run.info.start_time else 0.0,
+        "artifact_uri": run.info.artifact_uri,
     }
     return record, axes if isinstance(axes, dict) else {}
 

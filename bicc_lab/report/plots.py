@@ -196,6 +196,11 @@ def accuracy_plot(table: AblationTable) -> tuple[Plot | None, list[str]]:
                           label="start (before training)")
         if percent:
             ax.set_ylim(low * scale, high * scale * 1.02)
+        ax.set_xlim(-0.5, len(table.columns) - 0.5)
+        if not ax.patches:  # a row whose every run failed keeps its panel, and says so
+            failed = [arm_label(a) for a in table.arms if table.failed.get((row, a))]
+            text = f"no finished run\n(failed: {', '.join(failed)})" if failed else "no finished run"
+            ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="#b00", fontsize=9)
         ax.set_xticks(range(len(table.columns)))
         ax.set_xticklabels([bench_label(b) for b in table.columns], fontsize=8)
         ax.set_title(_label(row), fontsize=9)

@@ -128,8 +128,8 @@ def legend(table: AblationTable) -> str:
     if "t" in methods:
         how.append("t-interval over seeds (3 seeds or more)")
     if "bootstrap" in methods:
-        how.append(f"with fewer than 3 seeds, percentile bootstrap over problems and seeds "
-                   f"({table.n_resamples:,} resamples)")
+        how.append(f"with fewer than 3 seeds, percentile bootstrap over problems and seeds, "
+                   f"{table.n_resamples:,} resamples")
     interval = "; ".join(how) or "no interval (a single seed, no per-problem results)"
     clipped = " clipped to [0, 100];" if _percent(table) else ""
     text = (
@@ -439,8 +439,17 @@ def failed_rows(table: AblationTable) -> tuple[list[str], list[list[str]]]:
     frame = table.failed_runs
     if frame is None or frame.empty:
         return head, []
+    order = {r: i for i, r in enumerate(table.rows)}
+    arms = {a: i for i, a in enumerate(table.arms)}
+
+    def rank(rec: dict) -> tuple:
+        row = tuple(str(rec.get(k, "")) for k in table.row_keys)
+        seed = rec.get("seed")
+        return (order.get(row, len(order)), arms.get(rec["arm"], len(arms)),
+                -1 if seed is None or (isinstance(seed, float) and math.isnan(seed)) else seed)
+
     rows = []
-    for rec in frame.to_dict("records"):
+    for rec in sorted(frame.to_dict("records"), key=rank):
         seed = rec.get("seed")
         seed_text = "?" if seed is None or (isinstance(seed, float) and math.isnan(seed)) else str(int(seed))
         rows.append([str(rec.get(k, "")) for k in table.row_keys] + [

@@ -51,9 +51,12 @@ class StartScores:
 def _model_identity(config: ExperimentConfig) -> dict[str, Any]:
     name = config.model.name
     if name == "tiny" or name.startswith("tiny:"):
-        from bicc_lab.backends.trl.run import tiny_config
+        try:
+            from bicc_lab.backends.trl.run import tiny_config
 
-        return {"tiny": tiny_config(config).cache_key()}
+            return {"tiny": tiny_config(config).cache_key()}
+        except ImportError:  # the tiny-config mapping moved: key on the spec's own block
+            return {"name": name, "tiny": config.model.tiny.model_dump(mode="json")}
     return {"name": name}
 
 
@@ -104,6 +107,7 @@ def start_result(
     from bicc_lab.eval.runner import evaluate_config
     from bicc_lab.fileio import write_atomic
 
+    _require_built(config, cache_dir)
     if say is not None:
         say(f"evaluating the starting model {config.model.name} once (cached in {path.parent})")
     model_dir = resolve_model(config, progress=False)
@@ -118,6 +122,27 @@ def start_result(
     }
     write_atomic(path, json.dumps(payload, indent=1, sort_keys=True))
     return payload, True
+
+
+class StartUnavailable(Exception):
+    """The starting model cannot be evaluated here (e.g. a tiny model that is not built)."""
+
+
+def _require_built(config: ExperimentConfig, cache_dir: str | os.PathLike[str] | None) -> None:
+    """A report never builds a tiny model (a warm-start of minutes): the sweep built it, or
+    the runs were made with another tiny model than this checkout would build."""
+    name = config.model.name
+    if not (name == "tiny" or name.startswith("tiny:")):
+        return
+    from bicc_lab.backends.trl.run import tiny_config
+    from bicc_lab.models.tiny import is_built, tiny_model_dir
+
+    directory = tiny_model_dir(tiny_config(config), cache_dir)
+    if not is_built(directory):
+        raise StartUnavailable(
+            f"the tiny model is not built at {directory} (the runs used another tiny model, or "
+            "another $BICC_LAB_CACHE); no starting score"
+        )
 
 
 def _artifact_config(artifact_uri: str) -> ExperimentConfig | None:
@@ -157,8 +182,9 @@ def _row_configs(run_set: RunSet, sweep_configs: Mapping[str, ExperimentConfig])
             if row in found:
                 continue
             config = sweep_configs.get(str(rec.get("config_hash") or ""))
-            if config is None and rec.get("run_id") in run_set.artifact_uris:
-                config = _artifact_config(run_set.artifact_uris[rec["run_id"]])
+            artifact_uri = run_set.artifact_uris.get(rec.get("run_id")) or rec.get("artifact_uri")
+            if config is None and artifact_uri:
+                config = _artifact_config(str(artifact_uri))
             if config is not None:
                 found[row] = config
     return found
@@ -202,6 +228,9 @@ def start_scores(
         if key not in results:
             try:
                 payload, fresh = start_result(config, cache_dir=cache_dir, compute=compute, say=say)
+            except StartUnavailable as exc:
+                out.notes.append(f"start: {exc}")
+                payload, fresh = None, False
             except Exception as exc:  # noqa: BLE001 - the table is still worth having without it
                 out.notes.append(f"start: evaluating {config.model.name} failed: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")

@@ -38,6 +38,7 @@ class SyntheticCell:
     artifact: bool = True
     error: str = ""  # the worker's error tag of a FAILED run
     config: Mapping[str, Any] | None = None  # logged as the run's config.yaml artifact
+    config_hash: str = ""  # default: one per cell; the same value marks a retry of a cell
 
     @property
     def name(self) -> str:
@@ -95,7 +96,7 @@ def fill_store(
                 "rcc.enabled": rcc, "seed": cell.seed, **dict(cell.axes)}
         tags = {
             Tag.ROLE: "cell", Tag.PARENT_RUN_ID: parent, Tag.SWEEP: sweep,
-            Tag.CELL_ID: f"c{i:05d}", Tag.CELL_NAME: cell.name, Tag.CONFIG_HASH: f"h{i:05d}",
+            Tag.CELL_ID: f"c{i:05d}", Tag.CELL_NAME: cell.name, Tag.CONFIG_HASH: cell.config_hash or f"h{i:05d}",
             Tag.ARM: cell.arm, Tag.VARIANT: cell.variant, Tag.MODEL: cell.model,
             Tag.SEED: str(cell.seed), Tag.AXES: json.dumps(axes), Tag.STATUS: cell.status,
         }

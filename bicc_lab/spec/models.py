@@ -324,6 +324,12 @@ class BiccConfig(_Section):
         description="whole: a trace that does not fit the remaining budget is skipped, never cut; "
         "cut: the last trace is right-truncated to the budget (authors' code).",
     )
+    shared_prefix: bool = Field(
+        True,
+        description="Run each distinct conditioned prompt of a group once and score its completions "
+        "against its key/value cache (same numbers, fewer tokens); false: every completion recomputes "
+        "its prompt. Models or settings it is not checked on fall back with a warning.",
+    )
 
 
 class RccConfig(_Section):

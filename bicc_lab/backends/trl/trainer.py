@@ -24,6 +24,11 @@ import torch
 from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
+from trl.trainer.utils import (
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from bicc_lab.algorithms import bicc as bicc_alg
 from bicc_lab.algorithms.diagnostics import (
@@ -39,6 +44,15 @@ from bicc_lab.algorithms.variants import (
     overlong_penalty,
     policy_loss,
 )
+from bicc_lab.backends.trl.shared_prefix import (
+    group_permutation,
+    permute_rows,
+    shared_prefix_logps,
+    unsupported_reason,
+)
+
+# Token counters (tokens/<name>_per_step): what each kind of forward pass processed.
+_TOKEN_COUNTERS = ("grad", "conditioned_prefix", "nograd_policy", "nograd_reference")
 
 # Placeholder used to find where the user turn ends in a chat template.
 _SENTINEL = "\u2063BICC\u2063"
@@ -85,6 +99,12 @@ class BiccGRPOTrainer(GRPOTrainer):
         self._grad_stats: dict[str, Any] | None = None
         self._grad_variance_pending: float | None = None
         self._lagged_reference = None
+        # Shared-prefix conditioned forward: decided at the first conditioned forward, when the
+        # Trainer has set gradient checkpointing up (None: usable; a string: why not).
+        self._shared_prefix_reason: str | None = None
+        self._shared_prefix_checked = False
+        self._token_totals: dict[str, float] = defaultdict(float)
+        self._token_start_step: int | None = None
         if grad_variance and self.args.gradient_accumulation_steps < 2:
             import warnings
 
@@ -139,8 +159,18 @@ class BiccGRPOTrainer(GRPOTrainer):
         return positions
 
     @torch.no_grad()
-    def _logps(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    def _logps(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, *,
+               counter: str = "nograd_policy") -> torch.Tensor:
+        """No-grad per-token log-probs of the completions; ``counter`` names the token count it adds to."""
         batch_size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
+        if self._shared_prefix_usable():
+            # Every prompt of a group is the same (q, or one of its two conditioned prompts): run each once.
+            shared = shared_prefix_logps(
+                model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                num_layers=self._num_layers, batch_size=batch_size, autocast=self.accelerator.autocast,
+            )
+            self._count_tokens(counter, shared.prompt_tokens + shared.completion_tokens)
+            return shared.logps
         logps, _, _ = self._get_per_token_logps_and_entropies(
             model,
             torch.cat([prompt_ids, completion_ids], dim=1),
@@ -148,16 +178,73 @@ class BiccGRPOTrainer(GRPOTrainer):
             completion_ids.size(1),
             batch_size=batch_size,
         )
+        self._count_tokens(counter, prompt_mask.sum() + completion_mask.sum())
         return logps
 
     def _reference_logps(self, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
         if self.ref_model is not None:
-            return self._logps(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            return self._logps(self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                               counter="nograd_reference")
         from trl.trainer.utils import use_adapter
 
         model = self.accelerator.unwrap_model(self.model)
         with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
-            return self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+            return self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                               counter="nograd_reference")
+
+    # ------------------------------------------------------------------ shared prefix, token accounting
+    def _shared_prefix_usable(self) -> bool:
+        """Whether forwards over BICC's prompts take the shared-prefix path (``bicc.shared_prefix``).
+
+        Checked once, at the first use: gradient checkpointing is set up by then. A model or
+        setting the path is not checked on falls back to the plain forward with one warning.
+        """
+        if not (self.bicc.enabled and getattr(self.bicc, "shared_prefix", True)):
+            return False
+        if not self._shared_prefix_checked:
+            import warnings
+
+            model = self.accelerator.unwrap_model(self.model)
+            self._shared_prefix_reason = unsupported_reason(model)
+            if self._shared_prefix_reason is None and self._is_vlm:
+                self._shared_prefix_reason = "the model takes images"
+            self._num_layers = model.config.get_text_config().num_hidden_layers
+            self._shared_prefix_checked = True
+            if self._shared_prefix_reason is not None:
+                warnings.warn(
+                    f"bicc.shared_prefix: {self._shared_prefix_reason}; BICC uses the unshared conditioned "
+                    "forward (same numbers, each completion recomputes its prompt)",
+                    stacklevel=2,
+                )
+        return self._shared_prefix_reason is None
+
+    def _count_tokens(self, counter: str, count) -> None:
+        """Add this process's ``count`` tokens (summed over processes) to a training counter."""
+        if not self.model.training:
+            return
+        if self._token_start_step is None:
+            self._token_start_step = self.state.global_step
+        total = torch.as_tensor(count, device=self.accelerator.device, dtype=torch.float64)
+        self._token_totals[counter] += self.accelerator.reduce(total, reduction="sum").item()
+
+    def _prepare_inputs(self, generation_batch):
+        if not (self.model.training and self._shared_prefix_usable()):
+            return super()._prepare_inputs(generation_batch)
+        # GRPOTrainer._prepare_inputs with one change: the buffered generation batch is
+        # shuffled by whole groups, not by sample, so a micro-batch holds complete groups
+        # (when its size is a multiple of G) and each distinct prompt runs once per group.
+        # With one optimizer step per generation batch (on-policy) the step's gradient is the
+        # same sum either way; the order only decides which groups share an optimizer step
+        # when there are several.
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score_completions(generation_batch)
+            batch = split_pixel_values_by_grid(batch)
+            permutation = group_permutation(batch["bicc_group_index"])
+            batch = {key: permute_rows(value, permutation) for key, value in batch.items()}
+            batches = split_tensor_dict(batch, self.args.steps_per_generation)
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in batches]
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
 
     def _gather_padded(self, tensor: torch.Tensor, pad_value: int | float, pad_first: bool) -> torch.Tensor:
         """Gather a (B, L) tensor from every process; widths may differ across ranks."""
@@ -202,14 +289,22 @@ class BiccGRPOTrainer(GRPOTrainer):
             advantage_rewards = rewards + penalty
             metrics["dapo/overlong_penalty_mean"].append(penalty.mean().item())
 
-        needs_rollout_logps = self.bicc.enabled or self.rcc.enabled
-        rollout_logps = None
-        if needs_rollout_logps:
-            # π_old(o|q): TRL already has it when it computed old log-probs; otherwise one no-grad pass.
-            rollout_logps = output.get("old_per_token_logps")
-            if rollout_logps is None:
-                rollout_logps = self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        # π_old(o|q), computed at most once per generation batch and shared by RCC's δ, BICC's
+        # denominator and the diagnostics. TRL has it whenever it computed old log-probs
+        # (several updates per batch, vLLM's importance-sampling correction); otherwise RCC
+        # needs one no-grad pass before the advantages exist, and BICC alone only for its
+        # conditioned samples (in _add_conditioned_prompts: every other sample's loss forward
+        # runs under q at π_old, so its detached log-probs are the same numbers).
+        plain_tokens = prompt_mask.sum() + completion_mask.sum()
+        rollout_logps = output.get("old_per_token_logps")
+        if rollout_logps is not None:
+            self._count_tokens("nograd_policy", plain_tokens)  # TRL's own pass
+        if output.get("ref_per_token_logps") is not None:
+            self._count_tokens("nograd_reference", plain_tokens)  # TRL's own pass (beta != 0)
+        if rollout_logps is None and self.rcc.enabled:
+            rollout_logps = self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
 
+        rcc_result, delta = None, None
         if self.rcc.enabled:
             reference_logps = self._rcc_reference_logps(output, rollout_logps)
             local_delta = sequence_delta(rollout_logps, reference_logps, completion_mask, reduction=self.rcc.delta)
@@ -274,13 +369,16 @@ class BiccGRPOTrainer(GRPOTrainer):
 
     def _rcc_reference_logps(self, output, rollout_logps):
         if self.rcc.reference == "old":
-            # π_ref = the policy that generated the previous batch: δ then measures one round of drift.
-            previous = self._lagged_reference
-            self._lagged_reference = self._snapshot_policy()
-            if previous is None:
+            # π_ref = the policy that generated the previous batch: δ then measures one round of
+            # drift. One persistent copy, overwritten in place after each use.
+            lagged = self._lagged_reference
+            if lagged is None:
+                self._lagged_reference = self._snapshot_policy()
                 return rollout_logps  # first batch: no drift yet, δ = 0
-            return self._logps(previous, output["prompt_ids"], output["prompt_mask"],
-                               output["completion_ids"], output["completion_mask"])
+            logps = self._logps(lagged, output["prompt_ids"], output["prompt_mask"],
+                                output["completion_ids"], output["completion_mask"], counter="nograd_reference")
+            lagged.load_state_dict(self.accelerator.unwrap_model(self.model).state_dict())
+            return logps
         if output.get("ref_per_token_logps") is not None:
             return output["ref_per_token_logps"]
         return self._reference_logps(output["prompt_ids"], output["prompt_mask"],
@@ -330,16 +428,30 @@ class BiccGRPOTrainer(GRPOTrainer):
         output["bicc_prompt_ids"] = conditioned_ids
         output["bicc_prompt_mask"] = conditioned_mask
         output["bicc_conditioned"] = packed.conditioned[local].to(device)
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        off_policy = output.get("old_per_token_logps") is not None  # TRL computed old log-probs
+        if rollout_logps is None:
+            # On-policy BICC without RCC: π_old(o|q) only where the prompt changed; the other
+            # rows take their loss forward's detached log-probs (_compute_loss).
+            rows = output["bicc_conditioned"].nonzero().squeeze(1)
+            rollout_logps = torch.zeros(completion_ids.shape, device=device)
+            if rows.numel():
+                computed = self._logps(self.model, output["prompt_ids"][rows], output["prompt_mask"][rows],
+                                       completion_ids[rows], completion_mask[rows])
+                rollout_logps = rollout_logps.to(computed.dtype).index_copy(0, rows, computed)
+            output["bicc_rollout_rows"] = output["bicc_conditioned"].clone()
         output["bicc_rollout_logps"] = rollout_logps
 
-        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         if self.bicc.ratio == "paper":
             # Denominator π_old(o|q), kept explicitly even on-policy: the ratio is not 1 at the first step.
             output["old_per_token_logps"] = rollout_logps
-        else:
+        elif off_policy:
             output["old_per_token_logps"] = self._logps(
                 self.model, conditioned_ids, conditioned_mask, completion_ids, completion_mask
             )
+        else:
+            # On-policy, π_old(o|q ⊕ ctx) is the loss forward itself: TRL's detached fallback.
+            output.pop("old_per_token_logps", None)
         if self.beta != 0.0:
             # The KL term compares policy and reference under the same conditioned context.
             output["ref_per_token_logps"] = self._reference_logps(
@@ -359,13 +471,32 @@ class BiccGRPOTrainer(GRPOTrainer):
         prompt_mask = inputs.get("bicc_prompt_mask", inputs["prompt_mask"])
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model,
-            torch.cat([prompt_ids, completion_ids], dim=1),
-            torch.cat([prompt_mask, completion_mask], dim=1),
-            completion_ids.size(1),
-            compute_entropy=True,
-        )
+        if "bicc_prompt_ids" in inputs and self._shared_prefix_usable():
+            shared = shared_prefix_logps(
+                model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                num_layers=self._num_layers, compute_entropy=True, autocast=self.accelerator.autocast,
+            )
+            logps, entropies = shared.logps, shared.entropies
+            prompt_tokens, completion_tokens = shared.prompt_tokens, shared.completion_tokens
+        else:
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                model,
+                torch.cat([prompt_ids, completion_ids], dim=1),
+                torch.cat([prompt_mask, completion_mask], dim=1),
+                completion_ids.size(1),
+                compute_entropy=True,
+            )
+            prompt_tokens, completion_tokens = prompt_mask.sum(), completion_mask.sum()
+        self._count_tokens("grad", prompt_tokens + completion_tokens)
+        if "bicc_prompt_ids" in inputs:
+            self._count_tokens("conditioned_prefix", prompt_tokens)
+        if "bicc_rollout_rows" in inputs:
+            # Rows without a rollout pass (unconditioned, on-policy): π_old(o|q) is this forward.
+            computed = inputs["bicc_rollout_rows"].bool().unsqueeze(1)
+            rollout = torch.where(computed, inputs["bicc_rollout_logps"], logps.detach())
+            inputs = {**inputs, "bicc_rollout_logps": rollout}
+            if self.bicc.ratio == "paper":
+                inputs["old_per_token_logps"] = rollout
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
         advantages = inputs["advantages"]
@@ -470,6 +601,14 @@ class BiccGRPOTrainer(GRPOTrainer):
         if self._grad_variance_pending is not None:
             self._metrics[mode]["diagnostics/grad_variance"].append(self._grad_variance_pending)
             self._grad_variance_pending = None
+        if mode == "train" and self._token_start_step is not None:
+            # Tokens per optimizer step, all processes, averaged over the steps of this process
+            # so far: the last logged value is the run's mean (the report's cost figure).
+            steps = self.state.global_step - self._token_start_step
+            if steps > 0:
+                for counter in _TOKEN_COUNTERS:
+                    if counter in self._token_totals:
+                        self._metrics[mode][f"tokens/{counter}_per_step"].append(self._token_totals[counter] / steps)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ gradient variance
