@@ -71,12 +71,14 @@ def _formats(text: str) -> list[str]:
 
 def _command(argv: list[str], sweep: str, root: Path) -> str:
     """The command line as the report shows it: paths inside the repository relative to it."""
-    from bicc_lab.report import display_path
+    from bicc_lab.report import display_path, display_uri
 
     args = argv[2:] if len(argv) > 2 and argv[1] == "report" else [sweep]
     shown = []
     for arg in args:
-        if os.path.isabs(arg) and Path(arg).exists():
+        if arg.startswith(("sqlite:///", "file://", "http://", "https://")):
+            arg = display_uri(arg, root)
+        elif os.path.isabs(arg) and Path(arg).exists():
             arg = display_path(arg, root)
         elif "=" in arg and arg.startswith("--") and os.path.isabs(arg.split("=", 1)[1]):
             flag, value = arg.split("=", 1)
