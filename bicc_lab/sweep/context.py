@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bicc_lab.errors import UserError
 from bicc_lab.launch import layout
-from bicc_lab.tracking.naming import project_root, resolve_tracking_uri, sqlite_path
+from bicc_lab.tracking.check import StoreError, check_server, check_tracking_uri, store_initialised
+from bicc_lab.tracking.naming import project_root, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from bicc_lab.spec import Sweep
@@ -20,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["SweepContext", "TrackingUnavailable"]
 
 
-class TrackingUnavailable(UserError):
+class TrackingUnavailable(StoreError):
     """The tracking server cannot be reached (a one-line user-facing message)."""
 
 
@@ -49,47 +47,42 @@ class SweepContext:
         return self.uri.startswith(("http://", "https://"))
 
     def store_exists(self) -> bool:
-        """False for a SQLite file that does not exist yet (nothing was ever tracked)."""
-        db = sqlite_path(self.uri)
-        return db is None or db.is_file()
+        """False for a SQLite file that does not exist yet or is empty (nothing was tracked)."""
+        return store_initialised(self.uri)
 
     def check_reachable(self, timeout: float = 10.0) -> None:
         """For http(s) URIs: GET /health, so that a wrong URI fails in seconds, not minutes."""
         if not self.is_http:
             return
-        url = self.uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - user's URI
-                if response.status >= 400:
-                    raise TrackingUnavailable(
-                        f"MLflow server at {self.uri} answered {response.status} on /health"
-                    )
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingUnavailable(
-                f"cannot reach the MLflow tracking server at {self.uri} ({reason})"
-            ) from None
+            check_server(self.uri, timeout=timeout)
+        except StoreError as exc:
+            raise TrackingUnavailable(str(exc)) from None
 
-    def tracker(self) -> Tracker:
+    def check_store(self, *, create: bool) -> None:
+        """The preflight of the store (see :func:`bicc_lab.tracking.check.check_tracking_uri`)."""
+        self.check_reachable()
+        check_tracking_uri(self.uri, create=create)
+
+    def tracker(self, *, create: bool = True) -> Tracker:
+        """A client of the store; ``create`` makes a missing SQLite store (call it under the
+        sweep lock), without it nothing is created or migrated."""
         from bicc_lab.tracking.store import Tracker
 
-        db = sqlite_path(self.uri)
-        if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        return Tracker(self.uri)
+        return Tracker(self.uri, create=create)
 
     def read_runs(self) -> list[CellRun] | None:
         """Child runs of this sweep's experiment, or None when nothing is tracked yet.
 
         Never creates the SQLite file or the experiment (``plan`` and ``status`` start nothing).
         """
-        if not self.store_exists():
-            return None
         if self.is_http:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-            self.check_reachable()
-        tracker = self.tracker()
+        self.check_store(create=False)
+        if not self.store_exists():
+            return None
+        tracker = self.tracker(create=False)
         experiment_id = tracker.experiment_id(self.experiment)
         if experiment_id is None:
             return []

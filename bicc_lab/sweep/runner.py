@@ -124,12 +124,13 @@ def run_sweep(
     outcome = SweepOutcome()
     t_start = time.time()
 
-    ctx.check_reachable()
-    tracker = ctx.tracker()
-    experiment_id = tracker.ensure_experiment(ctx.experiment)
+    ctx.check_store(create=True)
     commit = git_commit()
     ctx.sweep_dir.mkdir(parents=True, exist_ok=True)
     with blocking_lock(ctx.sweep_dir / layout.SWEEP_LOCK):
+        # Store creation too: a second `sweep run` started at once waits here, then finds it.
+        tracker = ctx.tracker(create=True)
+        experiment_id = tracker.ensure_experiment(ctx.experiment)
         parent_run_id = tracker.ensure_parent(
             experiment_id,
             sweep.name,

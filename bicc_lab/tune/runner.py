@@ -256,13 +256,14 @@ def run_study(
     dists = st.distributions(search)
     base_hash = config_hash(base)
 
-    ctx.check_reachable()
-    tracker = ctx.tracker()
-    experiment_id = tracker.ensure_experiment(ctx.experiment)
+    ctx.check_store(create=True)
     commit = git_commit()
     setup.study_dir.mkdir(parents=True, exist_ok=True)
 
     with blocking_lock(setup.study_dir / layout.SWEEP_LOCK):
+        # the MLflow store is created under the lock too (see `sweep run`)
+        tracker = ctx.tracker(create=True)
+        experiment_id = tracker.ensure_experiment(ctx.experiment)
         study, storage = open_study(setup, create=True)
         if study.direction.name.lower() != search.direction:
             raise TuneError(
