@@ -104,12 +104,13 @@ def _check_run(run: RunCheck) -> None:
     with _located(run, ("model", "name")):
         check_model_available(config.model.name)
     with _located(run, ("data", "train")):
-        check_task_records(
+        kind = check_task_records(
             config.data.train,
             data_dir=config.data.data_dir,
             problem_field=config.data.problem_field,
             answer_field=config.data.answer_field,
         )
+        _check_hub_dataset(config.data.train, kind, config.data.data_dir)
     if run.evaluate and config.eval.enabled:
         for index, name in enumerate(config.eval.benchmarks):
             with _located(run, ("eval", "benchmarks", index)):
@@ -117,6 +118,25 @@ def _check_run(run: RunCheck) -> None:
     with _located(run, None):
         check_variant(config)
         check_vllm(config)
+
+
+def _check_hub_dataset(name: str, kind: str, data_dir: str | None) -> None:
+    """Training data read from the hub while the hub is off must be in the HF cache."""
+    from bicc_lab.models.loading import hub_dataset_cached, hub_offline
+    from bicc_lab.tasks.data_dir import resolve_data_dir
+    from bicc_lab.tasks.math import HUB_IDS
+
+    if kind == "hub":
+        repo = name
+    elif kind == "registry" and name in HUB_IDS and resolve_data_dir(data_dir) is None:
+        repo = HUB_IDS[name][0]
+    else:
+        return
+    if hub_offline() and not hub_dataset_cached(repo):
+        raise UserError(
+            f"hub dataset {repo} is not in the HF cache and the hub is off (HF_HUB_OFFLINE); "
+            "set data.data_dir (or BICC_LAB_DATA_DIR) or give a local .jsonl"
+        )
 
 
 def _check_eval(item: EvalCheck) -> None:

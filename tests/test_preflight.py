@@ -37,9 +37,12 @@ def _error(fn, *args, **kwargs) -> str:
 
 @pytest.fixture
 def experiment(tmp_path, monkeypatch):
-    """A minimal experiment file in a clean cwd, no data dir, the hub off."""
+    """A minimal experiment file in a clean cwd, no data dir, the hub off, an empty HF cache."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BICC_LAB_DATA_DIR", raising=False)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return _write(tmp_path / "exp.yaml", "name: e\nmodel: {name: tiny}\n")
 
@@ -171,6 +174,15 @@ def test_training_data_first_records_parse_with_the_fields_training_reads(experi
     assert _check(experiment, "data.train=/nonexistent/t.jsonl") == (
         "data.train: /nonexistent/t.jsonl: file not found (expected a JSONL file of problems) at --set data.train"
     )
+    # read from the hub while the hub is off: only from the HF cache
+    assert _check(experiment, "data.train=math_train") == (
+        "data.train: hub dataset DigitalLearningGmbH/MATH-lighteval is not in the HF cache and the hub is off "
+        "(HF_HUB_OFFLINE); set data.data_dir (or BICC_LAB_DATA_DIR) or give a local .jsonl at --set data.train"
+    )
+    assert _check(experiment, "data.train=org/problems").startswith("data.train: hub dataset org/problems is not")
+    (tmp_path / "hf-home" / "hub" / "datasets--org--problems").mkdir(parents=True)
+    config, locs = load_experiment_located(experiment, ["data.train=org/problems"])
+    preflight(RunCheck(config, locs))
     # a named set in a data dir: GSM8K's own fields and answer format
     data = tmp_path / "data"
     data.mkdir()

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.errors import UserError
-from bicc_lab.models.loading import hf_cache_dirs, hub_offline, in_hub_cache
+from bicc_lab.models.loading import hub_dataset_cached, hub_offline
 from bicc_lab.tasks.grading import last_boxed, normalize_gold
 from bicc_lab.tasks.math import gsm8k_answer
 from bicc_lab.tasks.math import read_jsonl as tasks_read_jsonl
@@ -249,22 +249,6 @@ def docs_from_rows(bench: Benchmark, rows: list[dict[str, Any]], where: str) -> 
     return docs
 
 
-def _hub_cached(src: HubSource) -> bool:
-    """Whether the HF hub or datasets cache may hold ``src`` (offline loading can work).
-
-    Looks for the cache folders by name only (no ``datasets`` import); a false positive
-    only lets ``datasets`` try, and fail, from its cache.
-    """
-    if in_hub_cache(src.path, "dataset"):
-        return True
-    _, datasets_cache = hf_cache_dirs()
-    wanted = src.path.replace("/", "___").lower()
-    try:
-        return any(entry.name.lower() == wanted for entry in datasets_cache.iterdir())
-    except OSError:
-        return False
-
-
 def check_benchmark(
     bench: Benchmark | str, data_dir: str | os.PathLike[str] | None = None
 ) -> Benchmark:
@@ -284,7 +268,7 @@ def check_benchmark(
             f"benchmark {b.name}: {d / b.filename}: file not found in the data dir "
             f"(the hub's {hubs} is tried only when no data dir is set)"
         )
-    if hub_offline() and not any(_hub_cached(src) for src in b.hub):
+    if hub_offline() and not any(hub_dataset_cached(src.path) for src in b.hub):
         raise EvalDataError(
             f"benchmark {b.name}: no data dir for {b.filename} (pass --data-dir or set "
             f"{DATA_DIR_ENV}) and the hub is off (HF_HUB_OFFLINE), with {hubs} not in the HF cache"

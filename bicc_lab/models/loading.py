@@ -111,6 +111,19 @@ def in_hub_cache(repo_id: str, kind: str = "model") -> bool:
     return (hub / f"{kind}s--{repo_id.replace('/', '--')}").is_dir()
 
 
+def hub_dataset_cached(repo_id: str) -> bool:
+    """Whether the HF hub cache or the ``datasets`` cache may hold dataset ``repo_id``
+    (by folder name only; a false positive only lets ``datasets`` try its cache and fail)."""
+    if in_hub_cache(repo_id, "dataset"):
+        return True
+    _, datasets_cache = hf_cache_dirs()
+    wanted = repo_id.replace("/", "___").lower()
+    try:
+        return any(entry.name.lower() == wanted for entry in datasets_cache.iterdir())
+    except OSError:
+        return False
+
+
 def check_model_available(name: str) -> ModelReference:
     """:func:`check_model_reference`, and for a hub id while the hub is off
     (``HF_HUB_OFFLINE``): the model must be in the HF cache, else a one-line error now

@@ -60,6 +60,14 @@ class MetricsFileCallback(TrainerCallback):
         total, count = self._sums.get(key, (0.0, 0))
         return total / count if count else None
 
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: D102 - Trainer hook
+        # The last step is always logged: when max_steps is not a multiple of logging_steps
+        # (`--set train.max_steps=2` on a config that logs every 5), the final steps' metrics
+        # would otherwise never reach metrics.jsonl, MLflow or the run's result.
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 - Trainer hook
         if not logs or not state.is_world_process_zero:
             return
