@@ -129,3 +129,24 @@ def test_nan_rewards_are_neither_success_nor_failure():
     values = torch.tensor([1.0, nan, 1.0, 1.0, nan, 2.0, 5.0, nan])
     group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     assert outcome_gap_by_group(values, rewards, group) == {"value": 3.0, "num_groups": 1}
+
+
+def test_transfer_metrics_by_hand():
+    from bicc_lab.algorithms.diagnostics import transfer_metrics
+
+    bicc = torch.tensor([1.0, 0.0, 0.0])
+    plain = torch.tensor([1.0, 1.0, 0.0])  # cosine 1/sqrt(2)
+    update = torch.tensor([0.1, -0.2, 0.0])
+    # Two correct completions whose log-prob gradients sum to [2, 0, 4]: (0.2 + 0) / 2 = 0.1.
+    # One incorrect with gradient [0, 1, 0]: -0.2.
+    out = transfer_metrics(bicc, plain, update, torch.tensor([2.0, 0.0, 4.0]), 2, torch.tensor([0.0, 1.0, 0.0]), 1)
+    assert out["transfer/grad_cosine"] == pytest.approx(2**-0.5)
+    assert out["transfer/plain_logp_gain_correct"] == pytest.approx(0.1)
+    assert out["transfer/plain_logp_gain_incorrect"] == pytest.approx(-0.2)
+    # Opposite gradients: -1. No gradient or no completion of a side: None, never NaN.
+    assert transfer_metrics(bicc, -2 * bicc, update, bicc, 0, bicc, 0) == {
+        "transfer/grad_cosine": pytest.approx(-1.0),
+        "transfer/plain_logp_gain_correct": None,
+        "transfer/plain_logp_gain_incorrect": None,
+    }
+    assert transfer_metrics(torch.zeros(3), plain, update, bicc, 1, bicc, 1)["transfer/grad_cosine"] is None

@@ -322,3 +322,74 @@ def test_logp_shift_is_logged_per_side(untrained_tiny_dir, tmp_path):
         # The overall shift is a count-weighted mean of the two sides, so it lies between them.
         low, high = sorted((x["bicc/logp_shift_correct"], x["bicc/logp_shift_incorrect"]))
         assert low - 1e-6 <= x["bicc/logp_shift"] <= high + 1e-6
+
+
+# ---------------------------------------------------------------- transfer diagnostics
+
+TRANSFER_KEYS = ("transfer/grad_cosine", "transfer/plain_logp_gain_correct", "transfer/plain_logp_gain_incorrect")
+
+
+def train_and_read_metrics(config, tmp_path):
+    from bicc_lab.backends.trl.callbacks import MetricsFileCallback
+
+    metrics_file = MetricsFileCallback(tmp_path / "metrics.jsonl")
+    trainer = build_trainer(config, tmp_path, progress=False, callbacks=[metrics_file])
+    force_mixed_rewards(trainer)
+    trainer.train()
+    return [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_bicc_with_an_empty_context_is_plain_grpo_cosine_one(untrained_tiny_dir, tmp_path):
+    # A budget of int(0.01 x (8 + 4)) = 0 tokens: no trace fits, every prompt stays q, so the
+    # BICC update is the plain GRPO update. Probed on steps 0 and 2 of 3 (every 2nd, first included).
+    config = tiny_config(
+        untrained_tiny_dir,
+        **{"bicc.enabled": True, "bicc.context_fraction": 0.01, "diagnostics.transfer_every": 2,
+           "train.max_steps": 3},
+    )
+    lines = train_and_read_metrics(config, tmp_path)
+    probed = [x for x in lines if "transfer/grad_cosine" in x]
+    assert [x["step"] for x in probed] == [1, 3]
+    for x in probed:
+        assert x["transfer/grad_cosine"] == pytest.approx(1.0, abs=1e-5)
+        assert "transfer/plain_logp_gain_correct" in x and "transfer/plain_logp_gain_incorrect" in x
+
+
+@pytest.mark.slow
+def test_gain_is_the_first_order_change_of_plain_logps_and_context_bends_the_gradient(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, **{"bicc.enabled": True, "diagnostics.transfer_every": 1})
+    trainer = build_trainer(config, tmp_path, progress=False)
+    force_mixed_rewards(trainer)
+    probe = trainer.transfer_probe
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    out = mixed_batch(trainer)
+    assert out["bicc_conditioned"].any()
+    rewards = out["bicc_rewards"]
+
+    def mean_plain_logp(rows):
+        with torch.no_grad():
+            logps = trainer._logps(trainer.model, out["prompt_ids"], out["prompt_mask"],
+                                   out["completion_ids"], out["completion_mask"])
+        return (logps * out["completion_mask"]).sum(-1)[rows].mean().item()
+
+    correct, incorrect = rewards > 0.5, rewards <= 0.5
+    before = mean_plain_logp(correct), mean_plain_logp(incorrect)
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, out)  # the BICC loss; the probe takes the plain side
+    loss.backward()
+    probe.on_pre_optimizer_step(None, None, None)
+    lr = 1e-3  # plain SGD on the BICC gradient: small enough for first order to hold
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
+    probe.on_optimizer_step(None, None, None)
+    after = mean_plain_logp(correct), mean_plain_logp(incorrect)
+    metrics = {key: trainer._metrics["train"][key][-1] for key in TRANSFER_KEYS}
+    for (b, a), key in zip(zip(before, after, strict=True), TRANSFER_KEYS[1:], strict=True):
+        assert abs(metrics[key]) > 1e-5
+        assert metrics[key] == pytest.approx(a - b, rel=0.05)
+    # The context changes the gradient: not the plain one (cosine 1 would make the probe moot).
+    assert metrics["transfer/grad_cosine"] < 0.999

@@ -34,6 +34,7 @@ __all__ = [
     "logp_gap",
     "mixed_group_mask",
     "outcome_gap_by_group",
+    "transfer_metrics",
 ]
 
 
@@ -189,3 +190,40 @@ def gradient_variance(total: torch.Tensor, total_sq: torch.Tensor, n: int) -> fl
         return None
     mean = total / n
     return float(((total_sq - n * mean * mean) / (n - 1)).clamp(min=0).sum())
+
+
+def transfer_metrics(
+    bicc_grad: torch.Tensor,
+    plain_grad: torch.Tensor,
+    update: torch.Tensor,
+    correct_logp_grad_sum: torch.Tensor,
+    num_correct: int,
+    incorrect_logp_grad_sum: torch.Tensor,
+    num_incorrect: int,
+) -> dict[str, float | None]:
+    """How a BICC update carries over to the plain prompt, from flattened parameter vectors.
+
+    - ``transfer/grad_cosine``: cosine between the BICC loss gradient and the plain-prompt
+      GRPO loss gradient of the same batch (equal to the cosine of the two update
+      directions of plain gradient descent); None when either gradient is 0.
+    - ``transfer/plain_logp_gain_correct``: ``(sum_c grad log pi(o_c|q)) . update / n_c``,
+      the first-order change of log pi(o|q) under the plain prompt, in nats per sequence,
+      averaged over the correct completions c, that the parameter change ``update`` makes;
+      None when there is no correct completion. ``..._incorrect`` likewise.
+
+    ``update`` is whatever the caller measures as the step (the trainer passes the
+    optimizer's actual parameter change, Adam's rescaling included).
+    """
+    a, b = bicc_grad.double(), plain_grad.double()
+    norms = a.norm() * b.norm()
+    step = update.double()
+    out: dict[str, float | None] = {
+        "transfer/grad_cosine": float(a @ b / norms) if norms > 0 else None,
+        "transfer/plain_logp_gain_correct": None,
+        "transfer/plain_logp_gain_incorrect": None,
+    }
+    if num_correct > 0:
+        out["transfer/plain_logp_gain_correct"] = float(correct_logp_grad_sum.double() @ step) / num_correct
+    if num_incorrect > 0:
+        out["transfer/plain_logp_gain_incorrect"] = float(incorrect_logp_grad_sum.double() @ step) / num_incorrect
+    return out

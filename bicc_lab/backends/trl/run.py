@@ -228,6 +228,7 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         std=config.train.std,
         max_prompt_length=config.train.max_prompt_length,
         grad_variance=config.diagnostics.grad_variance,
+        transfer_every=config.diagnostics.transfer_every,
     )
     from transformers.trainer_callback import PrinterCallback
 

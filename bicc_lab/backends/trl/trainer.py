@@ -50,6 +50,7 @@ from bicc_lab.backends.trl.shared_prefix import (
     shared_prefix_logps,
     unsupported_reason,
 )
+from bicc_lab.backends.trl.transfer import TransferProbe
 
 # Token counters (tokens/<name>_per_step): what each kind of forward pass processed.
 _TOKEN_COUNTERS = ("grad", "conditioned_prefix", "nograd_policy", "nograd_reference")
@@ -70,6 +71,7 @@ class BiccGRPOTrainer(GRPOTrainer):
         max_prompt_length: prompt part of the "maximum sequence length" that BICC's token
             budget is a fraction of; None uses the longest prompt of each batch.
         grad_variance: log the variance of the gradient across micro-batches.
+        transfer_every: every N optimizer steps log ``transfer/*`` (``TransferProbe``); None: off.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class BiccGRPOTrainer(GRPOTrainer):
         std: str = "unbiased",
         max_prompt_length: int | None = None,
         grad_variance: bool = False,
+        transfer_every: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.variant = variant
@@ -90,6 +93,9 @@ class BiccGRPOTrainer(GRPOTrainer):
         self.bicc_max_prompt_length = max_prompt_length
         self.grad_variance = grad_variance
         super().__init__(*args, **kwargs)
+        self.transfer_probe = TransferProbe(self, transfer_every) if transfer_every is not None else None
+        if self.transfer_probe is not None:
+            self.add_callback(self.transfer_probe)
         self.bicc_template = bicc_alg.get_template(bicc.template, bicc.separator)
         self._piece_cache: dict[str, list[int]] = {}
         self._chat_suffix_ids: list[int] | None = None
@@ -542,6 +548,12 @@ class BiccGRPOTrainer(GRPOTrainer):
             metrics[key].append(self.accelerator.gather(torch.as_tensor(value, device=logps.device)).float().nanmean().item())
 
         self._buffer_diagnostics(inputs, logps.detach(), old_logps, mask)
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.transfer_probe is not None and self.transfer_probe.due():
+            self.transfer_probe.accumulate(model, inputs)
         return loss
 
     def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
