@@ -141,6 +141,7 @@ def _study_with_trials(tmp_path):
              "rcc.delta": CategoricalDistribution(["sum", "mean"])}
     for coef, value, state in ((1.0, 0.2, TrialState.COMPLETE), (3.0, 0.5, TrialState.COMPLETE),
                                (0.2, None, TrialState.PRUNED)):
+        study.enqueue_trial({"rcc.coef": coef, "rcc.max_shift": None, "rcc.delta": "sum"})
         trial = study.ask(space)
         study.tell(trial, value, state=state)
     return setup, study
@@ -157,12 +158,13 @@ def test_tune_status_and_best_json(tmp_path):
     assert [t["state"] for t in data["trials"]] == ["COMPLETE", "COMPLETE", "PRUNED"]
     assert [t["value"] for t in data["trials"]] == [0.2, 0.5, None]
     assert data["best"]["number"] == 1 and data["best"]["value"] == 0.5
-    assert data["best"]["params"] == study.best_trial.params
+    assert data["best"]["params"] == {"rcc.coef": 3.0, "rcc.max_shift": None, "rcc.delta": "sum"}
 
     best = runner.invoke(app, ["tune", "best", *common, "--json"])
     assert best.exit_code == 0, best.output
     data = json.loads(best.stdout)
-    assert (data["trial"], data["value"]) == (1, 0.5) and data["params"] == study.best_trial.params
+    assert (data["trial"], data["value"]) == (1, 0.5)
+    assert data["params"] == {"rcc.coef": 3.0, "rcc.max_shift": None, "rcc.delta": "sum"}
 
     # the new name writes the file, the old one still does (hidden alias)
     for flag in ("--output-path", "--out"):

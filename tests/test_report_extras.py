@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bicc_lab.report import build_ablation, build_report, display_uri, load_problem_scores, load_runs
+from bicc_lab.report import (
+    build_ablation,
+    build_report,
+    display_uri,
+    load_problem_scores,
+    load_runs,
+)
 from bicc_lab.report.plots import spans_decades
 from bicc_lab.report.render import render_markdown
 from bicc_lab.report.start import start_cache_file, start_key, start_result, start_scores

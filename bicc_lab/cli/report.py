@@ -108,7 +108,7 @@ def report(
     baseline: str = typer.Option("base", "--baseline", help="Arm the others are compared with: base, rcc, bicc or bicc+rcc."),
     metric: str = typer.Option("avg_at_k", "--metric", help="Eval metric of the tables: avg_at_k (any k), pass_at_1, pass_at_k, maj_at_k, ..."),
     filter_string: str = typer.Option("", "--filter", help="Extra MLflow search filter, e.g. \"params.train.max_steps = '200'\"."),
-    resamples: int = typer.Option(10_000, "--resamples", help="Paired bootstrap resamples over problems."),
+    resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples: paired tests, and the intervals of cells with fewer than 3 seeds."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw training curves and the accuracy plot."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report as artifacts of the sweep's parent run."),
     start: bool = typer.Option(
