@@ -114,17 +114,24 @@ def test_start_column_from_the_cache(run_set, tmp_path):
     config = _config()
     cache = tmp_path / "cache"
     # nothing cached and nothing computed: the table says why there is no start
-    empty = start_scores(run_set, cache_dir=cache, compute=False)
+    empty = start_scores(run_set, cache_dir=cache, compute="none")
     assert empty.scores == {} and any("not evaluated yet" in n for n in empty.notes)
     # a report never builds a tiny model (minutes of warm-start): it says so instead
-    unbuilt = start_scores(run_set, cache_dir=cache, compute=True)
+    unbuilt = start_scores(run_set, cache_dir=cache, compute="tiny")
     assert unbuilt.scores == {} and any("the tiny model is not built" in n for n in unbuilt.notes)
+    # by default a hub model is not evaluated behind the user's back (GPU-hours): it is named
+    hub = ExperimentConfig(name="ext", model={"name": "org/some-7b"}, eval=_config().eval.model_dump())
+    grpo_hashes = {h: hub for h in run_set.runs.loc[run_set.runs.variant == "grpo", "config_hash"]}
+    named = start_scores(run_set, sweep_configs=grpo_hashes, cache_dir=cache, compute="tiny")
+    assert named.scores == {} and named.evaluated == 0
+    assert ("start: org/some-7b not evaluated yet; `bicc-lab report --start` evaluates it once "
+            "(arith_test, 4 samples per problem, first 10 problems)") in named.notes
 
     path = start_cache_file(config, cache)
     assert path == cache / "start" / f"{start_key(config)}.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"benchmarks": {"arith": {"metrics": {"avg@4": 0.55, "pass@1": 0.55}}}}))
-    found = start_scores(run_set, cache_dir=cache, compute=False)
+    found = start_scores(run_set, cache_dir=cache, compute="none")
     assert found.scores == {GRPO: {"arith": 0.55}, DAPO: {"arith": 0.55}}  # dapo from its failed runs' config
     assert (found.cached, found.evaluated) == (1, 0)  # one model and eval setting: read once
 

@@ -112,9 +112,11 @@ def report(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw training curves and the accuracy plot."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log the report as artifacts of the sweep's parent run."),
     start: bool = typer.Option(
-        True, "--start/--no-start",
-        help="Score each base model before training (evaluated once, cached in $BICC_LAB_CACHE/start); "
-             "--no-start uses cached scores only.",
+        None, "--start/--no-start",
+        help="Score each base model before training, evaluated once and cached in $BICC_LAB_CACHE/start "
+             "(default: tiny models only, as a hub model's evaluation can take GPU-hours); "
+             "--no-start: cached scores only.",
+        show_default=False,
     ),
     open_browser: bool = typer.Option(False, "--open", help="Open report.html in the web browser ($BROWSER) when done."),
 ) -> None:
@@ -158,7 +160,8 @@ def report(
     def say(text: str) -> None:
         console.print(text, markup=False, highlight=False)
 
-    starting = start_scores(run_set, sweep_configs=sweep_configs, compute=start, say=say)
+    compute = "tiny" if start is None else "all" if start else "none"
+    starting = start_scores(run_set, sweep_configs=sweep_configs, compute=compute, say=say)
     rep = build_report(run_set, baseline=baseline, plots=plots, n_resamples=resamples,
                        command=_command(sys.argv, sweep, root), start=starting.scores,
                        start_notes=starting.notes, root=root)

@@ -29,12 +29,15 @@ if TYPE_CHECKING:
     from bicc_lab.report.data import RunSet
     from bicc_lab.spec import ExperimentConfig
 
-__all__ = ["START_FORMAT", "START_SEED", "StartScores", "start_cache_file", "start_key", "start_result",
+__all__ = ["COMPUTE", "START_FORMAT", "START_SEED", "StartScores", "start_cache_file", "start_key", "start_result",
            "start_scores"]
 
 START_FORMAT = 1  # bump when the cached payload or the evaluation changes meaning
 START_SEED = 0  # one evaluation per model, whatever the seeds of the trained cells
 CONFIG_FILE = "config.yaml"
+#: Which starting models a report evaluates when their score is not cached: every one,
+#: only tiny ones (seconds on a CPU; the default, as a hub model can take GPU-hours), none.
+COMPUTE = ("all", "tiny", "none")
 RowKey = tuple[str, ...]
 
 
@@ -48,9 +51,13 @@ class StartScores:
     cached: int = 0  # results read from the cache
 
 
+def _is_tiny(config: ExperimentConfig) -> bool:
+    return config.model.name == "tiny" or config.model.name.startswith("tiny:")
+
+
 def _model_identity(config: ExperimentConfig) -> dict[str, Any]:
     name = config.model.name
-    if name == "tiny" or name.startswith("tiny:"):
+    if _is_tiny(config):
         try:
             from bicc_lab.backends.trl.run import tiny_config
 
@@ -131,8 +138,7 @@ class StartUnavailable(Exception):
 def _require_built(config: ExperimentConfig, cache_dir: str | os.PathLike[str] | None) -> None:
     """A report never builds a tiny model (a warm-start of minutes): the sweep built it, or
     the runs were made with another tiny model than this checkout would build."""
-    name = config.model.name
-    if not (name == "tiny" or name.startswith("tiny:")):
+    if not _is_tiny(config):
         return
     from bicc_lab.backends.trl.run import tiny_config
     from bicc_lab.models.tiny import is_built, tiny_model_dir
@@ -203,11 +209,14 @@ def start_scores(
     *,
     sweep_configs: Mapping[str, ExperimentConfig] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    compute: bool = True,
+    compute: str = "all",
     say: Callable[[str], None] | None = None,
 ) -> StartScores:
     """The starting model's score of every row and benchmark of ``run_set``, in the metric
-    the table shows (e.g. ``avg_at_4``). ``compute=False``: cached results only."""
+    the table shows (e.g. ``avg_at_4``). ``compute``: which models to evaluate when not
+    cached, one of :data:`COMPUTE` (``"none"``: cached results only)."""
+    if compute not in COMPUTE:
+        raise ValueError(f"start_scores: compute must be one of {COMPUTE}, got {compute!r}")
     out = StartScores()
     wanted: dict[str, str] = {}
     if not run_set.frame.empty:
@@ -227,7 +236,8 @@ def start_scores(
         key = start_key(config)
         if key not in results:
             try:
-                payload, fresh = start_result(config, cache_dir=cache_dir, compute=compute, say=say)
+                allowed = compute == "all" or (compute == "tiny" and _is_tiny(config))
+                payload, fresh = start_result(config, cache_dir=cache_dir, compute=allowed, say=say)
             except StartUnavailable as exc:
                 out.notes.append(f"start: {exc}")
                 payload, fresh = None, False
@@ -239,8 +249,14 @@ def start_scores(
             if payload is not None:
                 out.evaluated += fresh
                 out.cached += not fresh
-            elif not compute:
+            elif compute == "none":
                 out.notes.append(f"start: {config.model.name} not evaluated yet (run the report without --no-start)")
+            elif not allowed:
+                spec = config.eval
+                out.notes.append(
+                    f"start: {config.model.name} not evaluated yet; `bicc-lab report --start` evaluates it once "
+                    f"({', '.join(spec.benchmarks)}, {spec.samples} samples per problem"
+                    f"{f', first {spec.limit} problems' if spec.limit else ''})")
         payload = results[key]
         if payload is None:
             continue
