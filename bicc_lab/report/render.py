@@ -523,7 +523,7 @@ def rich_tables(
         t.add_column(k, style="cyan", no_wrap=True)
     for bench in table.columns:
         for arm in cols:
-            t.add_column(f"{bench_label(bench)}\n{column_label(arm)}", justify="right", no_wrap=True)
+            t.add_column(f"{bench_label(bench)}\n{column_label(arm)}", justify="right")
     for row in table.rows:
         cells: list[Any] = list(row)
         for bench in table.columns:
