@@ -13,6 +13,14 @@ config, its hash, the tracking URI, experiment and parent run ids). The worker
    unfinished run is alive elsewhere (fresh heartbeat, another runs directory);
 3. trains with ``train_run`` (resuming from the newest checkpoint), logging metrics per
    step in batches, refreshing a heartbeat tag every few seconds;
+
+   Resume keeps the MLflow run exact (each logged step once, no gaps), whatever the kill
+   point: the steps after the checkpoint that training restarts from are deleted from the
+   run (they are trained again; SQL stores), and ``metrics.jsonl`` is replayed for the
+   steps up to it that never reached MLflow. A server store cannot delete metrics, so
+   there a step is logged only once a checkpoint covers it (or training ended). A retried
+   attempt first drops the ``error`` (and ``stop_reason``) tag and ``error.txt`` of the
+   failed one;
 4. evaluates the final model (``eval.enabled``), logs ``eval/<bench>/<metric>``;
 5. logs the artifacts and writes ``status=FINISHED`` last.
 
@@ -50,6 +58,7 @@ EXIT_KILLED = 143
 EXIT_STOPPED = 77  # a cell hook stopped training early (e.g. a pruned Optuna trial); not evaluated
 
 ERROR_LINES = 30
+STOP_REASON_TAG = "stop_reason"  # why a cell hook stopped training (tune's pruning)
 
 
 class Terminated(BaseException):
@@ -147,7 +156,7 @@ def run_cell(directory: Path) -> int:
             f"cell.json: config hash mismatch ({config_hash(config)[:12]} != {digest[:12]}); "
             "the code that defines the config changed since `sweep run` wrote it"
         )
-    tracker = Tracker(spec["tracking_uri"])
+    tracker = Tracker(spec["tracking_uri"], create=False)  # `sweep run` created it
     experiment_id = spec["experiment_id"]
     runs = tracker.cell_runs(experiment_id, digest)
     done = [r for r in runs if r.status == "FINISHED"]
@@ -207,6 +216,14 @@ def run_cell(directory: Path) -> int:
         tags[Tag.PARENT_RUN_ID] = spec["parent_run_id"]
     client_lock = threading.Lock()  # the heartbeat thread and the trainer share the client
     with client_lock:
+        if not new:  # a retried or resumed attempt: nothing of the failed one remains
+            dropped = tracker.delete_tags(run_id, [Tag.ERROR, STOP_REASON_TAG])
+            if (directory / layout.ERROR_FILE).exists():
+                (directory / layout.ERROR_FILE).unlink()
+            if tracker.delete_artifact(run_id, layout.ERROR_FILE):
+                dropped.append(layout.ERROR_FILE)
+            if dropped:
+                _log(f"dropped {', '.join(dropped)} of the earlier attempt")
         tracker.set_tags(run_id, tags)
         # every config key, except where it is tracked (the store itself says that)
         params = flatten(config.model_dump(mode="json", exclude={"tracking"}))
@@ -239,40 +256,70 @@ def run_cell(directory: Path) -> int:
             heartbeat = RunTag(Tag.HEARTBEAT, f"{time.time():.3f}")
             for i in range(0, max(len(metrics), 1), 900):
                 chunk = metrics[i : i + 900]
-                tracker.client.log_batch(
-                    run_id,
-                    metrics=chunk,
-                    tags=[progress, heartbeat] if i == 0 else [],
-                    synchronous=True,
+                tracker.call(
+                    lambda chunk=chunk, i=i: tracker.client.log_batch(
+                        run_id,
+                        metrics=chunk,
+                        tags=[progress, heartbeat] if i == 0 else [],
+                        synchronous=True,
+                    )
                 )
 
     def on_log(step: int, metrics: dict[str, float]) -> None:
         state["step"] = max(state["step"], int(step))
         batcher.add(step, metrics)
 
-    batcher = MetricBatcher(log_metrics, every_steps=5, every_s=10.0)
+    from bicc_lab.backends.trl.run import last_checkpoint, read_train_result, train_run
+
+    # Exact resume: the steps after `kept` are trained again, those up to it never are.
+    result = read_train_result(directory)
+    if result is not None:
+        kept = result.steps
+    else:
+        checkpoint = last_checkpoint(directory)
+        kept = int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+    rewritable = tracker.can_rewrite_metrics
+    with client_lock:
+        logged = {} if new else tracker.metric_steps(run_id)
+        stale = sum(1 for steps in logged.values() for step in steps if step > kept)
+        if stale and rewritable:
+            removed = tracker.drop_metric_steps_after(run_id, kept)
+            _log(f"dropped {removed} metric entries after step {kept} (trained again from there)")
+            logged = {k: {x for x in v if x <= kept} for k, v in logged.items()}
+        elif stale:
+            _log(
+                f"warning: {stale} metric entries after step {kept} stay in MLflow: a server store "
+                "cannot delete metrics, and those steps are trained again"
+            )
+    # A server store gets a step only once a checkpoint covers it (it cannot delete).
+    batcher = MetricBatcher(
+        log_metrics, every_steps=5, every_s=10.0, hold_after=None if rewritable else kept
+    )
+
+    def unlogged(metrics: list[Metric]) -> list[Metric]:
+        return [m for m in metrics if m.step not in logged.get(m.key, ())]
+
     heart = _Heartbeat(beat, heartbeat_interval())
     heart.start()
     try:
-        from bicc_lab.backends.trl.run import read_train_result, train_run
-
-        if new:  # a fresh MLflow run over existing outputs (e.g. another tracking store)
-            _replay_metrics(directory / layout.METRICS_FILE, batcher)
-        result = read_train_result(directory)
+        _replay_metrics(directory / layout.METRICS_FILE, batcher, upto=kept, logged=logged)
         if result is None:
             set_phase("training")
+            callbacks = list(hook.callbacks()) if hook is not None else []
+            if not rewritable:
+                callbacks.append(_checkpoint_gate(batcher))
             result = train_run(
                 config,
                 directory,
                 resume=True,
                 progress=False,
                 on_log=on_log,
-                callbacks=hook.callbacks() if hook is not None else (),
+                callbacks=callbacks,
             )
         else:
             _log(f"training already complete ({result.steps} steps); skipping it")
         state["step"] = result.steps
-        batcher.flush()
+        batcher.release_all()
         with client_lock:
             summary = [
                 Metric(
@@ -291,7 +338,7 @@ def run_cell(directory: Path) -> int:
                         result.steps,
                     )
                 )
-            tracker.log_metrics(run_id, summary)
+            tracker.log_metrics(run_id, unlogged(summary))
 
         eval_path = directory / layout.EVAL_FILE
         stopped = hook.stop_reason() if hook is not None else None
@@ -307,7 +354,7 @@ def run_cell(directory: Path) -> int:
                     {
                         Tag.PROGRESS: f"{result.steps}/{max_steps}",
                         Tag.PHASE: "stopped",
-                        "stop_reason": stopped[:5000],
+                        STOP_REASON_TAG: stopped[:5000],
                     },
                 )
                 tracker.set_status(run_id, "KILLED")
@@ -324,7 +371,7 @@ def run_cell(directory: Path) -> int:
                 from bicc_lab.eval.runner import evaluate_config
 
                 evaluation = evaluate_config(config, result.final_model_dir, out_file=eval_path)
-            eval_metrics = eval_metrics_of(evaluation, result.steps)
+            eval_metrics = unlogged(eval_metrics_of(evaluation, result.steps))
             with client_lock:
                 tracker.log_metrics(run_id, eval_metrics)
 
@@ -374,30 +421,51 @@ def _load_hook(spec: dict[str, Any], directory: Path) -> Any:
     return factory(hook_spec, directory)
 
 
-def _replay_metrics(path: Path, batcher: Any) -> None:
-    """Log the steps already in ``metrics.jsonl`` (written by an earlier attempt)."""
+def _replay_metrics(
+    path: Path, batcher: Any, *, upto: int, logged: dict[str, set[int]]
+) -> None:
+    """Log the steps of ``metrics.jsonl`` up to ``upto`` that MLflow lacks: those logged but
+    not yet flushed when an earlier attempt died (or all of them, for a new MLflow run over
+    existing outputs). Later steps are trained again and logged then."""
     if not path.is_file():
         return
     import json
+
+    from bicc_lab.tracking.naming import metric_key
 
     count = 0
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            continue  # a line cut by a kill (always past the checkpoint)
         step = record.pop("step", None)
+        if not isinstance(step, int) or step > upto:
+            continue
         values = {
             k: v
             for k, v in record.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
+            if isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and step not in logged.get(metric_key(k), ())
         }
-        if step is not None and values:
-            batcher.add(int(step), values)
+        if values:
+            batcher.add(step, values)
             count += 1
     batcher.flush()
     if count:
-        _log(f"replayed {count} logged steps from {path.name} into the new MLflow run")
+        _log(f"replayed {count} logged steps from {path.name} that MLflow lacked")
+
+
+def _checkpoint_gate(batcher: Any) -> Any:
+    """A Trainer callback: a saved checkpoint releases the metrics held back up to its step."""
+    from transformers import TrainerCallback
+
+    class CheckpointGate(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: D102 - Trainer hook
+            batcher.release(state.global_step)
+
+    return CheckpointGate()
 
 
 def _finish_badly(

@@ -262,12 +262,21 @@ def train_run(
     trainer = build_trainer(config, output_dir, progress=progress, callbacks=all_callbacks)
 
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is not None and _step_of(checkpoint) >= trainer.args.max_steps > 0:
+        # Killed after its last checkpoint: the Trainer resumed there would train one step
+        # more than max_steps; the checkpoint already is the trained model.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
 
     final_dir = output_dir / "final"
     trainer.save_model(str(final_dir))
-    trainer.processing_class.save_pretrained(str(final_dir))
+    if trainer.is_world_process_zero():  # one writer when several processes train (torchrun)
+        trainer.processing_class.save_pretrained(str(final_dir))
     result = TrainResult(
         output_dir=str(output_dir),
         final_model_dir=str(final_dir),
