@@ -269,10 +269,25 @@ def test_trainer_shared_and_unshared_paths_give_the_same_loss_and_gradients(untr
 
 
 @pytest.mark.slow
-def test_bicc_alone_runs_the_rollout_pass_on_conditioned_rows_only(untrained_tiny_dir, tmp_path):
+@pytest.mark.parametrize("rcc", [False, True])
+def test_rollout_logps_come_from_the_sampler_and_equal_a_fresh_forward(untrained_tiny_dir, tmp_path, rcc):
+    from test_trl_trainer import mixed_batch
+
+    trainer = _trainer(untrained_tiny_dir, tmp_path, **{"rcc.enabled": rcc})
+    out = mixed_batch(trainer)
+    assert "bicc_rollout_rows" not in out
+    fresh = _plain_logps(trainer, out["prompt_ids"], out["prompt_mask"], out)
+    torch.testing.assert_close(out["bicc_rollout_logps"], fresh, atol=1e-5, rtol=0)
+    assert trainer._token_totals["nograd_policy"] == 0  # no policy pass ran
+
+
+@pytest.mark.slow
+def test_without_sampler_logps_bicc_alone_runs_the_pass_on_conditioned_rows_only(untrained_tiny_dir, tmp_path):
     from test_trl_trainer import mixed_batch
 
     trainer = _trainer(untrained_tiny_dir, tmp_path)
+    # TRL's own generation, as under continuous batching or tools: no sampler log-probs.
+    trainer._generate = types.MethodType(GRPOTrainer._generate, trainer)
     out = mixed_batch(trainer)
     conditioned = out["bicc_conditioned"]
     assert torch.equal(out["bicc_rollout_rows"], conditioned)
@@ -287,6 +302,40 @@ def test_bicc_alone_runs_the_rollout_pass_on_conditioned_rows_only(untrained_tin
     torch.testing.assert_close(reused_loss, full_loss, atol=1e-6, rtol=1e-5)
     for a, b in zip(reused_grads, full_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sampler_capture_matches_a_forward_and_refuses_other_completions(tokenizer):
+    from transformers import GenerationConfig
+
+    from bicc_lab.backends.trl.sampler_logps import SamplerLogpCapture
+
+    model = random_model("qwen2", len(tokenizer))
+    model.eval()
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ["7+8=", "12+34=", "5+5="]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts]).unsqueeze(1)).long()
+    config = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_k=0, max_new_tokens=7,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.no_grad(), SamplerLogpCapture(model, TEMPERATURE) as capture:
+        generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
+    completions = []
+    for row in generated.tolist():  # up to and including the first EOS, as TRL keeps them
+        cut = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+        completions.append(row[:cut])
+    captured = capture.logps(completions, torch.device("cpu"))
+    completion_ids = torch.zeros_like(captured, dtype=torch.long)
+    completion_mask = torch.zeros_like(completion_ids)
+    for i, c in enumerate(completions):
+        completion_ids[i, :len(c)], completion_mask[i, :len(c)] = torch.tensor(c), 1
+    fresh, _, _ = _PLAIN_FORWARD(_NO_TRAINER, model, torch.cat([ids, completion_ids], 1),
+                                 torch.cat([mask, completion_mask], 1), completion_ids.size(1))
+    torch.testing.assert_close(captured * completion_mask, fresh.detach(), atol=1e-5, rtol=0)
+    edited = [list(c) for c in completions]
+    edited[1][0] = (edited[1][0] + 1) % len(tokenizer)
+    assert capture.logps(edited, torch.device("cpu")) is None  # not what was sampled
+    assert capture.logps([c + [5] * 10 for c in completions], torch.device("cpu")) is None  # longer than sampled
 
 
 @pytest.mark.slow
@@ -328,14 +377,15 @@ def test_reentrant_checkpointing_falls_back_with_one_warning(untrained_tiny_dir,
     # TRL re-enables checkpointing with these kwargs after each generation.
     trainer.args.gradient_checkpointing_kwargs = {"use_reentrant": True}
     trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    out = mixed_batch(trainer)
     with pytest.warns(UserWarning, match="bicc.shared_prefix: gradient checkpointing is reentrant"):
-        out = mixed_batch(trainer)
+        first = trainer._compute_loss(trainer.model, dict(out))
     with warnings.catch_warnings(record=True) as later:
         warnings.simplefilter("always")
         assert not trainer._shared_prefix_usable()
-        loss = trainer._compute_loss(trainer.model, dict(out))
+        second = trainer._compute_loss(trainer.model, dict(out))
     assert not [w for w in later if "shared_prefix" in str(w.message)]  # warned once, not per call
-    assert torch.isfinite(loss)
+    assert torch.isfinite(first) and torch.equal(first, second)
 
 
 @pytest.mark.slow
@@ -352,9 +402,9 @@ def test_training_logs_token_counts_per_step(untrained_tiny_dir, tmp_path):
         lines = [json.loads(x) for x in (tmp_path / arm / "metrics.jsonl").read_text().splitlines()]
         logged[arm] = lines[-1]
     assert logged["base"]["tokens/grad_per_step"] > 0 and "tokens/nograd_policy_per_step" not in logged["base"]
-    # RCC: one policy pass and one reference pass over the plain batch, no more.
+    # RCC: one reference pass over the plain batch; π_old came from the sampler, no policy pass.
     assert logged["rcc"]["tokens/nograd_reference_per_step"] == pytest.approx(logged["rcc"]["tokens/grad_per_step"])
-    assert logged["rcc"]["tokens/nograd_policy_per_step"] == pytest.approx(logged["rcc"]["tokens/grad_per_step"])
+    assert "tokens/nograd_policy_per_step" not in logged["rcc"] and "tokens/nograd_policy_per_step" not in logged["bicc"]
     # The shared path runs each group's prompt once; the plain one once per completion.
     assert logged["bicc"]["tokens/grad_per_step"] < logged["plain"]["tokens/grad_per_step"]
     assert logged["bicc"]["tokens/conditioned_prefix_per_step"] < logged["plain"]["tokens/conditioned_prefix_per_step"]

@@ -44,6 +44,7 @@ from bicc_lab.algorithms.variants import (
     overlong_penalty,
     policy_loss,
 )
+from bicc_lab.backends.trl.sampler_logps import SamplerLogpCapture
 from bicc_lab.backends.trl.shared_prefix import (
     group_permutation,
     permute_rows,
@@ -111,6 +112,7 @@ class BiccGRPOTrainer(GRPOTrainer):
         self._shared_prefix_checked = False
         self._token_totals: dict[str, float] = defaultdict(float)
         self._token_start_step: int | None = None
+        self._sampler_logps: torch.Tensor | None = None  # π_old(o|q) of the last generate call
         if grad_variance and self.args.gradient_accumulation_steps < 2:
             import warnings
 
@@ -233,6 +235,22 @@ class BiccGRPOTrainer(GRPOTrainer):
         total = torch.as_tensor(count, device=self.accelerator.device, dtype=torch.float64)
         self._token_totals[counter] += self.accelerator.reduce(total, reduction="sum").item()
 
+    def _generate(self, prompts):
+        # π_old(o|q) from the sampler's own forward passes, when this batch will need it and
+        # TRL will not compute old log-probs (on-policy, transformers' generate): see sampler_logps.
+        self._sampler_logps = None
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        trl_has_old_logps = (self.args.gradient_accumulation_steps % generate_every != 0
+                             or (self.use_vllm and self.vllm_importance_sampling_correction))
+        if (not self.model.training or not (self.bicc.enabled or self.rcc.enabled) or trl_has_old_logps
+                or self.use_vllm or self.use_transformers_continuous_batching or self.tools
+                or self.rollout_func is not None):
+            return super()._generate(prompts)
+        with SamplerLogpCapture(self.accelerator.unwrap_model(self.model), self.temperature) as capture:
+            result = super()._generate(prompts)
+        self._sampler_logps = capture.logps(result[1], self.accelerator.device)
+        return result
+
     def _prepare_inputs(self, generation_batch):
         if not (self.model.training and self._shared_prefix_usable()):
             return super()._prepare_inputs(generation_batch)
@@ -297,14 +315,18 @@ class BiccGRPOTrainer(GRPOTrainer):
 
         # π_old(o|q), computed at most once per generation batch and shared by RCC's δ, BICC's
         # denominator and the diagnostics. TRL has it whenever it computed old log-probs
-        # (several updates per batch, vLLM's importance-sampling correction); otherwise RCC
-        # needs one no-grad pass before the advantages exist, and BICC alone only for its
-        # conditioned samples (in _add_conditioned_prompts: every other sample's loss forward
-        # runs under q at π_old, so its detached log-probs are the same numbers).
+        # (several updates per batch, vLLM's importance-sampling correction); otherwise the
+        # sampler's forward passes had it (_generate). Only where neither did, RCC needs one
+        # no-grad pass before the advantages exist, and BICC alone one for its conditioned
+        # samples (in _add_conditioned_prompts: every other sample's loss forward runs under q
+        # at π_old, so its detached log-probs are the same numbers).
         plain_tokens = prompt_mask.sum() + completion_mask.sum()
         rollout_logps = output.get("old_per_token_logps")
         if rollout_logps is not None:
             self._count_tokens("nograd_policy", plain_tokens)  # TRL's own pass
+        sampler_logps, self._sampler_logps = self._sampler_logps, None
+        if rollout_logps is None and sampler_logps is not None and sampler_logps.shape == completion_ids.shape:
+            rollout_logps = sampler_logps * completion_mask  # 0 where masked, like a forward's
         if output.get("ref_per_token_logps") is not None:
             self._count_tokens("nograd_reference", plain_tokens)  # TRL's own pass (beta != 0)
         if rollout_logps is None and self.rcc.enabled:
