@@ -260,15 +260,16 @@ def test_local_launcher_pins_cells_to_the_least_used_gpu(tmp_path):
         d = tmp_path / f"cell{i}"
         d.mkdir()
         dirs.append(d)
-        proc = launcher.start(f"c{i}", d)
-        assert proc.gpu == [0, 1, 0][i]
+        (job,) = launcher.submit([(f"c{i}", d)])
+        assert job.gpu == [0, 1, 0][i]
     deadline = time.time() + 20
     while time.time() < deadline and not all(
         "PYTHONUNBUFFERED" in (d / "run.log").read_text() for d in dirs
     ):
         time.sleep(0.05)
-    for proc, _code in launcher.stop_all(grace_s=5):
-        assert proc.poll() is not None
+    for job, _code in launcher.cancel(grace_s=5):
+        assert job.handle.poll() is not None
+    assert launcher.running == {}
     logs = [(d / "run.log").read_text() for d in dirs]
     assert ["CUDA_VISIBLE_DEVICES=0" in t for t in logs] == [True, False, True]
     assert "CUDA_VISIBLE_DEVICES=1" in logs[1]

@@ -87,9 +87,18 @@ def run(
     grace: float = typer.Option(
         10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping cells on Ctrl-C."
     ),
+    launcher: str = typer.Option(
+        None, "--launcher", help="local or slurm: where cells run (default: the sweep's launch.kind)."
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", help="SLURM: submit the jobs and return; `sweep run` again re-attaches."
+    ),
 ) -> None:
     from bicc_lab.sweep.context import TrackingUnavailable
     from bicc_lab.sweep.runner import run_sweep
+
+    if launcher is not None and launcher not in ("local", "slurm"):
+        fail(f"--launcher must be local or slurm, got {launcher!r}")
 
     ctx = _load(sweep, set_, runs_dir, set_file)
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
@@ -101,11 +110,24 @@ def run(
     preflight(sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True)
     try:
         outcome = run_sweep(
-            ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace
+            ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
+            launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,
         )
     except TrackingUnavailable as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)
+
+
+def ask_cancel_jobs(n: int) -> bool:
+    """After Ctrl-C with SLURM jobs submitted: cancel them (True) or leave them queued."""
+    import sys
+
+    if not sys.stdin.isatty():
+        return True  # nobody to ask (SIGTERM from a script): leave nothing behind
+    try:
+        return typer.confirm(f"\ncancel the {n} submitted SLURM job(s)? (no: leave them running)", default=False)
+    except (typer.Abort, EOFError, KeyboardInterrupt):
+        return True
 
 
 @app.command(

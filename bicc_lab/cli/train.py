@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -49,6 +50,8 @@ def train(
     from bicc_lab.backends.trl.run import train_run
 
     result = train_run(experiment, out, resume=not no_resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # torchrun / accelerate launch: the main process reports and evaluates
     typer.echo(
         f"trained {result.steps} steps in {result.wall_time_s:.1f} s"
         + (f" (resumed from {result.resumed_from})" if result.resumed_from else "")

@@ -49,6 +49,7 @@ def run(
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     reports_dir: Path = typer.Option(None, "--reports-dir", help=REPORTS_HELP),
     grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL when stopping trials on Ctrl-C."),
+    launcher: str = typer.Option(None, "--launcher", help="local or slurm: where trials run (default: the file's launch.kind)."),
 ) -> None:
     from bicc_lab.sweep.context import TrackingUnavailable
     from bicc_lab.tune.runner import TuneError, run_study
@@ -65,7 +66,7 @@ def run(
     # the study, a trial directory or an MLflow run exists.
     preflight(study_checks(setup.sweep), tracking_uri=setup.ctx.uri, create_store=True)
     try:
-        outcome = run_study(setup, n_jobs=n_jobs, console=_console(), grace_s=grace)
+        outcome = run_study(setup, n_jobs=n_jobs, console=_console(), grace_s=grace, launcher_kind=launcher)
     except (TrackingUnavailable, TuneError) as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)

@@ -3,7 +3,8 @@
 Workers start in their own session (Ctrl-C in the terminal reaches only ``sweep run``,
 which then stops them in order), get ``SIGTERM`` when the launching process dies
 (the worker sets ``PR_SET_PDEATHSIG`` on Linux and watches its parent pid), and are pinned
-to a GPU through ``CUDA_VISIBLE_DEVICES`` when the sweep lists ``gpus``.
+to a GPU through ``CUDA_VISIBLE_DEVICES`` when the sweep lists ``gpus``. Stopping is
+SIGTERM (the worker marks its run KILLED), then SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bicc_lab.launch import layout
+from bicc_lab.launch.base import Job
 
-__all__ = ["LocalLauncher", "WorkerProcess", "threads_per_worker"]
+__all__ = ["LocalLauncher", "threads_per_worker"]
 
 
 def threads_per_worker(parallel: int) -> int:
@@ -27,41 +28,6 @@ def threads_per_worker(parallel: int) -> int:
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
     return max(1, cpus // max(1, parallel))
-
-
-@dataclass
-class WorkerProcess:
-    """A running (or finished) worker."""
-
-    key: str
-    directory: Path
-    popen: subprocess.Popen
-    started: float = field(default_factory=time.time)
-    gpu: int | None = None
-    terminated_at: float | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def poll(self) -> int | None:
-        return self.popen.poll()
-
-    def terminate(self) -> None:
-        """SIGTERM (the worker marks its run KILLED and exits)."""
-        if self.popen.poll() is None:
-            self.terminated_at = self.terminated_at or time.time()
-            try:
-                self.popen.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                self.popen.kill()
-            except ProcessLookupError:
-                pass
 
 
 class LocalLauncher:
@@ -73,6 +39,9 @@ class LocalLauncher:
         threads: CPU threads per worker (``OMP_NUM_THREADS`` etc., unless already set).
         env: extra environment variables for every worker.
     """
+
+    kind = "local"
+    detachable = False  # workers follow the launching process out
 
     def __init__(
         self,
@@ -86,18 +55,28 @@ class LocalLauncher:
         self.threads = threads
         self.env = dict(env or {})
         self.python = python or sys.executable
-        self.running: dict[str, WorkerProcess] = {}
+        self.running: dict[str, Job] = {}
 
     def _pick_gpu(self) -> int | None:
         if not self.gpus:
             return None
         load = {gpu: 0 for gpu in self.gpus}
-        for proc in self.running.values():
-            if proc.gpu in load and proc.poll() is None:
-                load[proc.gpu] += 1
+        for job in self.running.values():
+            if job.gpu in load and job.handle.poll() is None:
+                load[job.gpu] += 1
         return min(self.gpus, key=lambda gpu: (load[gpu], self.gpus.index(gpu)))
 
-    def start(self, key: str, directory: Path) -> WorkerProcess:
+    def attach(self, key: str, directory: Path) -> Job | None:
+        """Never: a local worker does not outlive the process that started it."""
+        return None
+
+    def logs(self, job: Job) -> Path:
+        return job.directory / layout.LOG_FILE
+
+    def submit(self, cells: list[tuple[str, Path]]) -> list[Job]:
+        return [self._start(key, directory) for key, directory in cells]
+
+    def _start(self, key: str, directory: Path) -> Job:
         env = dict(os.environ)
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
@@ -128,36 +107,48 @@ class LocalLauncher:
             )
         finally:
             log.close()
-        proc = WorkerProcess(key=key, directory=directory, popen=popen, gpu=gpu)
-        self.running[key] = proc
-        return proc
+        job = Job(key=key, directory=directory, gpu=gpu, handle=popen)
+        self.running[key] = job
+        return job
 
-    def finished(self) -> list[tuple[WorkerProcess, int]]:
+    def poll(self) -> list[tuple[Job, int]]:
         """Workers that exited since the last call, with their exit codes."""
         done = []
-        for key, proc in list(self.running.items()):
-            code = proc.poll()
+        for key, job in list(self.running.items()):
+            code = job.handle.poll()
             if code is not None:
-                done.append((proc, code))
+                done.append((job, code))
                 del self.running[key]
         return done
 
-    def stop_all(self, grace_s: float = 10.0) -> list[tuple[WorkerProcess, int]]:
-        """SIGTERM every worker, SIGKILL the ones still alive after ``grace_s``."""
-        procs = list(self.running.values())
-        for proc in procs:
-            proc.terminate()
+    def cancel(self, jobs: list[Job] | None = None, grace_s: float = 10.0) -> list[tuple[Job, int]]:
+        """SIGTERM the workers (all by default), SIGKILL the ones alive after ``grace_s``."""
+        jobs = list(self.running.values()) if jobs is None else jobs
+        for job in jobs:
+            _signal(job, signal.SIGTERM)
         deadline = time.time() + grace_s
-        while time.time() < deadline and any(p.poll() is None for p in procs):
+        while time.time() < deadline and any(j.handle.poll() is None for j in jobs):
             time.sleep(0.1)
-        for proc in procs:
-            proc.kill()
+        for job in jobs:
+            _signal(job, signal.SIGKILL)
         results = []
-        for proc in procs:
+        for job in jobs:
             try:
-                code = proc.popen.wait(timeout=10)
+                code = job.handle.wait(timeout=10)
             except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
                 code = -9
-            results.append((proc, code))
-        self.running.clear()
+            results.append((job, code))
+            self.running.pop(job.key, None)
         return results
+
+    def release(self) -> None:
+        # Local workers cannot outlive `sweep run` (PDEATHSIG): leaving them means stopping them.
+        self.cancel()
+
+
+def _signal(job: Job, sig: signal.Signals) -> None:
+    if job.handle.poll() is None:
+        try:
+            job.handle.send_signal(sig)
+        except ProcessLookupError:
+            pass

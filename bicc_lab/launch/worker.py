@@ -48,14 +48,15 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.launch import layout
+from bicc_lab.launch.base import (  # the exit codes every launcher reports
+    EXIT_BUSY,
+    EXIT_ELSEWHERE,
+    EXIT_FAILED,
+    EXIT_KILLED,
+    EXIT_OK,
+    EXIT_STOPPED,
+)
 from bicc_lab.launch.locks import LOCK_NAME, CellLock
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BUSY = 75  # the cell's lock is held by another process
-EXIT_ELSEWHERE = 76  # a live run of this cell is tracked from another runs directory
-EXIT_KILLED = 143
-EXIT_STOPPED = 77  # a cell hook stopped training early (e.g. a pruned Optuna trial); not evaluated
 
 ERROR_LINES = 30
 STOP_REASON_TAG = "stop_reason"  # why a cell hook stopped training (tune's pruning)
@@ -156,6 +157,7 @@ def run_cell(directory: Path) -> int:
             f"cell.json: config hash mismatch ({config_hash(config)[:12]} != {digest[:12]}); "
             "the code that defines the config changed since `sweep run` wrote it"
         )
+    config = _placed(config)
     tracker = Tracker(spec["tracking_uri"], create=False)  # `sweep run` created it
     experiment_id = spec["experiment_id"]
     runs = tracker.cell_runs(experiment_id, digest)
@@ -500,6 +502,28 @@ def _finish_badly(
         _log(f"could not record status {status} in MLflow: {type(exc).__name__}: {exc}")
 
 
+def _placed(config: Any) -> Any:
+    """The config with what its launcher decided at run time (not part of its identity):
+    the host of the ``trl vllm-serve`` node of a multi-node SLURM job."""
+    host = os.environ.get("BICC_LAB_VLLM_SERVER_HOST")
+    if not host or config.train.vllm_mode != "server":
+        return config
+    train = config.train.model_copy(update={"extra": {**config.train.extra, "vllm_server_host": host}})
+    return config.model_copy(update={"train": train})
+
+
+def _train_only(directory: Path) -> int:
+    """A non-main process of a multi-process cell (``accelerate launch``): it trains beside
+    the main process, which alone holds the lock, tracks, evaluates and logs."""
+    from bicc_lab.backends.trl.run import train_run
+    from bicc_lab.spec import ExperimentConfig
+
+    spec = layout.read_json(directory / layout.CELL_SPEC)
+    config = _placed(ExperimentConfig.model_validate(spec["config"]))
+    train_run(config, directory, resume=True, progress=False)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bicc_lab.launch.worker", description=__doc__.splitlines()[0]
@@ -508,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process dies")
     args = parser.parse_args(argv)
     directory: Path = args.cell_dir.resolve()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return _train_only(directory)
 
     lock = CellLock(directory / LOCK_NAME)
     if not lock.acquire():

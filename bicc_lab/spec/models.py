@@ -33,6 +33,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "FieldProblem",
+    "LaunchConfig",
     "ModelConfig",
     "RccConfig",
     "PrunerConfig",
@@ -694,6 +695,48 @@ class SearchConfig(_Section):
         return self
 
 
+class LaunchConfig(_Section):
+    """Where the cells of a sweep (or the trials of a study) run: local processes or SLURM jobs."""
+
+    kind: Literal["local", "slurm"] = Field(
+        "local", description="local: processes on this machine; slurm: one job per cell (submitit)."
+    )
+    partition: str | None = Field(None, description="SLURM partition; null: the cluster's default.")
+    nodes: int = Field(
+        1, ge=1,
+        description="Nodes per cell; > 1: accelerate launch across them (with train.vllm_mode: server, the last node serves vLLM).",
+    )
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node of a cell (0: CPU only).")
+    cpus_per_task: int = Field(1, ge=1, description="CPU cores per node of a cell.")
+    mem_gb: Float | None = Field(None, gt=0, description="Memory per node in GB; null: the cluster's default.")
+    time_min: int = Field(
+        60, ge=1, description="Time limit of one job in minutes; a timed-out cell is requeued and resumes."
+    )
+    account: str | None = Field(None, description="SLURM account (--account).")
+    qos: str | None = Field(None, description="SLURM quality of service (--qos).")
+    constraint: str | None = Field(None, description="SLURM node features (--constraint).")
+    array_parallelism: int | None = Field(
+        None, ge=1,
+        description="Submit the sweep's cells as one job array with at most this many tasks at once; null: one job per cell.",
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="Shell lines run in the job before the cell (module load, conda activate)."
+    )
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Any other sbatch option, without the leading -- (e.g. {exclusive: true})."
+    )
+
+    @model_validator(mode="after")
+    def _slurm_only(self) -> LaunchConfig:
+        if self.kind == "local":
+            for key in ("partition", "account", "qos", "constraint", "array_parallelism"):
+                if getattr(self, key) is not None:
+                    raise FieldProblem((key,), f"launch.{key} applies to kind slurm, not local")
+            if self.nodes > 1:
+                raise FieldProblem(("nodes",), "launch.nodes > 1 needs kind: slurm")
+        return self
+
+
 class SweepConfig(_Section):
     """A grid of experiments over one base experiment."""
 
@@ -718,6 +761,10 @@ class SweepConfig(_Section):
     max_parallel: int = Field(1, ge=1, description="Cells run at once.")
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="GPU ids to spread cells over."
+    )
+    launch: LaunchConfig = Field(
+        default_factory=LaunchConfig,
+        description="Where cells run: local processes (default) or SLURM jobs.",
     )
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig,

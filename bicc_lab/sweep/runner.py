@@ -1,4 +1,9 @@
-"""``sweep run``: hand every unfinished cell to local worker processes, watch them, summarise.
+"""``sweep run``: hand every unfinished cell to the sweep's launcher, watch the cells, summarise.
+
+The launcher (``launch.kind``: local processes or SLURM jobs, see ``bicc_lab.launch``) and
+the loop (``bicc_lab.launch.schedule.run_jobs``) are shared with ``tune run``. A cell whose
+SLURM job from an earlier ``sweep run`` is still queued or running is re-attached, not
+submitted again.
 
 Exactly-once: a cell is skipped when MLflow has a FINISHED child run with its config
 hash; otherwise its worker reuses the cell's recorded MLflow run (``mlflow_run_id``), so
@@ -19,10 +24,18 @@ from typing import Any
 
 from rich.console import Console
 
-from bicc_lab.launch import layout
-from bicc_lab.launch.local import LocalLauncher, WorkerProcess, threads_per_worker
+from bicc_lab.launch import LauncherError, layout, make_launcher
+from bicc_lab.launch.base import (
+    EXIT_BUSY,
+    EXIT_ELSEWHERE,
+    EXIT_FAILED,
+    EXIT_KILLED,
+    EXIT_OK,
+    Job,
+    first_error_line,
+)
 from bicc_lab.launch.locks import LOCK_NAME, blocking_lock, is_locked
-from bicc_lab.launch.worker import EXIT_BUSY, EXIT_ELSEWHERE, EXIT_FAILED, EXIT_KILLED, EXIT_OK
+from bicc_lab.launch.schedule import DETACHED, INTERRUPTED, LEFT_RUNNING, run_jobs
 from bicc_lab.sweep import state as st
 from bicc_lab.sweep.context import SweepContext
 from bicc_lab.sweep.display import Row, fmt_duration, make_display
@@ -41,6 +54,7 @@ class SweepOutcome:
     killed: list[str] = field(default_factory=list)
     elsewhere: list[str] = field(default_factory=list)
     interrupted: bool = False
+    left_running: int = 0  # SLURM jobs left in the queue (--detach, or Ctrl-C and "leave them")
     seconds: float = 0.0
 
     @property
@@ -115,7 +129,12 @@ def run_sweep(
     live: bool | None = None,
     grace_s: float = 10.0,
     poll_s: float = 0.5,
+    launcher_kind: str | None = None,
+    detach: bool = False,
+    ask_cancel: Callable[[int], bool] | None = None,
 ) -> SweepOutcome:
+    """Run every unfinished cell through the sweep's launcher (``launch.kind``, or
+    ``launcher_kind``); see the module docstring. ``detach``: submit and return (SLURM)."""
     import bicc_lab
     from bicc_lab.tracking.naming import Tag, git_commit
 
@@ -123,6 +142,9 @@ def run_sweep(
     sweep = ctx.sweep
     outcome = SweepOutcome()
     t_start = time.time()
+    launch = launch_config(sweep, launcher_kind)
+    if detach and launch.kind != "slurm":
+        raise LauncherError("--detach needs the slurm launcher (local cells stop with `sweep run`)")
 
     ctx.check_store(create=True)
     commit = git_commit()
@@ -147,10 +169,20 @@ def run_sweep(
         except Exception:  # noqa: BLE001 - the sweep file is a convenience copy
             pass
 
+    launcher = make_launcher(
+        launch,
+        gpus=sweep.spec.gpus,
+        max_parallel=max_parallel,
+        sweep_dir=ctx.sweep_dir,
+        job_name=sweep.name,
+        vllm_server=sweep.base_config.train.vllm_mode == "server",
+        model=sweep.base_config.model.name,
+    )
     statuses = st.cell_statuses(sweep, ctx.runs_dir, tracker.cell_runs(experiment_id))
     rows: dict[str, Row] = {}
     queue: deque[Any] = deque()
     by_id = {s.cell.cell_id: s for s in statuses}
+    attached = 0
     for s in statuses:
         cell = s.cell
         row = Row(
@@ -165,6 +197,11 @@ def run_sweep(
         if s.state == st.FINISHED:
             row.state = "done before"
             outcome.already.append(cell.name)
+            continue
+        job = launcher.attach(cell.cell_id, s.directory)
+        if job is not None:  # a SLURM job left by an earlier `sweep run` is still queued/running
+            row.state, row.note = "attached", job.describe()
+            attached += 1
         elif s.state == st.FAILED and not retry_failed:
             row.state = "failed before"
             row.note = s.note[:120]
@@ -181,28 +218,17 @@ def run_sweep(
             queue.append(cell)
 
     n_total = len(sweep.cells)
+    at_once = f"{max_parallel} at a time" if launch.kind == "local" else "SLURM jobs"
     title = (
         f"sweep {sweep.name}: {n_total} cells, {len(queue)} to run, {len(outcome.already)} finished before"
-        f" | {max_parallel} at a time | MLflow {ctx.uri} (experiment {ctx.experiment}) | {ctx.sweep_dir}"
+        + (f", {attached} re-attached" if attached else "")
+        + f" | {at_once} | MLflow {ctx.uri} (experiment {ctx.experiment}) | {ctx.sweep_dir}"
     )
     display = make_display(console, title, live)
-    launcher = LocalLauncher(
-        gpus=sweep.spec.gpus, threads=None if sweep.spec.gpus else threads_per_worker(max_parallel)
-    )
 
-    def refresh() -> None:
-        now = time.time()
-        for proc in launcher.running.values():
-            row = rows[proc.key]
-            progress = layout.read_progress(proc.directory)
-            if progress.phase in ("starting", "training", "evaluating", "logging"):
-                row.state = progress.phase
-            row.observe(progress.step, progress.reward, now)
-        display.update(list(rows.values()))
-
-    def mark_if_running(proc: WorkerProcess, status: str, error: str | None) -> None:
+    def mark_if_running(job: Job, status: str, error: str | None) -> None:
         """The worker could not record its end itself (SIGKILL, crash): do it here."""
-        run_id = layout.read_text(proc.directory / layout.RUN_ID_FILE)
+        run_id = layout.read_text(job.directory / layout.RUN_ID_FILE)
         if not run_id:
             return
         try:
@@ -214,78 +240,91 @@ def run_sweep(
                 tracker.set_tags(run_id, tags)
                 tracker.set_status(run_id, status)
         except Exception as exc:  # noqa: BLE001
-            display.say(f"warning: could not mark {proc.key} {status} in MLflow: {exc}")
+            display.say(f"warning: could not mark {job.key} {status} in MLflow: {exc}")
 
-    def handle_exit(proc: WorkerProcess, code: int, stopping: bool) -> None:
-        row = rows[proc.key]
-        cell = by_id[proc.key].cell
-        row.gpu = None
-        progress = layout.read_progress(proc.directory)
-        row.observe(progress.step, progress.reward, time.time())
-        row.eta_s = None
-        if code == EXIT_OK or progress.phase == "finished":
-            # (a SIGTERM that lands while a finished worker shuts down changes only its exit code)
-            row.state = "finished"
-            row.note = fmt_duration(time.time() - proc.started)
-            outcome.finished.append(cell.name)
-        elif code == EXIT_BUSY:
-            row.state = "waiting"
-            row.note = "locked by another process"
-            queue.append(cell)
-        elif code == EXIT_ELSEWHERE:
-            row.state = "running elsewhere"
-            outcome.elsewhere.append(cell.name)
-        elif code == EXIT_FAILED:
-            error = st._first_error_line(proc.directory, None)
-            row.state = "failed"
-            row.note = f"{error[:100]} (log: {proc.directory / layout.LOG_FILE})"
-            outcome.failed[cell.name] = error
-            mark_if_running(proc, "FAILED", error)
-        elif stopping or code == EXIT_KILLED or code == -signal.SIGTERM:
-            row.state = "killed"
-            outcome.killed.append(cell.name)
-            mark_if_running(proc, "KILLED", None)
-        else:
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            error = f"worker died ({how}); out of memory? see {proc.directory / layout.LOG_FILE}"
-            row.state = "failed"
-            row.note = error
-            outcome.failed[cell.name] = error
-            mark_if_running(proc, "FAILED", error)
+    class Source:
+        """The sweep's queue of cells, for :func:`run_jobs`."""
 
-    def launch_some() -> None:
-        tried = 0
-        while len(launcher.running) < max_parallel and queue and tried < len(queue):
-            cell = queue.popleft()
-            directory = st.cell_directory(ctx.runs_dir, sweep, cell)
-            if is_locked(directory / LOCK_NAME):
-                queue.append(cell)  # another process runs it: wait for its lock
-                tried += 1
-                continue
-            directory.mkdir(parents=True, exist_ok=True)
-            layout.write_atomic(
-                directory / layout.CELL_SPEC,
-                json.dumps(
-                    cell_spec(ctx, cell, experiment_id, parent_run_id, commit),
-                    indent=1,
-                    default=str,
-                ),
-            )
-            layout.write_atomic(directory / layout.PHASE_FILE, "starting\n")
-            proc = launcher.start(cell.cell_id, directory)
-            row = rows[cell.cell_id]
-            row.state, row.note, row.gpu = "starting", "", proc.gpu
+        def next_cells(self, free: int) -> list[tuple[str, Any]]:
+            cells = []
+            tried = 0
+            while len(cells) < free and queue and tried < len(queue):
+                cell = queue.popleft()
+                directory = st.cell_directory(ctx.runs_dir, sweep, cell)
+                if is_locked(directory / LOCK_NAME):
+                    queue.append(cell)  # another process runs it: wait for its lock
+                    tried += 1
+                    continue
+                directory.mkdir(parents=True, exist_ok=True)
+                layout.write_atomic(
+                    directory / layout.CELL_SPEC,
+                    json.dumps(
+                        cell_spec(ctx, cell, experiment_id, parent_run_id, commit),
+                        indent=1,
+                        default=str,
+                    ),
+                )
+                layout.write_atomic(directory / layout.PHASE_FILE, "starting\n")
+                cells.append((cell.cell_id, directory))
+            return cells
 
-    stop_signals = (signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *stop_signals)}
+        def more(self) -> bool:
+            return bool(queue)
 
-    def on_stop_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM / SIGHUP (terminal gone) stop the sweep like Ctrl-C
+        def on_submit(self, job: Job) -> None:
+            row = rows[job.key]
+            row.state, row.gpu = "starting", job.gpu
+            row.note = job.describe() if job.job_id else ""
+
+        def on_exit(self, job: Job, code: int, stopping: bool) -> None:
+            row = rows[job.key]
+            cell = by_id[job.key].cell
+            row.gpu = None
+            progress = layout.read_progress(job.directory)
+            row.observe(progress.step, progress.reward, time.time())
+            row.eta_s = None
+            if code == EXIT_OK or progress.phase == "finished":
+                # (a SIGTERM that lands while a finished worker shuts down changes only its exit code)
+                row.state = "finished"
+                row.note = fmt_duration(time.time() - job.started)
+                outcome.finished.append(cell.name)
+            elif code == EXIT_BUSY:
+                row.state = "waiting"
+                row.note = "locked by another process"
+                queue.append(cell)
+            elif code == EXIT_ELSEWHERE:
+                row.state = "running elsewhere"
+                outcome.elsewhere.append(cell.name)
+            elif code == EXIT_FAILED:
+                error = first_error_line(job.directory)
+                row.state = "failed"
+                row.note = f"{error[:100]} (log: {launcher.logs(job)})"
+                outcome.failed[cell.name] = error
+                mark_if_running(job, "FAILED", error)
+            elif stopping or code == EXIT_KILLED or code == -signal.SIGTERM:
+                row.state = "killed"
+                outcome.killed.append(cell.name)
+                mark_if_running(job, "KILLED", None)
+            else:
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                error = f"worker died ({how}); out of memory? see {launcher.logs(job)}"
+                row.state = "failed"
+                row.note = error
+                outcome.failed[cell.name] = error
+                mark_if_running(job, "FAILED", error)
+
+        def on_tick(self) -> None:
+            now = time.time()
+            for job in launcher.running.values():
+                row = rows[job.key]
+                progress = layout.read_progress(job.directory)
+                if progress.phase in ("starting", "training", "evaluating", "logging"):
+                    row.state = progress.phase
+                row.observe(progress.step, progress.reward, now)
+            display.update(list(rows.values()))
 
     display.start()
     try:
-        for sig in stop_signals:
-            signal.signal(sig, on_stop_signal)
         if queue:
             unbuildable = prebuild_models(list(queue), display.say)
             for cell in [c for c in queue if c.cell_id in unbuildable]:
@@ -293,28 +332,22 @@ def run_sweep(
                 row = rows[cell.cell_id]
                 row.state, row.note = "failed", unbuildable[cell.cell_id][:120]
                 outcome.failed[cell.name] = unbuildable[cell.cell_id]
-        while queue or launcher.running:
-            for proc, code in launcher.finished():
-                handle_exit(proc, code, stopping=False)
-            launch_some()
-            refresh()
-            if queue or launcher.running:
-                time.sleep(poll_s)
-        refresh()
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-        for sig in (signal.SIGINT, *stop_signals):  # a second Ctrl-C must not cut the cleanup short
-            signal.signal(sig, signal.SIG_IGN)
-        _quietly(
-            display.say,
-            f"interrupted: stopping {len(launcher.running)} running cell(s) (SIGTERM, SIGKILL after {grace_s:.0f}s) ...",
+        result = run_jobs(
+            launcher,
+            Source(),
+            # SLURM queues what the cluster cannot run yet (launch.array_parallelism caps arrays)
+            max_parallel=max_parallel if launch.kind == "local" else len(sweep.cells),
+            poll_s=poll_s,
+            grace_s=grace_s,
+            detach=detach,
+            ask_cancel=ask_cancel,
+            say=display.say,
         )
-        for proc, code in launcher.stop_all(grace_s):
-            handle_exit(proc, code, stopping=True)
-        _quietly(refresh)
+        outcome.interrupted = result in (INTERRUPTED, LEFT_RUNNING)
+        if result in (DETACHED, LEFT_RUNNING):
+            outcome.left_running = sum(1 for r in rows.values() if r.state in _IN_QUEUE)
+        _quietly(Source().on_tick)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         try:
             display.stop()
         except OSError:  # the terminal went away
@@ -322,7 +355,9 @@ def run_sweep(
 
     outcome.seconds = time.time() - t_start
     try:
-        if outcome.interrupted:
+        if outcome.left_running:
+            pass  # the parent run stays RUNNING while its jobs are in the queue
+        elif outcome.interrupted:
             tracker.set_status(parent_run_id, "KILLED")
         elif outcome.failed or outcome.failed_before:
             tracker.set_status(parent_run_id, "FAILED")
@@ -332,6 +367,27 @@ def run_sweep(
         console.print(f"warning: could not update the sweep's parent run: {exc}", markup=False)
     _quietly(print_summary, console, ctx, outcome, n_total)
     return outcome
+
+
+# Row states of a cell whose SLURM job is still queued or running.
+_IN_QUEUE = frozenset({"starting", "training", "evaluating", "logging", "attached"})
+
+
+def launch_config(sweep: Any, kind: str | None) -> Any:
+    """The sweep's ``launch:`` block, with ``--launcher`` replacing its kind."""
+    launch = sweep.spec.launch
+    if kind is None or kind == launch.kind:
+        return launch
+    if kind not in ("local", "slurm"):
+        raise LauncherError(f"--launcher must be local or slurm, got {kind!r}")
+    if kind == "local" and launch.nodes > 1:
+        raise LauncherError(f"--launcher local: {sweep.path} asks launch.nodes = {launch.nodes}; that needs slurm")
+    data = launch.model_dump()
+    data["kind"] = kind
+    if kind == "local":
+        for key in ("partition", "account", "qos", "constraint", "array_parallelism"):
+            data[key] = None
+    return type(launch).model_validate(data)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:
@@ -358,6 +414,11 @@ def print_summary(console: Console, ctx: SweepContext, outcome: SweepOutcome, n_
         parts.append(f"{len(outcome.killed)} killed (resume with the same command)")
     if outcome.elsewhere:
         parts.append(f"{len(outcome.elsewhere)} running elsewhere")
+    if outcome.left_running:
+        parts.append(
+            f"{outcome.left_running} left in the SLURM queue (`sweep status` shows them; "
+            "`sweep run` again waits for them)"
+        )
     say(f"sweep {ctx.sweep.name}: " + ", ".join(parts) + f" in {fmt_duration(outcome.seconds)}")
     by_error: dict[str, list[str]] = {}
     for name, error in {**outcome.failed_before, **outcome.failed}.items():

@@ -144,8 +144,13 @@ def plan_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -
             str(rec["index"]), rec["name"], rec["cell_id"], rec["arm"], _axes_text(s.cell.axes),
             _styled(rec["state"]), note,
         )
-    data = {**_sweep_data(ctx, tracked, statuses), "cells": records}
-    return View(_header(ctx, tracked), table, _counts(statuses), data)
+    from bicc_lab.launch import describe_launch
+
+    spec = ctx.sweep.spec
+    launch = describe_launch(spec.launch, n_cells=len(statuses), max_parallel=spec.max_parallel, gpus=spec.gpus)
+    data = {**_sweep_data(ctx, tracked, statuses), "cells": records,
+            "launch": {**spec.launch.model_dump(mode="json"), "summary": launch}}
+    return View(_header(ctx, tracked), table, f"{_counts(statuses)}\n{launch}", data)
 
 
 _EVAL_KEY = re.compile(r"^eval/(?P<bench>[^/]+)/avg_at_(?P<k>\d+)$")
@@ -179,8 +184,11 @@ def _eval_from_file(directory: Any) -> dict[str, float]:
 
 def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -> View:
     """Progress and key metrics (training reward, eval avg@k) of every cell."""
+    from bicc_lab.launch.slurm import cell_job_states
+
     eval_cols = _eval_columns(statuses)
     varying = [k for k in ctx.sweep.axis_keys if k not in NAMED_AXES]
+    jobs = cell_job_states([s.directory for s in statuses])  # SLURM state beside the progress
     records = []
     steps_done = 0
     steps_total = 0
@@ -210,11 +218,14 @@ def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool)
             "seconds": seconds,
             "run_id": s.run.run_id if s.run is not None else None,
             "note": _note(s),
+            "slurm": dict(zip(("job_id", "state"), jobs[s.directory], strict=True)) if s.directory in jobs else None,
         })
     table = Table()
     table.add_column("cell", overflow="fold")
     table.add_column("id")
     table.add_column("state")
+    if jobs:
+        table.add_column("slurm")
     table.add_column("step", justify="right")
     table.add_column("reward", justify="right")
     for _, title in eval_cols:
@@ -226,6 +237,7 @@ def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool)
             rec["name"],
             rec["cell_id"],
             _styled(rec["state"]),
+            *([f"{rec['slurm']['state']} {rec['slurm']['job_id']}" if rec["slurm"] else "-"] if jobs else []),
             f"{rec['step']}/{rec['max_steps']}",
             "-" if rec["reward"] is None else f"{rec['reward']:.3f}",
         ]

@@ -221,6 +221,7 @@ def run_study(
     grace_s: float = 10.0,
     poll_s: float = 0.5,
     progress_every_s: float = 30.0,
+    launcher_kind: str | None = None,
 ) -> TuneOutcome:
     """Run (or resume) the study until ``n_trials`` trials are finished. See the module doc."""
     from optuna.exceptions import UpdateFinishedTrialError
@@ -228,12 +229,12 @@ def run_study(
     from rich.console import Console
 
     import bicc_lab
-    from bicc_lab.launch.local import LocalLauncher, threads_per_worker
+    from bicc_lab.launch import make_launcher
+    from bicc_lab.launch.base import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, Job, first_error_line
     from bicc_lab.launch.locks import LOCK_NAME, blocking_lock, is_locked
-    from bicc_lab.launch.worker import EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+    from bicc_lab.launch.schedule import INTERRUPTED, run_jobs
     from bicc_lab.spec import SpecError, with_overrides
-    from bicc_lab.sweep.runner import cell_spec, prebuild_models
-    from bicc_lab.sweep.state import _first_error_line
+    from bicc_lab.sweep.runner import cell_spec, launch_config, prebuild_models
     from bicc_lab.tracking.naming import Tag, git_commit
     from bicc_lab.tune.hook import FACTORY, read_outcome
 
@@ -422,7 +423,9 @@ def run_study(
             return "no complete trial yet"
         return f"best: trial {best.number} {setup.objective_key}={best.value:.4g} ({fmt_params(best.params)})"
 
-    def start_trial(trial: Any) -> None:
+    def start_trial(trial: Any) -> tuple[str, Path] | None:
+        """Prepare the trial's cell, to be submitted; None when it was told at once (a
+        duplicate of a COMPLETE trial, or an invalid config)."""
         number = trial.number
         params = dict(trial.params)
         tid = trial_id_of(number)
@@ -482,12 +485,12 @@ def run_study(
         layout.write_atomic(directory / layout.CELL_SPEC, json.dumps(spec, indent=1, default=str))
         layout.write_atomic(directory / layout.RUN_ID_FILE, run_id + "\n")
         layout.write_atomic(directory / layout.PHASE_FILE, "starting\n")
-        launcher.start(str(number), directory)
         a.started = time.time()
         active[number] = a
         retry = trial.user_attrs.get(st.A_RETRY_OF)
         again = f" (retry of trial {retry})" if retry is not None else ""
         say(f"trial {number} started{again}: {fmt_params(params)}  [{directory}]")
+        return str(number), directory
 
     def finish(a: _Active, code: int) -> None:
         directory = a.directory
@@ -526,7 +529,7 @@ def run_study(
                 say(f"trial {a.number} COMPLETE {setup.objective_key}={value:.4g} ({steps}, {seconds:.0f}s); {describe_best()}")
                 return
         elif code == EXIT_FAILED:
-            reason = _first_error_line(directory, None) or "the worker failed"
+            reason = first_error_line(directory) or "the worker failed"
         else:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             reason = f"worker died ({how}); see {directory / layout.LOG_FILE}"
@@ -547,55 +550,25 @@ def run_study(
         ]
         return len(ahead) >= n_trials
 
-    launcher = LocalLauncher(
-        gpus=sweep.spec.gpus, threads=None if sweep.spec.gpus else threads_per_worker(n_jobs)
+    launch = launch_config(sweep, launcher_kind)
+    launcher = make_launcher(
+        launch,
+        gpus=sweep.spec.gpus,
+        max_parallel=n_jobs,
+        sweep_dir=setup.study_dir,
+        job_name=setup.study_name,
+        vllm_server=base.train.vllm_mode == "server",
+        model=base.model.name,
     )
-    stop_signals = (signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *stop_signals)}
+    heartbeat_s = min(15.0, max(1.0, stale_after() / 4))
+    clock = {"beat": time.time(), "reap": time.time(), "progress": time.time()}
 
-    def on_stop_signal(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+    class Source:
+        """Trials asked from the study, for :func:`run_jobs` (at most ``n_jobs`` at once)."""
 
-    done, running_now = budget()
-    say(
-        f"study {setup.study_name}: {done}/{n_trials} trials finished before, {n_jobs} at a time | "
-        f"objective {setup.objective_key} ({search.direction}) | storage {setup.storage_url} | "
-        f"MLflow {ctx.uri} (experiment {ctx.experiment}) | {setup.study_dir}"
-    )
-    try:
-        for sig in stop_signals:
-            signal.signal(sig, on_stop_signal)
-        reap_stale()
-        done, running_now = budget()
-        if done + running_now < n_trials:
-            unbuildable = prebuild_models(
-                [Cell(config=base, axes={}, name="base", cell_id="base", config_hash=base_hash)], say
-            )
-            if unbuildable:
-                tracker.set_status(parent_run_id, "FAILED")
-                raise TuneError(next(iter(unbuildable.values())))
-        heartbeat_s = min(15.0, max(1.0, stale_after() / 4))
-        last_beat = last_reap = last_progress = time.time()
-        while True:
-            for proc, code in launcher.finished():
-                finish(active.pop(int(proc.key)), code)
-            now = time.time()
-            if now - last_beat >= heartbeat_s:
-                for a in list(active.values()):
-                    set_attrs(a, {st.A_HEARTBEAT: now})
-                last_beat = now
-            if now - last_reap >= heartbeat_s * 2:
-                reap_stale()
-                last_reap = now
-            if active and now - last_progress >= progress_every_s:
-                parts = []
-                for a in active.values():
-                    p = layout.read_progress(a.directory)
-                    reward = f" reward {p.reward:.3f}" if p.reward is not None else ""
-                    parts.append(f"trial {a.number} {p.phase or '?'} {p.step}/{base.train.max_steps}{reward}")
-                say("running: " + "; ".join(parts))
-                last_progress = now
-            while len(active) < n_jobs:
+        def next_cells(self, free: int) -> list[tuple[str, Path]]:
+            cells = []
+            while len(cells) < free:
                 done, running_now = budget()
                 if done + running_now >= n_trials:
                     break
@@ -606,28 +579,76 @@ def run_study(
                     storage.set_trial_user_attr(trial_id_of(trial.number), st.A_DISCARDED, True)
                     study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                     break
-                start_trial(trial)
+                cell = start_trial(trial)
+                if cell is not None:
+                    cells.append(cell)
+            return cells
+
+        def more(self) -> bool:
+            # finished when the budget is reached (or only other tune processes' trials run)
             done, running_now = budget()
-            if not active and done + running_now >= n_trials:
-                # finished (or only other tune processes' trials are left running)
-                outcome.budget_reached = done >= n_trials
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-        for sig in (signal.SIGINT, *stop_signals):
-            signal.signal(sig, signal.SIG_IGN)
-        say(f"interrupted: stopping {len(active)} running trial(s) ...")
-        for proc, code in launcher.stop_all(grace_s):
-            a = active.pop(int(proc.key))
-            if code == EXIT_OK:
+            return done + running_now < n_trials
+
+        def on_submit(self, job: Job) -> None:
+            active[int(job.key)].started = job.started
+
+        def on_exit(self, job: Job, code: int, stopping: bool) -> None:
+            a = active.pop(int(job.key))
+            if not stopping or code == EXIT_OK:
                 finish(a, code)
             else:
                 frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == a.number)
                 interrupt(frozen, "stopped with its tune process")
+
+        def on_tick(self) -> None:
+            now = time.time()
+            if now - clock["beat"] >= heartbeat_s:
+                for a in list(active.values()):
+                    set_attrs(a, {st.A_HEARTBEAT: now})
+                clock["beat"] = now
+            if now - clock["reap"] >= heartbeat_s * 2:
+                reap_stale()
+                clock["reap"] = now
+            if active and now - clock["progress"] >= progress_every_s:
+                parts = []
+                for a in active.values():
+                    p = layout.read_progress(a.directory)
+                    reward = f" reward {p.reward:.3f}" if p.reward is not None else ""
+                    parts.append(f"trial {a.number} {p.phase or '?'} {p.step}/{base.train.max_steps}{reward}")
+                say("running: " + "; ".join(parts))
+                clock["progress"] = now
+
+    done, running_now = budget()
+    where = f"{n_jobs} at a time" if launch.kind == "local" else f"{n_jobs} SLURM job(s) at a time"
+    say(
+        f"study {setup.study_name}: {done}/{n_trials} trials finished before, {where} | "
+        f"objective {setup.objective_key} ({search.direction}) | storage {setup.storage_url} | "
+        f"MLflow {ctx.uri} (experiment {ctx.experiment}) | {setup.study_dir}"
+    )
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        # (run_jobs turns SIGTERM into a stop; before it, the default would kill us mid-write)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        reap_stale()
+        done, running_now = budget()
+        if done + running_now < n_trials:
+            unbuildable = prebuild_models(
+                [Cell(config=base, axes={}, name="base", cell_id="base", config_hash=base_hash)], say
+            )
+            if unbuildable:
+                tracker.set_status(parent_run_id, "FAILED")
+                raise TuneError(next(iter(unbuildable.values())))
+    except KeyboardInterrupt:
+        outcome.interrupted = True
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGTERM, previous)
+    if not outcome.interrupted:
+        result = run_jobs(
+            launcher, Source(), max_parallel=n_jobs, poll_s=poll_s, grace_s=grace_s, say=say
+        )
+        outcome.interrupted = result == INTERRUPTED
+        done, _ = budget()
+        outcome.budget_reached = not outcome.interrupted and done >= n_trials
 
     outcome.seconds = time.time() - t_start
     try:

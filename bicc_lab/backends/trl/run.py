@@ -286,7 +286,8 @@ def train_run(
         resumed_from=checkpoint,
         final_metrics=metrics_file.last,
     )
-    write_atomic(output_dir / "train_result.json", json.dumps(asdict(result), indent=2, default=str))
+    if trainer.is_world_process_zero():
+        write_atomic(output_dir / "train_result.json", json.dumps(asdict(result), indent=2, default=str))
     return result
 
 

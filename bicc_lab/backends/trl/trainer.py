@@ -44,6 +44,7 @@ from bicc_lab.algorithms.variants import (
     overlong_penalty,
     policy_loss,
 )
+from bicc_lab.backends.trl import rollout_record
 from bicc_lab.backends.trl.sampler_logps import SamplerLogpCapture
 from bicc_lab.backends.trl.shared_prefix import (
     group_permutation,
@@ -113,6 +114,8 @@ class BiccGRPOTrainer(GRPOTrainer):
         self._token_totals: dict[str, float] = defaultdict(float)
         self._token_start_step: int | None = None
         self._sampler_logps: torch.Tensor | None = None  # π_old(o|q) of the last generate call
+        self._train_generation_batches = 0  # numbers the batches for rollout_record
+        self._last_bicc_batch = None
         if grad_variance and self.args.gradient_accumulation_steps < 2:
             import warnings
 
@@ -337,7 +340,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             reference_logps = self._rcc_reference_logps(output, rollout_logps)
             local_delta = sequence_delta(rollout_logps, reference_logps, completion_mask, reduction=self.rcc.delta)
             delta = self.accelerator.gather(local_delta)
-            result = rcc_advantages(
+            result = rcc_result = rcc_advantages(
                 advantage_rewards, delta, group_size,
                 coef=self.rcc.coef, max_shift=self.rcc.max_shift,
                 scale=self.variant.advantage_scale, std=self.std_kind,
@@ -376,7 +379,50 @@ class BiccGRPOTrainer(GRPOTrainer):
             elapsed = now - self._last_generation_time
             metrics["perf/tokens_per_s"].append(tokens / max(elapsed, 1e-9))
         self._last_generation_time = now
+        if mode == "train":
+            dump = rollout_record.dump_dir()
+            if dump is not None:
+                self._dump_rollout(dump, output, rewards, advantages, delta, rcc_result)
+            self._train_generation_batches += 1
         return output
+
+    def _dump_rollout(self, directory, output, rewards, advantages, delta, rcc_result) -> None:
+        """One rank's view of this training generation batch (see ``rollout_record``)."""
+        pad = self._tokenizer.pad_token_id
+        prompt_ids = self._gather_padded(output["prompt_ids"], pad, pad_first=True)
+        prompt_mask = self._gather_padded(output["prompt_mask"], 0, pad_first=True)
+        completion_ids = self._gather_padded(output["completion_ids"], pad, pad_first=False)
+        completion_mask = self._gather_padded(output["completion_mask"], 0, pad_first=False)
+        record = {
+            "process_index": self.accelerator.process_index,
+            "num_processes": self.accelerator.num_processes,
+            "local_rows": output["prompt_ids"].size(0),
+            "prompts": rollout_record.rows(prompt_ids, prompt_mask),
+            "completions": rollout_record.rows(completion_ids, completion_mask),
+            "rewards": rewards.detach().cpu(),
+            "advantages": advantages.detach().cpu(),
+            "local_advantages": output["advantages"].detach().cpu(),
+        }
+        if rcc_result is not None:
+            record["rcc_delta"] = delta.detach().cpu()
+            record["rcc_cov"] = rcc_result.cov.detach().cpu()
+            record["rcc_baseline_shift"] = rcc_result.baseline_shift.detach().cpu()
+        packed = self._last_bicc_batch
+        if self.bicc.enabled and packed is not None:
+            record["bicc_conditioned"] = packed.conditioned.cpu()
+            record["bicc_context_tokens"] = packed.context_tokens.cpu()
+            record["bicc_prompts"] = rollout_record.rows(packed.prompt_ids, packed.prompt_mask)
+            record["local_bicc_prompts"] = rollout_record.rows(output["bicc_prompt_ids"], output["bicc_prompt_mask"])
+            record["local_bicc_conditioned"] = output["bicc_conditioned"].cpu()
+        rollout_record.write_dump(directory, self._train_generation_batches, self.accelerator.process_index, record)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        replay = rollout_record.replay_dir()
+        if replay is not None and self.model.training:
+            recorded = rollout_record.dump_file(replay, self._train_generation_batches, 0)
+            if recorded.is_file():  # diagnostics only: completions of another run (see rollout_record)
+                return rollout_record.replay_completions(recorded, prompt_ids, self.accelerator.process_index), None
+        return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
 
     def _drop_uniform_groups(self, output, rewards, group_size, local, mode) -> None:
         """DAPO's dynamic sampling without the refill: groups whose task outcomes are all
@@ -445,6 +491,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             seed=seed,
             truncate=self.bicc.truncate,
         )
+        self._last_bicc_batch = packed
         local_n = output["prompt_ids"].size(0)
         local = slice(self.accelerator.process_index * local_n, (self.accelerator.process_index + 1) * local_n)
         device = self.accelerator.device
