@@ -337,3 +337,20 @@ def test_two_sweep_runs_on_a_fresh_store_run_each_cell_once(project, tmp_path):
     )
     assert third.returncode == 0 and "3/3 finished (0 now, 3 before)" in third.stdout, third.stdout
     assert not list(db.parent.glob(".mlflow.db.*.tmp*"))  # no half-built store left behind
+
+
+@pytest.mark.parametrize("command", ["status", "best", "run"])
+@pytest.mark.parametrize("fault", ["directory", "corrupt", "foreign"])
+def test_a_bad_optuna_storage_is_one_line_for_tune(project, bad_stores, command, fault, monkeypatch, capsys):
+    uri, _ = bad_stores[fault]
+    fragment = {
+        "directory": "is a directory, not an SQLite file",
+        "corrupt": "is not an SQLite database (a corrupt file",
+        "foreign": "SQLite database of something else (tables: orders, users), not an Optuna one; "
+        "choose another search.storage",
+    }[fault]
+    args = ["tune", command, "study.yaml", "--runs-dir", "runs", "--set", f"search.storage={uri}"]
+    code, out, err = _main(args, project, monkeypatch, capsys)
+    assert code == 2, out + err
+    assert err.startswith("error: Optuna storage ") and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (project / "mlflow.db").exists()  # `tune run` stopped before creating anything

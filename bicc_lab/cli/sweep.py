@@ -38,12 +38,12 @@ def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | 
 
 
 def _statuses(ctx):
-    from bicc_lab.sweep.context import TrackingUnavailable
     from bicc_lab.sweep.state import cell_statuses
+    from bicc_lab.tracking.check import StoreError
 
     try:
         runs = ctx.read_runs()
-    except TrackingUnavailable as exc:
+    except StoreError as exc:  # (main maps it too; the typer app alone, e.g. in tests, not)
         fail(str(exc))
     return cell_statuses(ctx.sweep, ctx.runs_dir, runs), runs is not None
 
@@ -94,8 +94,8 @@ def run(
         False, "--detach", help="SLURM: submit the jobs and return; `sweep run` again re-attaches."
     ),
 ) -> None:
-    from bicc_lab.sweep.context import TrackingUnavailable
     from bicc_lab.sweep.runner import run_sweep
+    from bicc_lab.tracking.check import StoreError
 
     if launcher is not None and launcher not in ("local", "slurm"):
         fail(f"--launcher must be local or slurm, got {launcher!r}")
@@ -106,14 +106,14 @@ def run(
         fail(f"--max-parallel must be >= 1, got {parallel}")
     from bicc_lab.preflight import preflight, sweep_checks
 
-    # Every cell and the store, before any cell, cell directory or MLflow run exists.
-    preflight(sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True)
     try:
+        # Every cell and the store, before any cell, cell directory or MLflow run exists.
+        preflight(sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True)
         outcome = run_sweep(
             ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,
         )
-    except TrackingUnavailable as exc:
+    except StoreError as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)
 

@@ -29,6 +29,7 @@ __all__ = [
     "STORE_WAIT_ENV",
     "STORE_WAIT_S",
     "StoreError",
+    "check_optuna_storage",
     "check_tracking_uri",
     "lock_holders",
     "locked_message",
@@ -115,40 +116,65 @@ def check_server(uri: str, *, what: str = "tracking URI", timeout: float = 10.0)
         raise StoreError(f"MLflow server at {uri} answered HTTP {status} on /health ({what})")
 
 
-def check_sqlite_store(db: Path, *, create: bool) -> None:
-    """The SQLite file ``db`` is (or can become) an MLflow store that this process can use."""
+def check_sqlite_store(
+    db: Path,
+    *,
+    create: bool,
+    kind: str = "MLflow store",
+    tables: frozenset[str] | set[str] = frozenset(),
+    key: str = "tracking.uri",
+) -> None:
+    """The SQLite file ``db`` is (or can become) a ``kind`` (with ``tables``; default: an
+    MLflow store) that this process can use. ``key`` is the setting to change."""
     db = Path(db)
+    expected = set(tables) or _MLFLOW_TABLES
     if db.is_dir():
         raise StoreError(
-            f"MLflow store {db} is a directory, not an SQLite file; name a file, "
+            f"{kind} {db} is a directory, not an SQLite file; name a file, "
             f"e.g. sqlite:///{db / 'mlflow.db'}"
         )
     if not db.exists():
         if create:
-            _check_creatable_dir(db.parent, f"MLflow store {db}")
+            _check_creatable_dir(db.parent, f"{kind} {db}")
         return
     if not db.is_file():
-        raise StoreError(f"MLflow store {db} is not a regular file")
+        raise StoreError(f"{kind} {db} is not a regular file")
     try:
         with open(db, "r+b" if create else "rb") as handle:
             header = handle.read(len(_SQLITE_MAGIC))
     except OSError as exc:
         mode = "written" if create else "read"
-        raise StoreError(f"MLflow store {db} cannot be {mode} ({exc.strerror or exc})") from None
+        raise StoreError(f"{kind} {db} cannot be {mode} ({exc.strerror or exc})") from None
     if not header:
-        return  # an empty file is an empty database: MLflow fills it in on first write
+        return  # an empty file is an empty database: filled in on first write
     if header != _SQLITE_MAGIC:
         raise StoreError(
-            f"MLflow store {db} is not an SQLite database (a corrupt file, or another kind of file)"
+            f"{kind} {db} is not an SQLite database (a corrupt file, or another kind of file)"
         )
     if create:
-        _check_creatable_dir(db.parent, f"MLflow store {db}")  # SQLite writes its journal there
-    tables = _sqlite_tables(db)
-    if tables and not _MLFLOW_TABLES <= tables:
-        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        _check_creatable_dir(db.parent, f"{kind} {db}")  # SQLite writes its journal there
+    found = _sqlite_tables(db, kind)
+    if found and not expected <= found:
+        shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
         raise StoreError(
-            f"MLflow store {db} is an SQLite database of something else (tables: {shown}), "
-            "not an MLflow store; choose another tracking.uri"
+            f"{kind} {db} is an SQLite database of something else (tables: {shown}), "
+            f"not an {kind.split()[0]} one; choose another {key}"
+        )
+
+
+def check_optuna_storage(url: str, *, create: bool) -> None:
+    """The same checks for an Optuna storage: ``sqlite:///`` file or ``journal:`` file."""
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:") :])
+        if path.is_dir():
+            raise StoreError(f"Optuna journal {path} is a directory, not a file; name a file")
+        if create:
+            _check_creatable_dir(path.parent, f"Optuna journal {path}")
+        return
+    db = sqlite_path(url)
+    if db is not None:
+        check_sqlite_store(
+            db, create=create, kind="Optuna storage", tables={"studies", "trials"}, key="search.storage"
         )
 
 
@@ -164,7 +190,7 @@ def store_initialised(uri: str) -> bool:
         return False
 
 
-def _sqlite_tables(db: Path) -> set[str]:
+def _sqlite_tables(db: Path, kind: str = "MLflow store") -> set[str]:
     """The table names of an existing database, opened read-only (waits out a writer's lock)."""
     wait = store_wait_s()
     deadline = time.monotonic() + wait
@@ -181,11 +207,11 @@ def _sqlite_tables(db: Path) -> set[str]:
             text = str(exc)
             if "locked" in text or "busy" in text:
                 if time.monotonic() >= deadline:
-                    raise StoreError(locked_message(db, wait)) from None
+                    raise StoreError(locked_message(db, wait, kind)) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            raise StoreError(f"MLflow store {db} is corrupt or not an SQLite database ({text})") from None
+            raise StoreError(f"{kind} {db} is corrupt or not an SQLite database ({text})") from None
 
 
 def _check_creatable_dir(directory: Path, what: str) -> None:
@@ -272,7 +298,7 @@ def _cmdline(pid: int) -> str:
     return (text[:117] + "...") if len(text) > 120 else (text or "?")
 
 
-def locked_message(db: str | os.PathLike[str], waited_s: float) -> str:
+def locked_message(db: str | os.PathLike[str], waited_s: float, kind: str = "MLflow store") -> str:
     """One line: the store stayed locked, and who holds it."""
     holders = lock_holders(db)
     if holders:
@@ -281,6 +307,6 @@ def locked_message(db: str | os.PathLike[str], waited_s: float) -> str:
     else:
         blame = "no process on this machine holds it (another machine, over a network filesystem?)"
     return (
-        f"MLflow store {db} stayed locked by another writer for {waited_s:g} s "
+        f"{kind} {db} stayed locked by another writer for {waited_s:g} s "
         f"({STORE_WAIT_ENV}); {blame}"
     )

@@ -195,7 +195,10 @@ def open_study(setup: TuneSetup, *, create: bool) -> tuple[Any, Any]:
     sampler and pruner, and the storage it lives in."""
     import optuna
 
+    from bicc_lab.tracking.check import check_optuna_storage
+
     st.quiet_optuna()
+    check_optuna_storage(setup.storage_url, create=create)  # one line, not a sqlalchemy traceback
     storage = st.open_storage(setup.storage_url)
     search = setup.search
     pruner = st.make_pruner(search.pruner, setup.base_config.train.max_steps)
@@ -257,6 +260,9 @@ def run_study(
     dists = st.distributions(search)
     base_hash = config_hash(base)
 
+    from bicc_lab.tracking.check import check_optuna_storage
+
+    check_optuna_storage(setup.storage_url, create=True)
     ctx.check_store(create=True)
     commit = git_commit()
     setup.study_dir.mkdir(parents=True, exist_ok=True)

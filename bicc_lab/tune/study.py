@@ -90,7 +90,11 @@ def resolve_storage(search: SearchConfig, study_dir: Path) -> str:
 
 
 def storage_exists(url: str) -> bool:
-    """False for a SQLite or journal file that does not exist yet (nothing to read)."""
+    """False for a SQLite or journal file that does not exist yet (nothing to read); a
+    directory, a corrupt or a foreign file there is a one-line StoreError."""
+    from bicc_lab.tracking.check import check_optuna_storage
+
+    check_optuna_storage(url, create=False)
     if url.startswith(JOURNAL_PREFIX):
         return Path(url[len(JOURNAL_PREFIX) :]).is_file()
     db = sqlite_path(url)
