@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from pathlib import Path  # noqa: E402
+
 from bicc_lab.models import tiny as T  # noqa: E402
 from bicc_lab.models.loading import (  # noqa: E402
     ModelNotFoundError,
@@ -18,6 +20,8 @@ from bicc_lab.models.loading import (  # noqa: E402
     load_model_and_tokenizer,
     resolve_model_path,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A config that warm-starts in about a second: 1-digit addition, 1 layer.
 FAST = T.TinyModelConfig(
@@ -344,16 +348,205 @@ def test_warm_start_below_target_is_an_error_and_not_cached(tmp_path):
     assert not T.is_built(T.tiny_model_dir(unreachable, tmp_path))
 
 
-def test_distractor_context_matches_bicc_separator_layout():
+# ------------------------------------------------------------------ context-literate warm-start
+
+# The default config's cache key before the context recipe (BUILD_VERSION 1, no context
+# block): a model built by the old recipe must never be picked up by the new one.
+OLD_DEFAULT_KEY = "ee0d19d779d6270a"
+OLD_QUICKSTART_KEY = "92828b6bdbf39bf1"  # experiments/tiny.yaml's model before the recipe
+
+
+def test_cache_key_changes_with_the_context_recipe():
+    import dataclasses
+
+    from bicc_lab.backends.trl.run import tiny_config
+    from bicc_lab.spec import load_experiment
+
+    base = T.TinyModelConfig()
+    assert base.context_prob == 0.5 and base.context_templates == ("compact",)
+    assert base.cache_key() != OLD_DEFAULT_KEY
+    quickstart = tiny_config(load_experiment(ROOT / "experiments" / "tiny.yaml", []))
+    assert quickstart.cache_key() != OLD_QUICKSTART_KEY
+    keys = {base.cache_key()}
+    for change in (
+        {"context_prob": 0.0},
+        {"context_templates": ("separator",)},
+        {"context_templates": ("compact", "default")},
+        {"context_separator": " | "},
+        {"context_correct_prob": 0.5},
+        {"context_cut_prob": 0.0},
+        {"context_max_attempts": 2},
+    ):
+        keys.add(dataclasses.replace(base, **change).cache_key())
+    assert len(keys) == 8
+
+
+def test_quickstart_trains_bicc_with_the_layout_the_model_was_warm_started_on():
+    from bicc_lab.backends.trl.run import tiny_config
+    from bicc_lab.spec import load_experiment
+
+    config = load_experiment(ROOT / "experiments" / "tiny.yaml", [])
+    tiny = tiny_config(config)
+    assert tiny.context_prob == 0.5
+    assert (config.bicc.template, config.bicc.separator) == (tiny.context_templates[0], tiny.context_separator)
+
+
+def _draw(config, n, rows=None):
+    tok = T.build_tokenizer()
+    rows = rows or [{"prompt": "47+38=", "solution": "85"}]
+    examples = T._WarmStartPrompts(tok, rows, config)
+    return [(tok.decode(p), tok.decode(a)) for p, a in (examples.example(i % len(rows)) for i in range(n))]
+
+
+def test_warm_start_prompts_carry_blocks_in_front_of_the_question():
+    drawn = _draw(T.TinyModelConfig(), 2000)
+    assert all(answer == "85<|im_end|>" for _, answer in drawn)
+    bare = [p for p, _ in drawn if p == "47+38="]
+    blocks = [p[: -len("47+38=")] for p, _ in drawn if p != "47+38="]
+    # every prompt ends with the question, so the question still leads into the answer
+    assert all(p.endswith("47+38=") for p, _ in drawn)
+    assert 0.45 < len(blocks) / len(drawn) < 0.55 and len(bare) + len(blocks) == len(drawn)
+    attempts = [b.split("\n")[:-1] for b in blocks]  # compact: every attempt ends with "\n"
+    assert all(b.endswith("\n") for b in blocks)
+    assert {len(a) for a in attempts} == {1, 2, 3}
+    flat = [x for a in attempts for x in a]
+    assert all(x.isdigit() for x in flat)
+    right = sum(x == "85" for x in flat) / len(flat)
+    assert 0.25 < right < 0.35  # each attempt is the right answer with probability 0.3
+    # both outcomes: blocks with and without the right answer
+    assert any("85" in a for a in attempts) and any("85" not in a for a in attempts)
+    # With only right answers, a cut attempt is "8": a proper prefix, as BICC's cut packing
+    # leaves a trace, and only in last place.
+    import dataclasses
+
+    only_right = dataclasses.replace(T.TinyModelConfig(), context_prob=1.0, context_correct_prob=1.0)
+    attempts = [p[: -len("47+38=")].split("\n")[:-1] for p, _ in _draw(only_right, 1000)]
+    assert all(a[:-1] == ["85"] * (len(a) - 1) and a[-1] in ("85", "8") for a in attempts)
+    assert 0.2 < sum(a[-1] == "8" for a in attempts) / len(attempts) < 0.3
+    only_wrong = dataclasses.replace(only_right, context_correct_prob=0.0)
+    assert not any("85" in p[: -len("47+38=")].split("\n") for p, _ in _draw(only_wrong, 300))
+
+
+def test_header_templates_show_one_outcome_and_say_which():
+    import dataclasses
+
+    config = dataclasses.replace(T.TinyModelConfig(), context_prob=1.0, context_templates=("default",))
+    drawn = [p for p, _ in _draw(config, 300)]
+    header = "\nFor reference, here are other attempts at this problem that were {}:\n"
+    for prompt in drawn:
+        assert prompt.endswith("\n47+38=")
+        shown = "correct" if prompt.startswith(header.format("correct")) else "incorrect"
+        assert prompt.startswith(header.format(shown))
+        answers = [line.split(": ", 1)[1] for line in prompt.split("\n") if line.startswith("Attempt ")]
+        whole = answers[:-1]
+        assert all((x == "85") == (shown == "correct") for x in whole)
+    assert any(p.startswith(header.format("correct")) for p in drawn)
+
+
+def test_chat_prompts_stay_bare():
+    import dataclasses
+
+    config = dataclasses.replace(T.TinyModelConfig(), prompt_format="chat", context_prob=1.0)
+    assert all(p.endswith("<|im_start|>user\n47+38=<|im_end|>\n<|im_start|>assistant\n") and "Attempt" not in p
+               and p.count("<|im_start|>") == 2 for p, _ in _draw(config, 20))
+
+
+def test_wrong_answers_are_wrong_and_nonnegative():
     import random
 
-    from bicc_lab.algorithms.bicc import separator_template
-
     rng = random.Random(0)
-    text = T.with_distractor_context("47+38=", "85", rng)
-    assert text.startswith("47+38=\n") and text.endswith("\n")
-    others = text[len("47+38=") :].strip("\n").split("\n")
-    assert 1 <= len(others) <= 3 and all(o.isdigit() and o != "85" for o in others)
-    # The same characters BICC's separator template inserts: prefix "\n" per trace, footer "\n".
-    template = separator_template("\n")
-    assert template.trace_prefix == "\n" and template.footer == "\n" and template.placement == "append"
+    for answer in (0, 5, 85, 100, 198):
+        guesses = [T.wrong_answer(answer, rng) for _ in range(200)]
+        assert all(g != answer and g >= 0 for g in guesses)
+        assert len(set(guesses)) > 5
+
+
+def test_warm_start_layout_is_the_layout_bicc_packs():
+    """The block the warm-start writes as text is, token for token, the block BICC's packer
+    splices into a conditioned prompt, for every template."""
+    import torch
+
+    from bicc_lab.algorithms.bicc import (
+        get_template,
+        layout_block,
+        pack_conditioned_prompts,
+        place_block,
+    )
+
+    tok = T.build_tokenizer()
+
+    def ids(text):
+        return tok.encode(text, add_special_tokens=False)
+
+    prompt = ids("47+38=")
+    completions = [ids("84") + [2], ids("85") + [2], ids("91") + [2], ids("85") + [2]]
+    width = max(map(len, completions))
+    completion_ids = torch.tensor([c + [0] * (width - len(c)) for c in completions])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completions])
+    rewards = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    for name in ("compact", "separator", "default"):
+        template = get_template(name, "\n")
+        packed = pack_conditioned_prompts(
+            torch.tensor([prompt] * 4), torch.ones(4, len(prompt), dtype=torch.long),
+            completion_ids, completion_mask, rewards, 4,
+            tokenize=ids, budget_tokens=200, pad_token_id=0, template=template, strip_token_ids=[0, 2], seed=0,
+        )
+        for i in range(4):
+            got = tok.decode(packed.prompt_ids[i][packed.prompt_mask[i].bool()].tolist())
+            shown_traces = ["85", "85"] if rewards[i] == 0 else ["84", "91"]
+            shown = "incorrect" if rewards[i] == 1 else "correct"
+            candidates = {place_block("47+38=", layout_block(order, template, shown), template)
+                          for order in (shown_traces, shown_traces[::-1])}
+            assert got in candidates, (name, got)
+    assert place_block("47+38=", layout_block(["84", "9"], get_template("compact"), "incorrect"),
+                       get_template("compact")) == "84\n9\n47+38="
+
+
+def test_sequence_logps_ignore_padding():
+    """Summed completion log-probs from a padded batch equal those of each sequence alone."""
+    import torch
+
+    tok = T.build_tokenizer()
+    cfg = T.TinyModelConfig(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64)
+    model = T.build_untrained_model(cfg, tok)
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ("47+38=", "84\n91\n47+38=")]
+    completions = [tok.encode("85", add_special_tokens=False) + [2], tok.encode("7", add_special_tokens=False) + [2]]
+    p_ids, p_mask = T._left_pad(prompts, 0)
+    c_ids, c_mask = T._right_pad(completions, 0)
+    batched = T.sequence_logps(model, p_ids, p_mask, c_ids, c_mask)
+    for k in range(2):
+        seq = torch.tensor([prompts[k] + completions[k]])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=seq).logits[0, :-1], -1)
+        n = len(completions[k])
+        expected = sum(logps[len(prompts[k]) - 1 + j, completions[k][j]].item() for j in range(n))
+        assert abs(batched[k].item() - expected) < 1e-4
+
+
+def test_build_records_the_context_probe(fast_model_dir):
+    _, path, _ = fast_model_dir
+    probe = T.read_record(path)["context_probe"]
+    held_out = T.warm_start_rows(FAST)[1]  # the probe reads the held-out slice, never the test split
+    assert probe["prompts"] == len(held_out) and probe["group_size"] == FAST.probe_group_size
+    assert probe["template"] == "compact" and probe["budget_tokens"] == FAST.probe_budget_tokens
+    assert probe["n_correct_scored"] + probe["n_incorrect_scored"] > 0
+    assert probe["mixed_groups"] <= FAST.n_val
+    for key in ("logp_shift_correct", "logp_shift_incorrect", "accuracy_plain", "accuracy_wrong_context"):
+        assert isinstance(probe[key], float)
+    assert abs(probe["accuracy_delta"] - (probe["accuracy_wrong_context"] - probe["accuracy_plain"])) < 1e-6
+    assert "logp shift of correct answers under wrong attempts" in T.describe_probe(probe)
+
+
+def test_probe_with_no_room_for_a_trace_conditions_nothing(fast_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bicc_lab.algorithms.bicc import get_template
+
+    _, path, _ = fast_model_dir
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    rows = T.warm_start_rows(FAST)[1][:10]
+    probe = T.context_probe(model, tok, rows, template=get_template("compact"), budget_tokens=1,
+                            group_size=4, samples=2)
+    # one token of budget holds the separator or one digit, never a trace + separator
+    assert probe["n_correct_scored"] == probe["n_incorrect_scored"] == probe["mixed_groups"] == 0
+    assert probe["logp_shift_correct"] is None and probe["accuracy_delta"] is None

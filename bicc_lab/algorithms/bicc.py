@@ -67,12 +67,51 @@ def separator_template(separator: str = "\n") -> BiccTemplate:
     )
 
 
+def compact_template(separator: str = "\n") -> BiccTemplate:
+    """Each trace followed by a separator, no header, placed like ``default``: in front of a
+    plain question (``84\n91\n47+38=``), so the question still leads straight into the
+    answer, and at the end of a chat user turn. The tiny model warm-starts on this layout."""
+    return BiccTemplate(
+        name="compact",
+        header="",
+        trace_prefix="",
+        trace_suffix=separator,
+        footer="",
+        placement="before_answer",
+    )
+
+
+TEMPLATE_NAMES = ("default", "separator", "compact")
+
+
 def get_template(name: str, separator: str = "\n") -> BiccTemplate:
     if name == "default":
         return DEFAULT_TEMPLATE
     if name == "separator":
         return separator_template(separator)
-    raise ValueError(f"unknown BICC template '{name}'; valid: default, separator")
+    if name == "compact":
+        return compact_template(separator)
+    raise ValueError(f"unknown BICC template '{name}'; valid: {', '.join(TEMPLATE_NAMES)}")
+
+
+def layout_block(traces: Sequence[str], template: BiccTemplate, shown: str) -> str:
+    """The context block as text, laid out as ``pack_conditioned_prompts`` splices it token
+    by token: header, then per trace prefix + trace + suffix, then footer. ``shown`` is the
+    outcome of the traces ("correct" or "incorrect"). Traces are used as given (whole or
+    already cut); an empty ``traces`` gives an empty block."""
+    if not traces:
+        return ""
+    body = "".join(
+        template.trace_prefix.format(index=k) + trace + template.trace_suffix
+        for k, trace in enumerate(traces, start=1)
+    )
+    return template.header.format(shown=shown) + body + template.footer
+
+
+def place_block(prompt: str, block: str, template: BiccTemplate) -> str:
+    """A plain (non-chat) prompt with its context block where the packer puts it: in front
+    of the question (``before_answer``) or after it (``append``)."""
+    return prompt + block if template.placement == "append" else block + prompt
 
 
 @dataclass

@@ -10,6 +10,14 @@
   (temperature 1.0) on a held-out slice of the train split reaches
   ``target_accuracy``; checked every ``eval_every`` steps, capped by
   ``max_steps`` and ``max_seconds``. The test split is never seen.
+- Context literacy: a share ``context_prob`` of the warm-start prompts carry a block
+  of 1-3 other attempts in front of the question, laid out by the BICC template the
+  tiny config trains with (``84\n91\n47+38=85``): wrong answers and, each with
+  ``context_correct_prob``, the right one; the last one sometimes cut. So BICC's
+  conditioned prompts are in-distribution at GRPO's start, as they are for an instruct
+  model. After the warm-start a probe (``context_probe``) measures on the held-out slice
+  how much a block of the model's own wrong answers moves log p(correct answer) and the
+  sampled accuracy; the build prints it and ``warmstart.json`` records it.
 - Cache: ``<cache root>/tiny/<hash of config>/``, built in a temporary directory
   and moved into place with ``os.replace``; a file lock keeps parallel
   processes from building the same model twice. ``warmstart.json`` records
@@ -27,6 +35,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,7 +45,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "BICC_LAB_CACHE"
-BUILD_VERSION = 1  # bump when the build recipe changes; part of the cache key
+BUILD_VERSION = 2  # bump when the build recipe changes; part of the cache key
 RECORD_FILE = "warmstart.json"
 
 PAD_TOKEN = "<|endoftext|>"
@@ -67,11 +76,24 @@ class TinyModelConfig:
     digits: int = 2
     ops: str = "+"
     prompt_format: str = "plain"  # "plain": 47+38=85<eos>; "chat": ChatML user/assistant
-    # Share of warm-start prompts followed by 1-3 other answers in BICC's separator layout
-    # ("47+38=\n84\n91\n85"), to make conditioned prompts in-distribution. Off by default:
-    # at 0.5 the held-out accuracy was still 10% after 2,578 steps (plain prompts: 38% at
-    # 1,350), so the warm-start no longer fits a quickstart.
-    context_prob: float = 0.0
+    # Share of warm-start prompts that carry a block of other attempts, so that BICC's
+    # conditioned prompts are in-distribution. The block goes where the BICC template puts
+    # it: the compact template puts it in front of the question ("84\n91\n47+38="). With
+    # the block after the question (the separator template) the warm-start was still at
+    # 7-10% after 1,500-2,578 steps; in front, it reached 35% in fewer steps than bare
+    # prompts (825 vs 1,350 in the issue's measurement).
+    context_prob: float = 0.5
+    context_templates: tuple[str, ...] = ("compact",)  # BICC template names, drawn uniformly
+    context_separator: str = "\n"
+    context_max_attempts: int = 3  # 1..this many attempts per block
+    context_correct_prob: float = 0.3  # each attempt is the right answer with this probability
+    context_cut_prob: float = 0.25  # the block's last attempt is cut short (BICC's "cut" packing)
+    # Context probe after the warm-start (held-out slice; numbers only, no effect on weights):
+    # G samples per prompt, BICC's token budget (the quickstart's: int(0.4 x (16 + 6)) = 8),
+    # fresh samples per prompt for the accuracy with and without a block of wrong attempts.
+    probe_group_size: int = 8
+    probe_budget_tokens: int = 8
+    probe_samples: int = 8
     n_train: int = 5000
     n_test: int = 500  # must match the arithmetic test split the benchmarks use
     n_val: int = 200  # held-out slice at the end of the train split
@@ -98,9 +120,15 @@ class TinyModelConfig:
             raise ValueError("tiny: hidden must divide by heads, heads by kv_heads")
         if not 0.0 <= self.target_accuracy <= 1.0:
             raise ValueError("tiny: target_accuracy must be in [0, 1]")
+        for name in ("context_prob", "context_correct_prob", "context_cut_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"tiny: {name} must be in [0, 1]")
+        if self.context_prob > 0 and (not self.context_templates or self.context_max_attempts < 1):
+            raise ValueError("tiny: context_prob > 0 needs context_templates and context_max_attempts >= 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON writes and reads them back (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def cache_key(self) -> str:
         payload = json.dumps({"build_version": BUILD_VERSION, **self.to_dict()}, sort_keys=True)
@@ -229,43 +257,90 @@ def _render_prompt(tokenizer: Any, prompt: str, prompt_format: str) -> str:
     return prompt
 
 
-def with_distractor_context(prompt: str, solution: str, rng: random.Random, separator: str = "\n") -> str:
-    """``47+38=`` -> ``47+38=\n84\n91\n``: the prompt followed by 1-3 other answers, laid out
-    like BICC's ``separator`` template, so that conditioned prompts are in-distribution."""
+def wrong_answer(answer: int, rng: random.Random) -> int:
+    """A plausible wrong answer: off by a little, one digit changed, or off by a carry."""
+    while True:
+        kind = rng.random()
+        if kind < 0.5:
+            guess = answer + rng.choice([d for d in range(-10, 11) if d])
+        elif kind < 0.8:
+            digits = list(str(answer))
+            k = rng.randrange(len(digits))
+            digits[k] = rng.choice([d for d in "0123456789" if d != digits[k]])
+            guess = int("".join(digits))
+        else:
+            guess = answer + rng.choice([-100, -10, 10, 100])
+        if guess >= 0 and guess != answer:
+            return guess
+
+
+def context_block(solution: str, rng: random.Random, config: TinyModelConfig) -> tuple[str, Any]:
+    """A block of 1..``context_max_attempts`` other attempts at a problem, laid out by one of
+    ``config.context_templates``; returns ``(block text, template)``.
+
+    Templates without an outcome header (compact, separator) mix wrong attempts with right
+    ones (each right with ``context_correct_prob``), so the block never tells the answer for
+    sure. A template whose header names the outcome shown (default: "... that were
+    incorrect:") gets a block of one outcome, as BICC shows it, so its header never lies.
+    With ``context_cut_prob`` the last attempt is cut short, as BICC's ``cut`` packing does.
+    """
+    from bicc_lab.algorithms.bicc import get_template, layout_block
+
+    template = get_template(rng.choice(config.context_templates), config.context_separator)
     answer = int(solution)
-    others = []
-    for _ in range(rng.randint(1, 3)):
-        offset = rng.choice([d for d in range(-10, 11) if d])
-        others.append(str(max(0, answer + offset)))
-    return prompt + "".join(separator + other for other in others) + separator
+    count = rng.randint(1, config.context_max_attempts)
+    if "{shown}" in template.header:
+        right = rng.random() < config.context_correct_prob
+        attempts = [answer if right else wrong_answer(answer, rng) for _ in range(count)]
+        shown = "correct" if right else "incorrect"
+    else:
+        attempts = [answer if rng.random() < config.context_correct_prob else wrong_answer(answer, rng)
+                    for _ in range(count)]
+        shown = "incorrect"
+    traces = [str(a) for a in attempts]
+    if len(traces[-1]) > 1 and rng.random() < config.context_cut_prob:
+        traces[-1] = traces[-1][: rng.randint(1, len(traces[-1]) - 1)]
+    return layout_block(traces, template, shown), template
 
 
-def _encode_examples(
-    tokenizer: Any,
-    rows: list[dict[str, str]],
-    prompt_format: str,
-    *,
-    context_prob: float = 0.0,
-    seed: int = 0,
-):
-    rng = random.Random(seed)
-    out = []
-    for r in rows:
-        prompt = r["prompt"]
-        # Plain prompts only: chat prompts get BICC's natural-language block, which a
-        # byte-level model this small cannot be taught to read in a short warm-start.
-        if prompt_format == "plain" and context_prob > 0 and rng.random() < context_prob:
-            prompt = with_distractor_context(prompt, r["solution"], rng)
-        p = tokenizer.encode(_render_prompt(tokenizer, prompt, prompt_format), add_special_tokens=False)
-        a = tokenizer.encode(r["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
-        out.append((p, a))
-    return out
+class _WarmStartPrompts:
+    """Warm-start examples as token ids. A plain prompt draws a fresh context block each
+    time it is sampled (with ``context_prob``), so the model sees many blocks per problem
+    instead of memorising one. Chat prompts stay bare: BICC puts their block inside the
+    user turn, a layout this byte-level model is not taught."""
+
+    def __init__(self, tokenizer: Any, rows: list[dict[str, str]], config: TinyModelConfig) -> None:
+        self.tokenizer = tokenizer
+        self.rows = rows
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.prompts = [
+            tokenizer.encode(_render_prompt(tokenizer, r["prompt"], config.prompt_format), add_special_tokens=False)
+            for r in rows
+        ]
+        self.answers = [
+            tokenizer.encode(r["solution"], add_special_tokens=False) + [tokenizer.eos_token_id] for r in rows
+        ]
+        self.with_context = config.prompt_format == "plain" and config.context_prob > 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def example(self, i: int) -> tuple[list[int], list[int]]:
+        if self.with_context and self.rng.random() < self.config.context_prob:
+            from bicc_lab.algorithms.bicc import place_block
+
+            row = self.rows[i]
+            block, template = context_block(row["solution"], self.rng, self.config)
+            text = place_block(row["prompt"], block, template)
+            return self.tokenizer.encode(text, add_special_tokens=False), self.answers[i]
+        return self.prompts[i], self.answers[i]
 
 
-def _batch(examples, idx, pad_id: int):
+def _batch(examples: _WarmStartPrompts, idx, pad_id: int):
     import torch
 
-    seqs = [examples[i] for i in idx]
+    seqs = [examples.example(i) for i in idx]
     width = max(len(p) + len(a) for p, a in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), -100, dtype=torch.long)
@@ -276,6 +351,73 @@ def _batch(examples, idx, pad_id: int):
         labels[row, len(p) : n] = torch.tensor(a)
         mask[row, :n] = 1
     return ids, mask, labels
+
+
+def _left_pad(rows: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _right_pad(rows: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def sample_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    *,
+    seed: int,
+    temperature: float = 1.0,
+    max_new_tokens: int = 6,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """One sample per prompt (token ids, left-padded per batch), by pure sampling at
+    ``temperature``. Each completion is cut after its first EOS, which it keeps, as TRL's
+    completion mask does. Deterministic for a seed."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    out: list[list[int]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            for start in range(0, len(prompts), batch_size):
+                ids, mask = _left_pad(prompts[start : start + batch_size], tokenizer.pad_token_id)
+                generated = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_k=0,
+                    top_p=1.0,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                for row in generated[:, ids.shape[1] :].tolist():
+                    out.append(row[: row.index(eos) + 1] if eos in row else row)
+    finally:
+        model.train(was_training)
+    return out
 
 
 def sampled_accuracy(
@@ -291,41 +433,200 @@ def sampled_accuracy(
 ) -> float:
     """Share of ``rows`` answered exactly (leading integer) with one sample each at
     ``temperature`` (pure sampling, no top-k/top-p). Deterministic for a seed."""
-    import torch
-
     from bicc_lab.tasks.rewards import arithmetic_reward
 
     if not rows:
         return 0.0
     if max_new_tokens is None:
         max_new_tokens = max(len(r["solution"]) for r in rows) + 2
+    prompts = [
+        tokenizer.encode(_render_prompt(tokenizer, r["prompt"], prompt_format), add_special_tokens=False)
+        for r in rows
+    ]
+    completions = sample_completions(
+        model, tokenizer, prompts, seed=seed, temperature=temperature,
+        max_new_tokens=max_new_tokens, batch_size=batch_size,
+    )
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return sum(arithmetic_reward(None, texts, [r["solution"] for r in rows])) / len(rows)
+
+
+def sequence_logps(
+    model: Any,
+    prompt_ids: Any,
+    prompt_mask: Any,
+    completion_ids: Any,
+    completion_mask: Any,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 512,
+) -> Any:
+    """log π(o|q) summed over each completion's unmasked tokens, computed as TRL's GRPO
+    trainer does (left-padded prompt + right-padded completion in one forward pass,
+    logits divided by the sampling temperature). Returns a (B,) float tensor."""
+    import torch
+
+    width = completion_ids.size(1)
+    out = []
     was_training = model.training
     model.eval()
-    correct = 0.0
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                texts = [_render_prompt(tokenizer, r["prompt"], prompt_format) for r in chunk]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                out = model.generate(
-                    **enc,
-                    do_sample=True,
-                    temperature=temperature,
-                    top_k=0,
-                    top_p=1.0,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                completions = tokenizer.batch_decode(
-                    out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                correct += sum(arithmetic_reward(None, completions, [r["solution"] for r in chunk]))
+        with torch.no_grad():
+            for start in range(0, prompt_ids.size(0), batch_size):
+                part = slice(start, start + batch_size)
+                ids = torch.cat([prompt_ids[part], completion_ids[part]], dim=1)
+                mask = torch.cat([prompt_mask[part], completion_mask[part]], dim=1)
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, -width - 1 : -1].float()
+                logps = torch.log_softmax(logits / temperature, dim=-1)
+                token = logps.gather(-1, completion_ids[part].unsqueeze(-1)).squeeze(-1)
+                out.append((token * completion_mask[part]).sum(-1))
     finally:
         model.train(was_training)
-    return correct / len(rows)
+    return torch.cat(out)
+
+
+def context_probe(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict[str, str]],
+    *,
+    template: Any,
+    budget_tokens: int,
+    group_size: int = 8,
+    samples: int = 8,
+    seed: int = 0,
+    temperature: float = 1.0,
+    max_new_tokens: int = 6,
+    pack_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """How much a block of other attempts moves the model, measured the way GRPO + BICC
+    meets it at step 0 (plain prompts only).
+
+    1. ``group_size`` samples per prompt at ``temperature``, graded by the arithmetic reward.
+    2. BICC's packer (``pack_conditioned_prompts`` with ``template``, ``budget_tokens`` and
+       ``pack_options``) gives every sample of a mixed group its conditioned prompt.
+    3. ``logp_shift_correct``: mean over correct samples of log π(o|q ⊕ incorrect traces) −
+       log π(o|q), in nats per sequence (EOS included), as ``bicc/logp_shift_correct`` at
+       step 0; ``logp_shift_incorrect`` likewise for incorrect samples under correct traces.
+    4. Accuracy with and without a block of wrong attempts: for each mixed group, the
+       conditioned prompt of one correct sample (its block holds the group's wrong answers)
+       and the plain prompt each get ``samples`` fresh samples; ``accuracy_delta`` is the
+       difference on the same problems, with the standard error of the per-problem
+       differences.
+    """
+    import torch
+
+    from bicc_lab.algorithms.bicc import pack_conditioned_prompts
+    from bicc_lab.tasks.rewards import arithmetic_reward
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompts = [tokenizer.encode(r["prompt"], add_special_tokens=False) for r in rows]
+    solutions = [r["solution"] for r in rows]
+    grouped = [p for p in prompts for _ in range(group_size)]
+    completions = sample_completions(
+        model, tokenizer, grouped, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens
+    )
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    rewards = torch.tensor(arithmetic_reward(None, texts, [s for s in solutions for _ in range(group_size)]))
+    prompt_ids, prompt_mask = _left_pad(grouped, pad)
+    completion_ids, completion_mask = _right_pad(completions, pad)
+    packed = pack_conditioned_prompts(
+        prompt_ids, prompt_mask, completion_ids, completion_mask, rewards, group_size,
+        tokenize=lambda text: tokenizer.encode(text, add_special_tokens=False),
+        budget_tokens=budget_tokens,
+        pad_token_id=pad,
+        template=template,
+        strip_token_ids=[eos, pad],
+        seed=seed,
+        **(pack_options or {}),
+    )
+    plain = sequence_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=temperature)
+    conditioned = sequence_logps(
+        model, packed.prompt_ids, packed.prompt_mask, completion_ids, completion_mask, temperature=temperature
+    )
+    shift = conditioned - plain
+    correct = rewards > 0.5
+    shift_correct = shift[packed.conditioned & correct]
+    shift_incorrect = shift[packed.conditioned & ~correct]
+
+    plain_prompts, wrong_context_prompts, problem_solutions = [], [], []
+    for g, solution in enumerate(solutions):
+        members = range(g * group_size, (g + 1) * group_size)
+        shown_wrong = [i for i in members if packed.conditioned[i] and correct[i]]
+        if shown_wrong:
+            i = shown_wrong[0]
+            plain_prompts.append(prompts[g])
+            wrong_context_prompts.append(packed.prompt_ids[i][packed.prompt_mask[i].bool()].tolist())
+            problem_solutions.append(solution)
+
+    def accuracy_per_problem(problem_prompts: list[list[int]], sample_seed: int) -> torch.Tensor:
+        repeated = [p for p in problem_prompts for _ in range(samples)]
+        outs = sample_completions(
+            model, tokenizer, repeated, seed=sample_seed, temperature=temperature, max_new_tokens=max_new_tokens
+        )
+        graded = arithmetic_reward(
+            None, tokenizer.batch_decode(outs, skip_special_tokens=True),
+            [s for s in problem_solutions for _ in range(samples)],
+        )
+        return torch.tensor(graded).view(-1, samples).mean(dim=1)
+
+    result: dict[str, Any] = {
+        "prompts": len(rows),
+        "group_size": group_size,
+        "budget_tokens": budget_tokens,
+        "template": template.name,
+        "temperature": temperature,
+        "group_accuracy": rewards.mean().item(),
+        "mixed_groups": len(problem_solutions),
+        "n_correct_scored": int(shift_correct.numel()),
+        "n_incorrect_scored": int(shift_incorrect.numel()),
+        "logp_shift_correct": shift_correct.mean().item() if shift_correct.numel() else None,
+        "logp_shift_incorrect": shift_incorrect.mean().item() if shift_incorrect.numel() else None,
+        "context_tokens_mean": packed.context_tokens[packed.conditioned].float().mean().item()
+        if packed.conditioned.any() else 0.0,
+        "samples_per_problem": samples,
+        "accuracy_plain": None,
+        "accuracy_wrong_context": None,
+        "accuracy_delta": None,
+        "accuracy_delta_se": None,
+    }
+    if problem_solutions:
+        acc_plain = accuracy_per_problem(plain_prompts, seed + 1)
+        acc_context = accuracy_per_problem(wrong_context_prompts, seed + 2)
+        diff = acc_context - acc_plain
+        result.update(
+            accuracy_plain=acc_plain.mean().item(),
+            accuracy_wrong_context=acc_context.mean().item(),
+            accuracy_delta=diff.mean().item(),
+            accuracy_delta_se=(diff.std().item() / len(diff) ** 0.5) if len(diff) > 1 else None,
+        )
+    return result
+
+
+def describe_probe(probe: dict[str, Any]) -> str:
+    """The probe as one log line."""
+
+    def nats(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.2f}"
+
+    line = (
+        f"context probe ({probe['prompts']} prompts x {probe['group_size']} samples, "
+        f"{probe['template']} template, {probe['budget_tokens']}-token budget): "
+        f"logp shift of correct answers under wrong attempts {nats(probe['logp_shift_correct'])} nats/seq "
+        f"(n={probe['n_correct_scored']}), of wrong answers under correct attempts "
+        f"{nats(probe['logp_shift_incorrect'])} (n={probe['n_incorrect_scored']})"
+    )
+    if probe["accuracy_delta"] is not None:
+        se = probe["accuracy_delta_se"]
+        line += (
+            f"; sampled accuracy {100 * probe['accuracy_plain']:.1f}% plain vs "
+            f"{100 * probe['accuracy_wrong_context']:.1f}% with wrong attempts in the prompt "
+            f"({probe['mixed_groups']} problems x {probe['samples_per_problem']} samples, "
+            f"difference {100 * probe['accuracy_delta']:+.1f}"
+            + (f" +- {100 * se:.1f}" if se is not None else "")
+            + " points)"
+        )
+    return line
 
 
 class _Progress:
@@ -345,13 +646,8 @@ class _Progress:
         self._p.close()
 
 
-def warm_start(
-    model: Any, tokenizer: Any, config: TinyModelConfig, *, progress: bool = True
-) -> dict[str, Any]:
-    """Supervised warm-start on the arithmetic train split until the held-out sampled
-    accuracy reaches ``config.target_accuracy`` (or a cap). Returns the record."""
-    import torch
-
+def warm_start_rows(config: TinyModelConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``(fit, held-out)`` rows of the arithmetic train split; the test split is never used."""
     from bicc_lab.tasks.arithmetic import make_splits
 
     splits = make_splits(
@@ -363,7 +659,25 @@ def warm_start(
     )
     train_rows = splits.train
     n_val = min(config.n_val, max(1, len(train_rows) // 5))
-    val_rows, fit_rows = train_rows[-n_val:], train_rows[:-n_val]
+    return train_rows[:-n_val], train_rows[-n_val:]
+
+
+def probe_template(config: TinyModelConfig) -> Any:
+    """The BICC template the warm-start lays its blocks out with (the first one listed)."""
+    from bicc_lab.algorithms.bicc import get_template
+
+    return get_template(config.context_templates[0] if config.context_templates else "compact",
+                        config.context_separator)
+
+
+def warm_start(
+    model: Any, tokenizer: Any, config: TinyModelConfig, *, progress: bool = True
+) -> dict[str, Any]:
+    """Supervised warm-start on the arithmetic train split until the held-out sampled
+    accuracy reaches ``config.target_accuracy`` (or a cap). Returns the record."""
+    import torch
+
+    fit_rows, val_rows = warm_start_rows(config)
     record: dict[str, Any] = {
         "steps": 0,
         "seconds": 0.0,
@@ -379,9 +693,7 @@ def warm_start(
     if config.target_accuracy <= 0.0:
         return record
 
-    examples = _encode_examples(
-        tokenizer, fit_rows, config.prompt_format, context_prob=config.context_prob, seed=config.seed
-    )
+    examples = _WarmStartPrompts(tokenizer, fit_rows, config)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -496,6 +808,12 @@ class TinyWarmStartError(RuntimeError):
     """
 
 
+def max_answer(config: TinyModelConfig) -> int:
+    """The largest answer of the warm-start task (sizes the probe's completions)."""
+    largest = 10**config.digits - 1
+    return largest * largest if "*" in config.ops else 2 * largest
+
+
 def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
     import torch
     import transformers
@@ -510,6 +828,23 @@ def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
             f"{config.target_accuracy:.2f}; the machine may be busy: raise model.tiny.max_warmup_seconds "
             "or lower model.tiny.target_accuracy (nothing was cached)"
         )
+    if config.prompt_format == "plain" and config.probe_group_size > 1:
+        t0 = time.perf_counter()
+        probe = context_probe(
+            model, tokenizer, warm_start_rows(config)[1],
+            template=probe_template(config),
+            budget_tokens=config.probe_budget_tokens,
+            group_size=config.probe_group_size,
+            samples=config.probe_samples,
+            seed=config.seed,
+            max_new_tokens=len(str(max_answer(config))) + 3,
+        )
+        probe["seconds"] = round(time.perf_counter() - t0, 3)
+        record["context_probe"] = probe
+        line = f"tiny warm-start: {describe_probe(probe)}"
+        log.info(line)
+        if progress:
+            print(line, file=sys.stderr, flush=True)
     record.update(
         config=config.to_dict(),
         cache_key=config.cache_key(),

@@ -146,7 +146,7 @@ class TinyModelConfig(_Section):
         5000, ge=0, description="Cap on warm-start steps if the target accuracy is never reached."
     )
     context_prob: Float = Field(
-        0.0, ge=0, le=1, description="Share of warm-start prompts followed by other answers (BICC's separator layout)."
+        0.5, ge=0, le=1, description="Share of warm-start prompts that carry a block of other attempts (BICC's compact layout, in front of the question)."
     )
     max_warmup_seconds: Float | None = Field(
         None, gt=0, description="Optional cap on warm-start wall time (null: only the step cap); below target at a cap is an error."
@@ -307,9 +307,12 @@ class BiccConfig(_Section):
     max_traces: int | None = Field(
         None, ge=1, description="At most this many opposite traces; null: as many as fit."
     )
-    template: Literal["default", "separator"] = Field(
+    template: Literal["default", "separator", "compact"] = Field(
         "default",
-        description="default: natural-language framing; separator: bare concatenation (authors' code).",
+        description=(
+            "default: natural-language framing; separator: bare concatenation after the question "
+            "(authors' code); compact: each trace + separator, in front of a plain question."
+        ),
     )
     separator: str = Field("\n", description="String between packed traces.")
     ratio: Literal["paper", "conditioned"] = Field(
