@@ -41,6 +41,7 @@ __all__ = [
     "SlurmUnavailable",
     "node_command",
     "read_job_record",
+    "sbatch_parameters",
     "slurm_states",
 ]
 
@@ -273,38 +274,14 @@ class SlurmLauncher:
 
     # ---------------------------------------------------------------- submission
     def sbatch_parameters(self) -> dict[str, Any]:
-        """submitit's SlurmExecutor parameters for one cell (see ``sweep plan``)."""
-        launch = self.launch
-        params: dict[str, Any] = {
-            "job_name": self.job_name,
-            "nodes": launch.nodes,
-            "ntasks_per_node": 1,  # one CellJob per node; it starts the node's processes
-            "cpus_per_task": launch.cpus_per_task,
-            "time": launch.time_min,
-            "stderr_to_stdout": True,
-            "signal_delay_s": min(120, max(30, launch.time_min * 60 // 20)),
-            "max_num_timeout": 100,  # a long run may need many time slots; each resumes
-        }
-        if launch.gpus_per_node:
-            params["gpus_per_node"] = launch.gpus_per_node
-        if launch.mem_gb is not None:
-            params["mem"] = f"{int(launch.mem_gb * 1024)}M"
-        for key in ("partition", "account", "qos", "constraint"):
-            if getattr(launch, key) is not None:
-                params[key] = getattr(launch, key)
-        if launch.setup:
-            params["setup"] = list(launch.setup)
-        extra = dict(launch.extra)
-        if extra:
-            params["additional_parameters"] = extra
-        return params
+        return sbatch_parameters(self.launch, self.job_name)
 
     def _executor(self, folder: Path, array_parallelism: int | None = None) -> Any:
         import submitit
 
+        # a long run may need many time slots; each one resumes from the last checkpoint
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=100)
         params = self.sbatch_parameters()
-        params.pop("max_num_timeout", None)
         if array_parallelism is not None:
             params["array_parallelism"] = array_parallelism
         executor.update_parameters(**params)
@@ -377,11 +354,12 @@ class SlurmLauncher:
         done = []
         now = time.time()
         for key, job in list(self.running.items()):
+            if queued.get(job.job_id) in ACTIVE_STATES:
+                # (a requeued job may hold the result file of its stopped first try)
+                self._gone_since.pop(key, None)
+                continue
             code = self._result_code(job)
             if code is None:
-                if job.job_id in queued and queued[job.job_id] in ACTIVE_STATES:
-                    self._gone_since.pop(key, None)
-                    continue
                 first = self._gone_since.setdefault(key, now)
                 if now - first < RESULT_GRACE_S:
                     continue
@@ -434,6 +412,32 @@ class SlurmLauncher:
     def release(self) -> None:
         """Forget the running jobs (they stay in SLURM's queue; ``slurm_job.json`` remembers them)."""
         self.running.clear()
+
+
+def sbatch_parameters(launch: Any, job_name: str) -> dict[str, Any]:
+    """submitit's SlurmExecutor parameters for one cell of a ``launch:`` block."""
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "nodes": launch.nodes,
+        "ntasks_per_node": 1,  # one CellJob per node; it starts the node's processes
+        "cpus_per_task": launch.cpus_per_task,
+        "time": launch.time_min,
+        "stderr_to_stdout": True,
+        # SIGUSR2 this long before the time limit: submitit requeues, the worker stops cleanly
+        "signal_delay_s": min(120, max(30, launch.time_min * 60 // 20)),
+    }
+    if launch.gpus_per_node:
+        params["gpus_per_node"] = launch.gpus_per_node
+    if launch.mem_gb is not None:
+        params["mem"] = f"{int(launch.mem_gb * 1024)}M"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(launch, key) is not None:
+            params[key] = getattr(launch, key)
+    if launch.setup:
+        params["setup"] = list(launch.setup)
+    if launch.extra:
+        params["additional_parameters"] = dict(launch.extra)
+    return params
 
 
 def _code_of_state(state: str) -> int:
