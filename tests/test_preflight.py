@@ -223,10 +223,9 @@ def test_train_extra_keys_are_grpo_config_fields_that_we_do_not_map(experiment):
         "train.extra.lerning_rate: 'lerning_rate' is not a field of TRL's GRPOConfig at --set train.extra; "
         "did you mean 'learning_rate'?"
     )
-    assert _check(experiment, "train.extra={loss_type: dr_grpo}") == (
-        "train.extra.loss_type would replace the loss_type that bicc-lab sets from the variant "
-        "at --set train.extra; set the variant instead"
-    )
+    refused = _check(experiment, "train.extra={loss_type: dr_grpo}")
+    assert refused.startswith("train.extra.loss_type would replace the loss_type that bicc-lab sets from the variant")
+    assert "at --set train.extra; set the variant" in refused
     assert _check(experiment, "train.extra={max_steps: 3}") == (
         "train.extra.max_steps would replace the max_steps that bicc-lab sets from train.max_steps "
         "at --set train.extra; set train.max_steps instead"

@@ -6,7 +6,8 @@ from a fresh working directory that holds copies of the repository's own
 ``reports/`` land there, never in the repository). The only changes are ``--set``
 overrides the README itself offers, to fit a test: the tiny model is the prebuilt untrained
 one (``model.name`` accepts a path), 2 training steps, 4 evaluation problems, and the
-quickstart grid cut to one variant and one seed (4 cells: base, +RCC, +BICC, +BICC+RCC).
+quickstart grid cut to one variant, one seed and BICC off (2 cells: base and +RCC; the
+BICC arms train in ``test_train_then_resume``).
 
 :func:`test_the_table_lists_exactly_the_tested_commands` keeps this file and the table in
 step: a command added to the table without a test here fails it.
@@ -79,8 +80,8 @@ def project(tmp_path_factory, untrained_tiny_dir):
 
 # model, steps and evaluation size of every training command here
 SMALL = ["train.max_steps=2", "eval.limit=4"]
-# the quickstart grid cut to one variant and one seed: the four arms
-ONE_OF_EACH_ARM = ["grid.variant=[grpo]", "grid.seed=[0]"]
+# the quickstart grid cut to one variant, one seed, BICC off: the base and +RCC arms
+TWO_ARMS = ["grid.variant=[grpo]", "grid.seed=[0]", "grid.bicc.enabled=[false]"]
 
 
 def _sets(project: dict, *items: str) -> list[str]:
@@ -203,7 +204,7 @@ def test_eval_takes_the_model_names_of_model_name(project):
 
 @pytest.fixture(scope="module")
 def swept(project):
-    sets = _sets(project, *ONE_OF_EACH_ARM)
+    sets = _sets(project, *TWO_ARMS)
     plan_before = bicc_lab(project, "sweep", "plan", "sweeps/quickstart.yaml", *sets)
     run = bicc_lab(project, "sweep", "run", "sweeps/quickstart.yaml", *sets)
     status = bicc_lab(project, "sweep", "status", "sweeps/quickstart.yaml", *sets)
@@ -214,16 +215,16 @@ def swept(project):
 @pytest.mark.slow
 def test_sweep_plan_run_status(project, swept):
     before = _ok(swept["plan_before"])
-    assert "4 cells over variant, bicc.enabled, rcc.enabled, seed" in before and "4 pending" in before
+    assert "2 cells over variant, bicc.enabled, rcc.enabled, seed" in before and "2 pending" in before
     out = _ok(swept["run"])
-    assert "sweep quickstart: 4/4 finished (4 now, 0 before)" in out, out
+    assert "sweep quickstart: 2/2 finished (2 now, 0 before)" in out, out
     status = _ok(swept["status"])
-    assert "4 finished" in status and "arith avg@4" in status
+    assert "2 finished" in status and "arith avg@4" in status
     plan = json.loads(_ok(swept["plan_after"]))
     states = [cell["state"] for cell in plan["cells"]]
-    assert states == ["finished"] * 4, plan
-    assert [cell["arm"] for cell in plan["cells"]] == ["base", "rcc", "bicc", "bicc+rcc"]
-    assert plan["counts"] == {"finished": 4}
+    assert states == ["finished"] * 2, plan
+    assert [cell["arm"] for cell in plan["cells"]] == ["base", "rcc"]
+    assert plan["counts"] == {"finished": 2}
     assert (project["root"] / "mlflow.db").is_file()
 
 
@@ -232,10 +233,13 @@ def test_report_of_the_sweep(project, swept):
     _ok(swept["run"])
     out = _ok(bicc_lab(project, "report", "sweeps/quickstart.yaml"))
     reports = project["root"] / "reports" / "quickstart"
-    assert {"report.md", "report.html"} <= {p.name for p in reports.iterdir()}
-    table = (reports / "report.md").read_text()
-    assert "grpo" in table and "+BICC+RCC" in table and "+RCC" in table
-    assert "grpo" in out
+    assert {"ablation.md", "ablation.csv", "cost.md", "report.html", "plots"} <= {p.name for p in reports.iterdir()}
+    table = (reports / "ablation.md").read_text()
+    assert "Generated" in table and "by `bicc-lab report sweeps/quickstart.yaml`" in table
+    header = next(line for line in table.splitlines() if line.startswith("| Model |"))
+    assert header == "| Model | Variant | arith baseline | arith +RCC |"
+    assert re.search(r"^\| \S+ \| grpo \|", table, re.M), table
+    assert "arith" in out and "grpo" in out
 
 
 # --------------------------------------------------------------------------- tune
