@@ -1,9 +1,11 @@
-"""GRPO-family variants: a registry of specs plus pure loss functions over tensors.
+"""GRPO-family losses: pure functions over tensors, and the table of policy losses.
 
-Each variant is a :class:`VariantSpec` (how advantages are scaled, how the
-importance ratio is formed and clipped, how token losses are aggregated) kept in
-:data:`VARIANTS`. The functions below take plain tensors and a spec and return a
-scalar loss, in the style of verl's ``core_algos.py``; nothing here knows about a
+The variants themselves (:class:`VariantSpec`, :data:`VARIANTS`,
+:func:`register_variant`) live in :mod:`bicc_lab.algorithms.registry`, which needs
+no torch; they are re-exported here. A variant's per-token loss is the function
+registered under its ``loss_name`` with :func:`register_policy_loss`, as verl's
+``core_algos.py`` registers its policy losses; :func:`policy_loss` looks it up,
+applies optional token weights and aggregates. Nothing here knows about a
 trainer, a model or a process group.
 
 Shapes used throughout: ``B`` sequences (completions), ``T`` completion
@@ -11,27 +13,10 @@ positions (right-padded), ``G`` completions per prompt (``group_size``).
 ``logps``/``old_logps`` are per-token log-probabilities ``(B, T)`` of the sampled
 tokens, ``completion_mask`` is ``(B, T)`` with 1 on the tokens that count.
 
-Variants and the source of every default:
-
-- ``grpo``: DeepSeekMath, arXiv 2402.03300. Group-std advantages, token ratio,
-  PPO clip 0.2, token mean within a sequence then mean over sequences.
-- ``dr_grpo``: "Understanding R1-Zero-Like Training", arXiv 2503.20783. No std
-  scaling, token ratio, clip 0.2, sum / (B * max_completion_length).
-- ``dapo``: arXiv 2503.14476. Clip-higher (0.2 / 0.28), token mean over every
-  active token of the batch, dynamic sampling, soft overlong punishment (eq. 13,
-  buffer L_cache/L_max = 4096/20480 = 0.2).
-- ``gspo``: arXiv 2507.18071. Sequence ratio exp(mean_t log r), clip
-  [1 - 3e-4, 1 + 4e-4], mean over sequences.
-- ``gmpo``: arXiv 2507.20673. Geometric mean of token ratios, each token's log
-  ratio clipped to [-0.4, 0.4] sign-aware, loss -A * exp(mean_t clipped log r),
-  mean over sequences (official code github.com/callsys/GMPO
-  ``train_zero_math_gmpo.py``, ``CLIPRANGE=0.4``; verl ``geo_mean`` loss).
-- ``aspo``: arXiv 2510.06062. Flipped ratio for positive-advantage tokens and a
-  soft dual clip (c = 3), token mean. See :func:`aspo_per_token_loss`.
-
-The token-ratio variants (grpo, dr_grpo, dapo) also take verl's dual clip
-``clip_ratio_c`` (Ye et al., arXiv 1912.09729; verl ``compute_policy_loss``): off
-by default, so that they stay equal to TRL's losses.
+A registered policy loss is called as
+``loss_fn(spec, logps, old_logps, advantages, completion_mask)`` with ``old_logps``
+filled in and ``advantages`` of shape ``(B, 1)`` or ``(B, T)``, and returns
+``(per_token_loss (B, T), metrics)`` (metrics: detached 0-d tensors).
 
 Gradient accumulation: every loss here is the loss of the tensors passed in.
 Dividing by the number of accumulation steps (TRL 1.16 does it after the
@@ -42,27 +27,47 @@ the trainer's job.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
+from bicc_lab.algorithms.registry import (
+    ADVANTAGE_SCALES,
+    AGGREGATIONS,
+    CLIP_KINDS,
+    RATIO_KINDS,
+    STD_KINDS,
+    VARIANTS,
+    AdvantageScale,
+    Aggregation,
+    StdKind,
+    UnknownVariantError,
+    VariantSpec,
+    check_choice,
+    get_variant,
+    register_variant,
+    resolve_variant,
+    variant_names,
+)
 from bicc_lab.errors import UserError
 
 __all__ = [
     "ADVANTAGE_SCALES",
     "AGGREGATIONS",
     "CLIP_KINDS",
+    "POLICY_LOSSES",
     "RATIO_KINDS",
     "STD_KINDS",
     "VARIANTS",
+    "PolicyLossFn",
+    "UnknownPolicyLossError",
     "UnknownVariantError",
     "VariantSpec",
     "aggregate_loss",
     "aspo_per_token_loss",
+    "get_policy_loss",
     "get_variant",
     "gmpo_per_token_loss",
     "group_advantages",
@@ -73,297 +78,12 @@ __all__ = [
     "overlong_penalty",
     "policy_loss",
     "ppo_per_token_loss",
+    "register_policy_loss",
     "register_variant",
     "resolve_variant",
     "sequence_logps",
     "variant_names",
 ]
-
-AdvantageScale = Literal["group_std", "none"]
-RatioKind = Literal["token", "sequence", "geo_mean", "flipped_positive"]
-ClipKind = Literal["ppo", "log_space", "soft_dual"]
-Aggregation = Literal["seq_mean_token_mean", "seq_mean_token_sum_norm", "token_mean", "seq_mean"]
-StdKind = Literal["unbiased", "population"]
-
-ADVANTAGE_SCALES: tuple[str, ...] = ("group_std", "none")
-RATIO_KINDS: tuple[str, ...] = ("token", "sequence", "geo_mean", "flipped_positive")
-CLIP_KINDS: tuple[str, ...] = ("ppo", "log_space", "soft_dual")
-AGGREGATIONS: tuple[str, ...] = (
-    "seq_mean_token_mean",
-    "seq_mean_token_sum_norm",
-    "token_mean",
-    "seq_mean",
-)
-STD_KINDS: tuple[str, ...] = ("unbiased", "population")
-
-# Each ratio kind has exactly one clipping rule that its paper defines; other
-# pairings have no reference behaviour to test against, so they are refused.
-_CLIP_FOR_RATIO: dict[str, str] = {
-    "token": "ppo",
-    "sequence": "ppo",
-    "geo_mean": "log_space",
-    "flipped_positive": "soft_dual",
-}
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """One GRPO-family variant: advantage scaling, ratio, clipping, aggregation.
-
-    Attributes:
-        name: registry key, e.g. ``"grpo"``.
-        paper: arXiv id of the paper that defines the defaults.
-        advantage_scale: ``"group_std"`` divides ``r - mean`` by the group std
-            (GRPO, DAPO, GSPO, GMPO, ASPO); ``"none"`` keeps ``r - mean`` (Dr.GRPO).
-        ratio: ``"token"`` r_t = pi/pi_old per token; ``"sequence"`` one ratio per
-            sequence exp(mean_t log r_t) (GSPO); ``"geo_mean"`` exp of the mean of
-            per-token clipped log ratios (GMPO); ``"flipped_positive"`` token ratio
-            whose weight is 1/r for positive-advantage tokens (ASPO).
-        clip: ``"ppo"`` -min(rA, clip(r, 1-eps_low, 1+eps_high)A); ``"log_space"``
-            sign-aware clip of log r to [-eps_low, eps_high] (GMPO);
-            ``"soft_dual"`` PPO masking plus a value-only cap at ``dual_clip_c``
-            that keeps the gradient (ASPO).
-        epsilon_low, epsilon_high: clip bounds (ratio space for ``ppo`` and
-            ``soft_dual``, log space for ``log_space``).
-        aggregation: how the (B, T) token losses become a scalar, see
-            :func:`aggregate_loss`.
-        dual_clip_c: ASPO's soft dual-clip cap on the (flipped) weight; ``None``
-            disables it. Only read when ``clip == "soft_dual"``.
-        clip_ratio_c: verl's hard dual clip for token ratios: a negative-advantage
-            token's loss is capped at ``-c A``, so a token whose ratio rose above c
-            has no gradient (PPO's clip leaves it unbounded). ``None`` disables it;
-            c must be > 1; only token-ratio variants take it.
-        dynamic_sampling: DAPO metadata: drop groups whose rewards are all equal
-            and resample until the batch is full. Applied by the trainer.
-        overlong_buffer_fraction: DAPO metadata: soft overlong punishment buffer
-            as a fraction of ``max_completion_length`` (see
-            :func:`overlong_penalty`); ``None`` disables it. Applied by the
-            reward pipeline.
-    """
-
-    name: str
-    paper: str = ""
-    advantage_scale: AdvantageScale = "group_std"
-    ratio: RatioKind = "token"
-    clip: ClipKind = "ppo"
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    aggregation: Aggregation = "seq_mean_token_mean"
-    dual_clip_c: float | None = None
-    clip_ratio_c: float | None = None
-    dynamic_sampling: bool = False
-    overlong_buffer_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        _check_choice("advantage_scale", self.advantage_scale, ADVANTAGE_SCALES)
-        _check_choice("ratio", self.ratio, RATIO_KINDS)
-        _check_choice("clip", self.clip, CLIP_KINDS)
-        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        expected_clip = _CLIP_FOR_RATIO[self.ratio]
-        if self.clip != expected_clip:
-            raise ValueError(
-                f"variant {self.name!r}: ratio {self.ratio!r} goes with clip "
-                f"{expected_clip!r}, got {self.clip!r}"
-            )
-        for field_name in ("epsilon_low", "epsilon_high"):
-            value = getattr(self, field_name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"variant {self.name!r}: {field_name} must be >= 0, got {value!r}")
-        if self.clip != "log_space" and self.epsilon_low >= 1:
-            raise ValueError(
-                f"variant {self.name!r}: epsilon_low must be < 1 for ratio-space clipping, "
-                f"got {self.epsilon_low!r}"
-            )
-        if self.dual_clip_c is not None and not self.dual_clip_c > 1:
-            raise ValueError(
-                f"variant {self.name!r}: dual_clip_c must be > 1, got {self.dual_clip_c!r}"
-            )
-        if self.clip_ratio_c is not None:
-            c = self.clip_ratio_c
-            if not (isinstance(c, int | float) and math.isfinite(c) and c > 1):
-                raise ValueError(f"variant {self.name!r}: clip_ratio_c must be > 1, got {c!r}")
-            if self.ratio != "token":
-                raise ValueError(
-                    f"variant {self.name!r}: clip_ratio_c (dual clip) applies to token-ratio "
-                    f"variants (grpo, dr_grpo, dapo), not to ratio {self.ratio!r}"
-                )
-        fraction = self.overlong_buffer_fraction
-        if fraction is not None and not 0 < fraction <= 1:
-            raise ValueError(
-                f"variant {self.name!r}: overlong_buffer_fraction must be in (0, 1], got {fraction!r}"
-            )
-
-    @property
-    def is_sequence_level(self) -> bool:
-        """True when the ratio is one number per sequence (GSPO, GMPO)."""
-        return self.ratio in ("sequence", "geo_mean")
-
-    def overlong_buffer_tokens(self, max_completion_length: int) -> int | None:
-        """The DAPO overlong buffer in tokens for this completion budget, or None."""
-        if self.overlong_buffer_fraction is None:
-            return None
-        return max(1, round(self.overlong_buffer_fraction * max_completion_length))
-
-
-def _check_choice(field_name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{field_name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-class UnknownVariantError(UserError, ValueError):
-    """A variant name that is not in the registry; the message lists the valid ones."""
-
-    def __init__(self, name: str, valid: list[str]) -> None:
-        self.name = name
-        self.valid = valid
-        close = difflib.get_close_matches(name, valid, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ";"
-        super().__init__(f"unknown variant {name!r}{hint} valid: {', '.join(valid)}")
-
-
-VARIANTS: dict[str, VariantSpec] = {}
-
-
-def register_variant(spec: VariantSpec, *, overwrite: bool = False) -> VariantSpec:
-    """Add ``spec`` to :data:`VARIANTS` under ``spec.name`` and return it.
-
-    Re-registering a name raises unless ``overwrite=True``, so that two modules
-    cannot silently disagree about what a name means.
-    """
-    if spec.name in VARIANTS and not overwrite and VARIANTS[spec.name] != spec:
-        raise ValueError(f"variant {spec.name!r} is already registered: {VARIANTS[spec.name]}")
-    VARIANTS[spec.name] = spec
-    return spec
-
-
-def variant_names() -> list[str]:
-    """Registered variant names, sorted."""
-    return sorted(VARIANTS)
-
-
-def get_variant(name: str, **overrides: Any) -> VariantSpec:
-    """The registered spec called ``name``, with ``overrides`` applied to its fields.
-
-    Raises:
-        UnknownVariantError: ``name`` is not registered (message suggests the
-            closest name).
-        ValueError: an override names a field that does not exist, or gives a
-            value the spec rejects.
-    """
-    if name not in VARIANTS:
-        raise UnknownVariantError(name, variant_names())
-    spec = VARIANTS[name]
-    if not overrides:
-        return spec
-    valid_fields = [f.name for f in dataclasses.fields(VariantSpec)]
-    unknown = sorted(set(overrides) - set(valid_fields))
-    if unknown:
-        raise ValueError(
-            f"unknown variant field(s) {', '.join(unknown)} for {name!r}; "
-            f"valid: {', '.join(valid_fields)}"
-        )
-    return dataclasses.replace(spec, **overrides)
-
-
-def resolve_variant(
-    name: str, overrides: dict[str, Any] | None = None, *, clip_ratio_c: float | None = None
-) -> VariantSpec:
-    """The spec a run trains with: ``name`` plus its overrides and the dual clip.
-
-    ``clip_ratio_c`` (the experiment-level key) goes to token-ratio variants only, as verl
-    applies it only in its vanilla PPO loss: one config can then set it for a grid over
-    every variant, while gspo, gmpo and aspo keep their own clip rules. An explicit
-    ``overrides["clip_ratio_c"]`` wins and is validated like any field.
-    """
-    overrides = dict(overrides or {})
-    if clip_ratio_c is not None and "clip_ratio_c" not in overrides:
-        ratio = overrides.get("ratio", get_variant(name).ratio)
-        if ratio == "token":
-            overrides["clip_ratio_c"] = clip_ratio_c
-    return get_variant(name, **overrides)
-
-
-register_variant(
-    VariantSpec(
-        name="grpo",
-        paper="2402.03300",
-        advantage_scale="group_std",
-        ratio="token",
-        clip="ppo",
-        epsilon_low=0.2,
-        epsilon_high=0.2,
-        aggregation="seq_mean_token_mean",
-    )
-)
-register_variant(
-    VariantSpec(
-        name="dr_grpo",
-        paper="2503.20783",
-        advantage_scale="none",
-        ratio="token",
-        clip="ppo",
-        epsilon_low=0.2,
-        epsilon_high=0.2,
-        aggregation="seq_mean_token_sum_norm",
-    )
-)
-register_variant(
-    VariantSpec(
-        name="dapo",
-        paper="2503.14476",
-        advantage_scale="group_std",
-        ratio="token",
-        clip="ppo",
-        epsilon_low=0.2,
-        epsilon_high=0.28,
-        aggregation="token_mean",
-        dynamic_sampling=True,
-        # DAPO trains with L_max = 20480 and L_cache = 4096 (section 4.1).
-        overlong_buffer_fraction=0.2,
-    )
-)
-register_variant(
-    VariantSpec(
-        name="gspo",
-        paper="2507.18071",
-        advantage_scale="group_std",
-        ratio="sequence",
-        clip="ppo",
-        epsilon_low=3e-4,
-        epsilon_high=4e-4,
-        aggregation="seq_mean",
-    )
-)
-register_variant(
-    VariantSpec(
-        name="gmpo",
-        paper="2507.20673",
-        advantage_scale="group_std",
-        ratio="geo_mean",
-        clip="log_space",
-        epsilon_low=0.4,
-        epsilon_high=0.4,
-        aggregation="seq_mean",
-    )
-)
-register_variant(
-    VariantSpec(
-        name="aspo",
-        paper="2510.06062",
-        advantage_scale="group_std",
-        ratio="flipped_positive",
-        clip="soft_dual",
-        # The authors' code clips low-entropy tokens at 0.2 and the top-20%
-        # entropy tokens at 0.4 (Archer's dual-token constraint, arXiv
-        # 2507.15778). That split needs token entropies, which a pure loss over
-        # log-probs does not have, so the default is the low-entropy bound.
-        epsilon_low=0.2,
-        epsilon_high=0.2,
-        aggregation="token_mean",
-        dual_clip_c=3.0,
-    )
-)
-
 
 # ----------------------------------------------------------------------------
 # Advantages and reward shaping
@@ -391,7 +111,7 @@ def group_std(rewards: torch.Tensor, group_size: int, std: StdKind = "unbiased")
     binary rewards give advantages sqrt(n-/n+) and -sqrt(n+/n-).
     """
     grouped = grouped_view(rewards, group_size, "rewards")
-    _check_choice("std", std, STD_KINDS)
+    check_choice("std", std, STD_KINDS)
     if std == "unbiased" and group_size < 2:
         raise ValueError("std='unbiased' needs group_size >= 2")
     # The operations of TRL 1.16 ``trl.trainer.utils.nanstd``, in its order:
@@ -424,7 +144,7 @@ def group_advantages(
     advantage 0, as in TRL; so does a group with a single scored completion,
     whose unbiased std is undefined.
     """
-    _check_choice("scale", scale, ADVANTAGE_SCALES)
+    check_choice("scale", scale, ADVANTAGE_SCALES)
     grouped = grouped_view(rewards, group_size, "rewards")
     mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)
     advantages = rewards - mean
@@ -514,6 +234,46 @@ def importance_ratio(
 # ----------------------------------------------------------------------------
 
 Metrics = dict[str, torch.Tensor]
+PolicyLossFn = Callable[
+    [VariantSpec, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    tuple[torch.Tensor, Metrics],
+]
+
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+"""Per-token policy losses by name; a variant's ``loss_name`` picks one."""
+
+
+class UnknownPolicyLossError(UserError, ValueError):
+    """A variant names a policy loss that no imported module registered."""
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator: register ``loss_fn(spec, logps, old_logps, advantages, mask)`` as ``name``.
+
+    A second function under a taken name raises, so that two modules cannot
+    silently disagree about what a loss name means.
+    """
+
+    def decorator(loss_fn: PolicyLossFn) -> PolicyLossFn:
+        if POLICY_LOSSES.get(name, loss_fn) is not loss_fn:
+            raise ValueError(f"policy loss {name!r} is already registered: {POLICY_LOSSES[name]}")
+        POLICY_LOSSES[name] = loss_fn
+        return loss_fn
+
+    return decorator
+
+
+def get_policy_loss(name: str) -> PolicyLossFn:
+    """The policy loss registered as ``name``; the error lists the registered ones."""
+    if name not in POLICY_LOSSES:
+        valid = sorted(POLICY_LOSSES)
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownPolicyLossError(
+            f"unknown policy loss {name!r}; {hint}registered: {', '.join(valid)} "
+            "(a plugin module registers more with register_policy_loss)"
+        )
+    return POLICY_LOSSES[name]
 
 
 def _token_fraction(flags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -684,6 +444,38 @@ def aspo_per_token_loss(
     return per_token_loss, metrics
 
 
+# The built-in losses, registered under the ratio kind each implements.
+
+
+@register_policy_loss("token")
+def _token_ratio_loss(spec, logps, old_logps, advantages, completion_mask):
+    coef = importance_ratio(logps, old_logps, completion_mask, level="token")
+    return ppo_per_token_loss(
+        coef, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high, spec.clip_ratio_c
+    )
+
+
+@register_policy_loss("sequence")
+def _sequence_ratio_loss(spec, logps, old_logps, advantages, completion_mask):
+    coef = importance_ratio(logps, old_logps, completion_mask, level="sequence")
+    return ppo_per_token_loss(coef, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high)
+
+
+@register_policy_loss("geo_mean")
+def _geo_mean_loss(spec, logps, old_logps, advantages, completion_mask):
+    return gmpo_per_token_loss(
+        logps, old_logps, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high
+    )
+
+
+@register_policy_loss("flipped_positive")
+def _flipped_positive_loss(spec, logps, old_logps, advantages, completion_mask):
+    return aspo_per_token_loss(
+        logps, old_logps, advantages, completion_mask,
+        spec.epsilon_low, spec.epsilon_high, spec.dual_clip_c,
+    )
+
+
 # ----------------------------------------------------------------------------
 # Aggregation and the entry point
 # ----------------------------------------------------------------------------
@@ -714,7 +506,7 @@ def aggregate_loss(
       num_processes * gradient_accumulation_steps / steps_per_generation``,
       which already accounts for accumulation: do not divide by it again.
     """
-    _check_choice("aggregation", aggregation, AGGREGATIONS)
+    check_choice("aggregation", aggregation, AGGREGATIONS)
     mask = completion_mask.to(per_token_loss.dtype)
     masked = per_token_loss * mask
     if aggregation in ("seq_mean_token_mean", "seq_mean"):
@@ -777,31 +569,8 @@ def policy_loss(
         raise ValueError(f"advantages must be (B,) or (B, T); got {tuple(advantages.shape)}")
     advantages = advantages.to(logps.dtype)
 
-    if spec.ratio == "token":
-        coef = importance_ratio(logps, old_logps, completion_mask, level="token")
-        per_token_loss, metrics = ppo_per_token_loss(
-            coef, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high,
-            spec.clip_ratio_c,
-        )
-    elif spec.ratio == "sequence":
-        coef = importance_ratio(logps, old_logps, completion_mask, level="sequence")
-        per_token_loss, metrics = ppo_per_token_loss(
-            coef, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high
-        )
-    elif spec.ratio == "geo_mean":
-        per_token_loss, metrics = gmpo_per_token_loss(
-            logps, old_logps, advantages, completion_mask, spec.epsilon_low, spec.epsilon_high
-        )
-    else:
-        per_token_loss, metrics = aspo_per_token_loss(
-            logps,
-            old_logps,
-            advantages,
-            completion_mask,
-            spec.epsilon_low,
-            spec.epsilon_high,
-            spec.dual_clip_c,
-        )
+    loss_fn = get_policy_loss(spec.loss_name)
+    per_token_loss, metrics = loss_fn(spec, logps, old_logps, advantages, completion_mask)
     if token_weights is not None:
         per_token_loss = per_token_loss * token_weights
     loss = aggregate_loss(

@@ -209,10 +209,11 @@ class AblationTable:
 
 def _row_order(row: RowKey) -> tuple:
     """Model, then the variants in registry order (grpo, dr_grpo, dapo, ...), then axes."""
-    from bicc_lab.spec.models import VARIANTS
+    from bicc_lab.algorithms.registry import VARIANTS
 
+    order = list(VARIANTS)
     variant = row[1] if len(row) > 1 else ""
-    rank = VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
+    rank = order.index(variant) if variant in order else len(order)
     return (row[0], rank, variant, *row[2:])
 
 

@@ -38,7 +38,6 @@ from bicc_lab.spec.load import (
 )
 from bicc_lab.spec.models import (
     ARMS,
-    VARIANTS,
     BiccConfig,
     DataConfig,
     DiagnosticsConfig,
@@ -58,7 +57,6 @@ from bicc_lab.spec.schema import iter_keys
 __all__ = [
     "ARMS",
     "IDENTITY_EXCLUDE",
-    "VARIANTS",
     "Axis",
     "BiccConfig",
     "Cell",

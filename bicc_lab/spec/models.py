@@ -5,11 +5,15 @@ keys (the contract)"). Every model forbids unknown keys. Integers and booleans
 are strict (``max_steps: true`` or ``seed: "1"`` are errors, not coerced);
 floats accept integers and numeric strings such as ``"1e-3"``.
 
-Imports: pydantic and the standard library only (the CLI imports this at start-up).
+Imports: pydantic, the standard library and the torch-free variant registry only (the
+CLI imports this at start-up).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,9 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from bicc_lab.algorithms.registry import VARIANTS, UnknownVariantError, get_variant
+from bicc_lab.spec.errors import show_value
+
 __all__ = [
     "ARMS",
-    "VARIANTS",
     "BiccConfig",
     "DataConfig",
     "DiagnosticsConfig",
@@ -48,13 +54,9 @@ __all__ = [
     "path_name_problem",
 ]
 
-VARIANTS: tuple[str, ...] = ("grpo", "dr_grpo", "dapo", "gspo", "gmpo", "aspo")
-"""Valid values of ``variant`` (the GRPO-family registry in ``bicc_lab.algorithms.variants``)."""
-
 ARMS: tuple[str, ...] = ("base", "rcc", "bicc", "bicc+rcc")
 """The four ablation arms, from ``bicc.enabled`` × ``rcc.enabled``."""
 
-Variant = Literal["grpo", "dr_grpo", "dapo", "gspo", "gmpo", "aspo"]
 
 
 class FieldProblem(ValueError):
@@ -116,6 +118,43 @@ def _path_name(value: str) -> str:
 
 PathName = Annotated[str, AfterValidator(_path_name)]
 """A name that becomes one directory name (no separator, not ``.`` or ``..``)."""
+
+
+def _registered_variant(value: str) -> str:
+    try:
+        get_variant(value)
+    except UnknownVariantError as exc:
+        raise FieldProblem((), f"unknown variant {show_value(value)}", hint=exc.hint) from None
+    return value
+
+
+Variant = Annotated[str, AfterValidator(_registered_variant)]
+"""A name in the variant registry (``bicc_lab.algorithms.registry``), read at validation
+time so that a variant registered by a plugin module is accepted."""
+
+PLUGINS_HINT = "a plugin is a module importable from the current directory, PYTHONPATH or site-packages"
+
+
+def import_plugins(names: Any) -> None:
+    """Import each module of a config's ``plugins`` list (they register variants, losses).
+
+    The current directory is searched last, as ``python -m`` would search it first: a
+    ``my_variants.py`` next to the config works from the ``bicc-lab`` script and in the
+    workers it starts, without shadowing an installed module of the same name.
+    """
+    if not isinstance(names, list):
+        return  # the field's own validation reports the wrong type
+    if names and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is one config error
+            raise FieldProblem(
+                ("plugins", index), f"cannot import plugin {name!r} ({type(exc).__name__}: {exc})", hint=PLUGINS_HINT
+            ) from None
 
 
 class _Section(BaseModel):
@@ -414,8 +453,15 @@ class ExperimentConfig(_Section):
         ..., min_length=1, description="Experiment name (a label; not part of the run id)."
     )
     seed: int = Field(0, description="Seed of everything (data order, sampling, init).")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported before the rest is validated, e.g. one that adds a "
+        "variant with register_variant; importable from the current directory, PYTHONPATH or "
+        "site-packages.",
+    )
     variant: Variant = Field(
-        "grpo", description="GRPO-family variant: " + ", ".join(VARIANTS) + "."
+        "grpo",
+        description="GRPO-family variant: " + ", ".join(VARIANTS) + ", or one a plugin registers.",
     )
     variant_overrides: dict[str, Any] = Field(
         default_factory=dict,
@@ -442,6 +488,14 @@ class ExperimentConfig(_Section):
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="Tracking (MLflow)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        # Before the fields: a plugin may register the variant that ``variant`` names.
+        if isinstance(data, dict):
+            import_plugins(data.get("plugins"))
+        return data
 
     @property
     def arm(self) -> str:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from bicc_lab.spec.errors import Loc, SpecError, show_value
-from bicc_lab.spec.models import VARIANTS, ExperimentConfig, FieldProblem
+from bicc_lab.spec.models import ExperimentConfig, FieldProblem
 from bicc_lab.spec.yamlio import LocMap
 
 __all__ = [
@@ -288,18 +288,6 @@ def _error_to_spec(
                     for c in difflib.get_close_matches(key_guess, list(lowered), n=1, cutoff=0.5)
                 ]
         guess = f"did you mean '{close[0]}'? " if close else ""
-        if full == ("variant",) or (
-            len(full) and full[-1] == "variant" and set(choices) == set(VARIANTS)
-        ):
-            return (
-                SpecError(
-                    f"unknown variant {show_value(value)}",
-                    loc,
-                    key=key,
-                    hint=f"{guess}valid: {', '.join(sorted(choices))}",
-                ),
-                loc,
-            )
         return (
             SpecError(
                 f"invalid value {show_value(value)} for '{key}'",

@@ -32,7 +32,7 @@ _SOURCE = {
     "epsilon": "the variant (variant_overrides.epsilon_low)",
     "epsilon_high": "the variant (variant_overrides.epsilon_high)",
     "scale_rewards": "the variant (variant_overrides.advantage_scale)",
-    "loss_type": "the variant",
+    "loss_type": "the variant (variant_overrides.trl_loss_type)",
     "importance_sampling_level": "the variant",
 }
 
@@ -46,13 +46,22 @@ def check_config(config: ExperimentConfig) -> None:
 
 
 def check_variant(config: ExperimentConfig) -> None:
-    """The variant and its overrides build a valid spec (e.g. no unknown override field)."""
+    """The variant and its overrides build a valid spec (e.g. no unknown override field), and
+    a variant's own policy loss is registered (torch is imported only for such a variant)."""
     from bicc_lab.backends.trl.run import variant_spec
 
+    key = "variant_overrides" if config.variant_overrides else "variant"
     try:
-        variant_spec(config)
+        spec = variant_spec(config)
     except (ValueError, TypeError) as exc:
-        raise SpecError(str(exc), key="variant_overrides" if config.variant_overrides else "variant") from None
+        raise SpecError(str(exc), key=key) from None
+    if spec.policy_loss is not None:
+        from bicc_lab.algorithms.variants import UnknownPolicyLossError, get_policy_loss
+
+        try:
+            get_policy_loss(spec.policy_loss)
+        except UnknownPolicyLossError as exc:
+            raise SpecError(str(exc), key=key) from None
 
 
 def check_vllm(config: ExperimentConfig) -> None:

@@ -28,17 +28,6 @@ from bicc_lab.spec.models import ExperimentConfig
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
-# TRL's loss_type / importance-sampling level for each variant: decides nothing in our
-# loss (the registry does), but keeps TRL's own checks and warnings meaningful.
-_TRL_LOSS = {
-    "grpo": ("grpo", "token"),
-    "dr_grpo": ("dr_grpo", "token"),
-    "dapo": ("dapo", "token"),
-    "gspo": ("grpo", "sequence"),
-    "gmpo": ("grpo", "token"),
-    "aspo": ("dapo", "token"),
-}
-
 
 @dataclass
 class TrainResult:
@@ -52,7 +41,7 @@ class TrainResult:
 
 
 def variant_spec(config: ExperimentConfig):
-    from bicc_lab.algorithms.variants import resolve_variant
+    from bicc_lab.algorithms.registry import resolve_variant
 
     return resolve_variant(config.variant, config.variant_overrides, clip_ratio_c=config.clip_ratio_c)
 
@@ -108,7 +97,6 @@ def grpo_config_kwargs(config: ExperimentConfig, output_dir: Path, *, use_cpu: b
     """The GRPOConfig fields bicc-lab sets itself (the preflight refuses ``train.extra`` keys
     that would silently replace one of them)."""
     spec = variant_spec(config)
-    loss_type, level = _TRL_LOSS[config.variant]
     train = config.train
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -127,8 +115,8 @@ def grpo_config_kwargs(config: ExperimentConfig, output_dir: Path, *, use_cpu: b
         beta=train.beta,
         epsilon=spec.epsilon_low,
         epsilon_high=spec.epsilon_high,
-        loss_type=loss_type,
-        importance_sampling_level=level,
+        loss_type=spec.trl_loss_type,
+        importance_sampling_level=spec.trl_importance_sampling_level,
         scale_rewards="group" if spec.advantage_scale == "group_std" else "none",
         logging_steps=train.logging_steps,
         save_strategy="steps",
