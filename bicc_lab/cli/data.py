@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from bicc_lab.cli._common import console, fail
+from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
 
 app = typer.Typer(
     help="Inspect benchmark and training data files.\n\nExample: bicc-lab data list --data-dir ../shared/data",
@@ -17,11 +18,11 @@ app = typer.Typer(
 
 @app.command("list", help="List the JSONL files in the data dir with row counts and fields.\n\nExample: bicc-lab data list --data-dir ../shared/data")
 def list_files(
-    data_dir: Path = typer.Option(None, "--data-dir", envvar="BICC_LAB_DATA_DIR", help="Data directory."),
+    data_dir: Path = typer.Option(None, "--data-dir", envvar=DATA_DIR_ENV, help="Data directory."),
 ) -> None:
-    directory = data_dir
+    directory = resolve_data_dir(data_dir)
     if directory is None:
-        fail("no data dir: pass --data-dir DIR or set BICC_LAB_DATA_DIR")
+        fail(f"no data dir: pass --data-dir DIR or set {DATA_DIR_ENV}")
     if not directory.is_dir():
         fail(f"data dir {directory} does not exist")
     files = sorted(directory.glob("*.jsonl"))

@@ -8,6 +8,8 @@ from importlib import metadata
 
 import typer
 
+from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
+
 HELP = (
     "Check the environment: Python, torch and its device, the pinned stack, the data dir.\n\n"
     "Example: bicc-lab doctor --data-dir ../shared/data"
@@ -35,12 +37,10 @@ BENCHMARK_FILES = (
 
 def doctor(
     data_dir: str = typer.Option(
-        None, "--data-dir", envvar="BICC_LAB_DATA_DIR", help="Directory with benchmark JSONL files."
+        None, "--data-dir", envvar=DATA_DIR_ENV, help="Directory with benchmark JSONL files."
     ),
 ) -> None:
     """Check the environment a run needs and report what is missing."""
-    from pathlib import Path
-
     problems = 0
     rows: list[tuple[str, str, str]] = []
     ok = sys.version_info >= (3, 11)
@@ -66,14 +66,14 @@ def doctor(
         status = "ok" if pinned is None or installed == pinned else f"tested with {pinned}"
         rows.append((package, installed, status))
 
-    directory = data_dir
-    if directory:
-        present = [f for f in BENCHMARK_FILES if (Path(directory) / f).is_file()]
+    directory = resolve_data_dir(data_dir)
+    if directory is not None:
+        present = [f for f in BENCHMARK_FILES if (directory / f).is_file()]
         missing = [f for f in BENCHMARK_FILES if f not in present]
         status = "ok" if not missing else "missing: " + ", ".join(missing)
-        rows.append(("data dir", directory, status))
+        rows.append(("data dir", str(directory), status))
     else:
-        rows.append(("data dir", "not set", "benchmarks load from the hub (set --data-dir or BICC_LAB_DATA_DIR)"))
+        rows.append(("data dir", "not set", f"benchmarks load from the hub (set --data-dir or {DATA_DIR_ENV})"))
 
     from rich.table import Table
 

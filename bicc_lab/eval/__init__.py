@@ -12,11 +12,11 @@ from bicc_lab.eval.data import (
     get_benchmark,
     gold_answer,
     load_docs,
-    resolve_data_dir,
 )
 from bicc_lab.eval.metrics import aggregate, avg_at_k, maj_at_k, pass_at_k, problem_metrics
 from bicc_lab.eval.runner import BenchmarkResult, EvalResult, clamp_max_new_tokens, evaluate
 from bicc_lab.eval.scoring import score_many
+from bicc_lab.tasks.data_dir import resolve_data_dir
 from bicc_lab.tasks.grading import grade, grade_full, normalize_gold
 
 __all__ = [

@@ -35,11 +35,10 @@ from typing import Any
 
 from bicc_lab.errors import UserError
 from bicc_lab.models.loading import hub_dataset_cached, hub_offline
+from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
 from bicc_lab.tasks.grading import last_boxed, normalize_gold
 from bicc_lab.tasks.math import gsm8k_answer
 from bicc_lab.tasks.math import read_jsonl as tasks_read_jsonl
-
-DATA_DIR_ENV = "BICC_LAB_DATA_DIR"
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -114,14 +113,6 @@ def get_benchmark(name: str) -> Benchmark:
     raise EvalDataError(
         f"unknown benchmark {name!r}: expected one of {', '.join(BENCHMARKS)}"
     )
-
-
-def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """``explicit``, else ``$BICC_LAB_DATA_DIR``, else None (use hub ids)."""
-    if explicit is not None and str(explicit).strip():
-        return Path(explicit).expanduser()
-    env = os.environ.get(DATA_DIR_ENV, "").strip()
-    return Path(env).expanduser() if env else None
 
 
 # ------------------------------------------------------------ row -> doc

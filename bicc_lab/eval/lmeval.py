@@ -30,8 +30,9 @@ from typing import Any
 from lm_eval.api.filter import Filter
 
 from bicc_lab.eval import scoring
-from bicc_lab.eval.data import BENCHMARKS, Benchmark, get_benchmark, resolve_data_dir
+from bicc_lab.eval.data import BENCHMARKS, Benchmark, get_benchmark
 from bicc_lab.eval.metrics import maj_at_k, pass_at_k
+from bicc_lab.tasks.data_dir import resolve_data_dir
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 FILTER_NAME = "all"

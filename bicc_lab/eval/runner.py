@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.eval import scoring
-from bicc_lab.eval.data import EvalDataError, check_benchmarks, resolve_data_dir
+from bicc_lab.eval.data import EvalDataError, check_benchmarks
 from bicc_lab.eval.metrics import aggregate
+from bicc_lab.tasks.data_dir import resolve_data_dir
 
 log = logging.getLogger(__name__)
 
