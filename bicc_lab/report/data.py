@@ -66,6 +66,9 @@ WALL_TIME = "train/wall_time_s"
 MEAN_STEP_TIME = "train/mean_step_time_s"
 STEP_TIME = "step_time"
 TOKENS = "num_tokens"  # TRL: cumulative input tokens seen
+# Tokens per optimizer step, run means logged by the trainer: with gradient, and in no-grad passes.
+GRAD_TOKENS = "tokens/grad_per_step"
+NOGRAD_TOKENS = ("tokens/nograd_policy_per_step", "tokens/nograd_reference_per_step")
 EVAL_PREFIX = "eval/"
 FINISHED = "FINISHED"
 FAILED_STATUSES = ("FAILED", "KILLED")  # shown as failed rows; RUNNING runs are only counted
@@ -391,6 +394,10 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
             "wall_time_s": float(wall) if wall is not None else math.nan,
             "mean_step_time_s": float(step_time) if step_time is not None else math.nan,
             "tokens": float(metrics[TOKENS]) if TOKENS in metrics else math.nan,
+            "grad_tokens_per_step": float(metrics[GRAD_TOKENS]) if GRAD_TOKENS in metrics else math.nan,
+            # a pass that never ran is never logged: 0 tokens, for runs that count tokens at all
+            "nograd_tokens_per_step": (sum(float(metrics.get(k, 0.0)) for k in NOGRAD_TOKENS)
+                                       if GRAD_TOKENS in metrics else math.nan),
             "steps": float(metrics["train/steps"]) if "train/steps" in metrics else math.nan,
         }
         for key in SUMMARY_METRICS:

@@ -253,13 +253,18 @@ def _fmt_ratio(x: float) -> str:
 
 
 def cost_rows(cost: pd.DataFrame, row_keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys] + ["Arm", "Runs", "Wall time", "Step time", "Tokens", "Tokens/s", "Step-time ratio"]
+    head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys] + [
+        "Arm", "Runs", "Wall time", "Step time", "Tokens", "Tokens/s", "Step-time ratio",
+        "Grad tokens/step", "No-grad tokens/step", "Grad-token ratio", "Token ratio"]
     rows = []
     for rec in cost.to_dict("records"):
         rows.append([str(rec[k]) for k in row_keys] + [
             arm_label(rec["arm"]), str(rec["runs"]), _fmt_seconds(rec["wall_time_s"]),
             _fmt_seconds(rec["mean_step_time_s"]), _fmt_count(rec["tokens"]),
             _fmt_count(rec["tokens_per_s"]), _fmt_ratio(rec["step_time_ratio"]),
+            _fmt_count(rec.get("grad_tokens_per_step", math.nan)),
+            _fmt_count(rec.get("nograd_tokens_per_step", math.nan)),
+            _fmt_ratio(rec.get("grad_token_ratio", math.nan)), _fmt_ratio(rec.get("token_ratio", math.nan)),
         ])
     return head, rows
 
@@ -272,7 +277,11 @@ def cost_markdown(cost: pd.DataFrame, row_keys: Sequence[str], *, title: str, ba
     lines += ["| " + " | ".join(_md_escape(x) for x in r) + " |" for r in rows]
     lines += ["", f"Means over the seeds of each arm. Wall time: training (`train/wall_time_s`); step time: "
               f"mean training step (`train/mean_step_time_s`); tokens: TRL's `num_tokens` at the end; "
-              f"step-time ratio: against {arm_label(baseline)} of the same row (the BICC overhead).", ""]
+              f"step-time ratio: against {arm_label(baseline)} of the same row (the BICC overhead). "
+              f"Grad / no-grad tokens per step: tokens run per optimizer step with gradient and in "
+              f"no-grad policy and reference passes (`tokens/*_per_step`), a cost that does not depend "
+              f"on the hardware; grad-token ratio and token ratio (grad + no-grad): against "
+              f"{arm_label(baseline)} of the same row.", ""]
     return "\n".join(lines)
 
 

@@ -469,16 +469,26 @@ def _add_notes(
 
 def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
     """Per row × arm: runs, mean wall time, mean step time, tokens, and the step-time
-    ratio against the baseline arm of the same row (the BICC overhead)."""
+    ratio against the baseline arm of the same row (the BICC overhead).
+
+    Beside the measured time, a hardware-independent cost: tokens per optimizer step run
+    with gradient and in no-grad passes (policy and reference), from the trainer's
+    ``tokens/*_per_step`` run means, and their ratios to the baseline arm: gradient tokens,
+    and all tokens (gradient + no-grad).
+    """
     import pandas as pd
 
     runs = run_set.runs
     keys = run_set.row_keys
     cols = [*keys, "arm", "runs", "wall_time_s", "mean_step_time_s", "tokens", "tokens_per_s",
-            "step_time_ratio", "wall_time_ratio"]
+            "step_time_ratio", "wall_time_ratio", "grad_tokens_per_step", "nograd_tokens_per_step",
+            "grad_token_ratio", "token_ratio"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
+    token_cols = ["grad_tokens_per_step", "nograd_tokens_per_step"]
     data = runs[[*keys, "arm", "wall_time_s", "mean_step_time_s", "tokens"]].copy()
+    for col in token_cols:  # runs read before the trainer counted tokens have none
+        data[col] = runs[col] if col in runs else math.nan
     for k in keys:
         data[k] = data[k].astype(str)
     grouped = data.groupby([*keys, "arm"], sort=False)
@@ -487,6 +497,8 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
         wall_time_s=("wall_time_s", "mean"),
         mean_step_time_s=("mean_step_time_s", "mean"),
         tokens=("tokens", "mean"),
+        grad_tokens_per_step=("grad_tokens_per_step", "mean"),
+        nograd_tokens_per_step=("nograd_tokens_per_step", "mean"),
     ).reset_index()
     cost["tokens_per_s"] = cost["tokens"] / cost["wall_time_s"]
     base = cost[cost["arm"] == baseline].set_index(keys)
@@ -496,6 +508,14 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
                 for r in cost[keys].itertuples(index=False)]
     cost["step_time_ratio"] = cost["mean_step_time_s"] / np.asarray(ref_step, dtype=float)
     cost["wall_time_ratio"] = cost["wall_time_s"] / np.asarray(ref_wall, dtype=float)
+    all_tokens = cost["grad_tokens_per_step"] + cost["nograd_tokens_per_step"]
+    base_all = base["grad_tokens_per_step"] + base["nograd_tokens_per_step"]
+    ref_grad = [base["grad_tokens_per_step"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
+                for r in cost[keys].itertuples(index=False)]
+    ref_all = [base_all.get(tuple(r) if len(keys) > 1 else r[0], math.nan)
+               for r in cost[keys].itertuples(index=False)]
+    cost["grad_token_ratio"] = cost["grad_tokens_per_step"] / np.asarray(ref_grad, dtype=float)
+    cost["token_ratio"] = all_tokens / np.asarray(ref_all, dtype=float)
     arm_order = {a: i for i, a in enumerate(order_arms(list(cost["arm"]), baseline))}
     cost["_a"] = cost["arm"].map(arm_order)
     cost = cost.sort_values([*keys, "_a"]).drop(columns="_a").reset_index(drop=True)

@@ -174,7 +174,7 @@ class BiccGRPOTrainer(GRPOTrainer):
                counter: str = "nograd_policy") -> torch.Tensor:
         """No-grad per-token log-probs of the completions; ``counter`` names the token count it adds to."""
         batch_size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-        if self._shared_prefix_usable():
+        if self._shared_prefix_usable(bicc_only=False):
             # Every prompt of a group is the same (q, or one of its two conditioned prompts): run each once.
             shared = shared_prefix_logps(
                 model, prompt_ids, prompt_mask, completion_ids, completion_mask,
@@ -204,13 +204,15 @@ class BiccGRPOTrainer(GRPOTrainer):
                                counter="nograd_reference")
 
     # ------------------------------------------------------------------ shared prefix, token accounting
-    def _shared_prefix_usable(self) -> bool:
-        """Whether forwards over BICC's prompts take the shared-prefix path (``bicc.shared_prefix``).
+    def _shared_prefix_usable(self, *, bicc_only: bool = True) -> bool:
+        """Whether a forward takes the shared-prefix path (``bicc.shared_prefix``): BICC's
+        conditioned forward, and (``bicc_only=False``) every no-grad pass of any arm, since
+        every prompt appears G times in a batch.
 
         Checked once, at the first use: gradient checkpointing is set up by then. A model or
         setting the path is not checked on falls back to the plain forward with one warning.
         """
-        if not (self.bicc.enabled and getattr(self.bicc, "shared_prefix", True)):
+        if not getattr(self.bicc, "shared_prefix", True) or (bicc_only and not self.bicc.enabled):
             return False
         if not self._shared_prefix_checked:
             import warnings

@@ -1,0 +1,65 @@
+"""The report's cost table carries the trainer's token counts and their ratios to the baseline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bicc_lab.report import build_cost, load_runs
+from bicc_lab.report.render import cost_markdown
+from bicc_lab.report.synthetic import SyntheticCell, fill_store
+
+EXP = "cost"
+
+# arm -> (grad tokens/step, no-grad policy, no-grad reference) per seed 0 and 1; None: not logged.
+TOKENS = {
+    "base": [(600.0, None, None), (620.0, None, None)],  # mean 610, no no-grad pass
+    "rcc": [(610.0, None, 300.0), (610.0, None, 320.0)],  # grad 610, no-grad 310
+    "bicc": [(640.0, None, None), (660.0, None, None)],  # grad 650
+    "bicc+rcc": [(650.0, 100.0, 300.0), (650.0, 100.0, 300.0)],  # grad 650, no-grad 400
+}
+
+
+@pytest.fixture(scope="module")
+def run_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cost-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cells = []
+    for arm, per_seed in TOKENS.items():
+        for seed, (grad, policy, reference) in enumerate(per_seed):
+            summary = {"train/wall_time_s": 100.0, "train/mean_step_time_s": 1.0, "num_tokens": 1000.0,
+                       "tokens/grad_per_step": grad}
+            if policy is not None:
+                summary["tokens/nograd_policy_per_step"] = policy
+            if reference is not None:
+                summary["tokens/nograd_reference_per_step"] = reference
+            cells.append(SyntheticCell("org/tiny", "grpo", arm, seed, correct={"math500": [[True, False]] * 3},
+                                       summary=summary))
+    cells.append(SyntheticCell("org/tiny", "dapo", "base", 0, correct={"math500": [[True, False]] * 3},
+                               summary={"train/wall_time_s": 100.0, "train/mean_step_time_s": 1.0}))
+    fill_store(uri, EXP, cells, sweep=EXP)
+    return load_runs(EXP, uri)
+
+
+def test_token_columns_and_ratios_by_hand(run_set):
+    cost = build_cost(run_set).set_index(["variant", "arm"])
+    grpo = cost.loc["grpo"]
+    assert grpo.loc["base", "grad_tokens_per_step"] == pytest.approx(610.0)
+    assert grpo.loc["base", "nograd_tokens_per_step"] == 0.0  # no pass ran: counted as 0, not missing
+    assert grpo.loc["rcc", "nograd_tokens_per_step"] == pytest.approx(310.0)
+    assert grpo.loc["bicc+rcc", "nograd_tokens_per_step"] == pytest.approx(400.0)
+    assert grpo.loc["bicc", "grad_token_ratio"] == pytest.approx(650 / 610)
+    assert grpo.loc["rcc", "token_ratio"] == pytest.approx((610 + 310) / 610)
+    assert grpo.loc["bicc+rcc", "token_ratio"] == pytest.approx((650 + 400) / 610)
+    assert grpo.loc["base", "token_ratio"] == pytest.approx(1.0)
+    # A run from before token counting: no figure, no ratio.
+    assert math.isnan(cost.loc[("dapo", "base"), "grad_tokens_per_step"])
+    assert math.isnan(cost.loc[("dapo", "base"), "token_ratio"])
+
+
+def test_cost_markdown_shows_token_ratios(run_set):
+    text = cost_markdown(build_cost(run_set), run_set.row_keys, title="t", baseline="base")
+    assert "Grad tokens/step" in text and "Token ratio" in text
+    bicc_rcc = next(line for line in text.splitlines() if "+BICC+RCC" in line and "grpo" in line)
+    assert f"{650 / 610:.2f}×" in bicc_rcc and f"{1050 / 610:.2f}×" in bicc_rcc
