@@ -193,11 +193,6 @@ class VariantSpec:
             )
 
     @property
-    def is_sequence_level(self) -> bool:
-        """True when the ratio is one number per sequence (GSPO, GMPO)."""
-        return self.ratio in ("sequence", "geo_mean")
-
-    @property
     def loss_name(self) -> str:
         """The registered policy loss this variant trains with."""
         return self.policy_loss or self.ratio

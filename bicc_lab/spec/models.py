@@ -536,9 +536,6 @@ def _param_shorthand(value: Any) -> Any:
     return value
 
 
-SEARCH_TYPES: tuple[str, ...] = ("float", "log-float", "int", "categorical")
-"""Distributions of a ``search.params`` entry."""
-
 Choice = str | int | float | bool | None
 
 

@@ -47,8 +47,6 @@ KILLED = "killed"
 FAILED = "failed"
 FINISHED = "finished"
 
-RUNNABLE = (PENDING, INTERRUPTED, KILLED)
-
 
 @dataclass
 class CellStatus:
