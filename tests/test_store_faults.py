@@ -281,16 +281,20 @@ def test_a_locked_store_is_one_line_for_the_cli(project, locked_store, monkeypat
 
 
 @pytest.mark.slow
-def test_a_store_locked_mid_work_ends_in_one_line(locked_store, monkeypatch):
-    """After the preflight: MLflow waits 20 s itself (its busy timeout), then we give up."""
+def test_a_store_locked_mid_work_ends_in_one_line(locked_store, monkeypatch, capfd):
+    """After the preflight: MLflow waits 20 s itself (its busy timeout), then we give up,
+    without MLflow's logged tracebacks of the locked queries."""
     from bicc_lab.tracking.store import Tracker
 
     db, pid = locked_store
     monkeypatch.setenv("BICC_LAB_STORE_WAIT_S", "1")
     tracker = Tracker(f"sqlite:///{db}")
+    capfd.readouterr()
     with pytest.raises(StoreError) as info:
         tracker.ensure_experiment("y")
     assert f"held by pid {pid}" in str(info.value)
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -311,8 +315,8 @@ def test_two_sweep_runs_on_a_fresh_store_run_each_cell_once(project, tmp_path):
     env = subprocess_env(project / "cache")
     db = tmp_path / "store" / "mlflow.db"  # neither the file nor its folder exist yet
     uri = f"sqlite:///{db}"
-    args = ["sweep", "run", "s.yaml", "--runs-dir", str(tmp_path / "runs"), "--max-parallel", "1",
-            "--set", f"tracking.uri={uri}"]
+    where = ["s.yaml", "--runs-dir", str(tmp_path / "runs"), "--set", f"tracking.uri={uri}"]
+    args = ["sweep", "run", *where, "--max-parallel", "1"]
     procs = [_cli(args, env, project) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, text in zip(procs, outputs, strict=True):
@@ -327,7 +331,7 @@ def test_two_sweep_runs_on_a_fresh_store_run_each_cell_once(project, tmp_path):
     assert len(tracker.search(exp, "tags.role = 'sweep'")) == 1
     # the store is usable afterwards: status reads it, a third run finds nothing to do
     status = subprocess.run(
-        [sys.executable, "-m", "bicc_lab.cli.main", "sweep", "status", *args[3:]],
+        [sys.executable, "-m", "bicc_lab.cli.main", "sweep", "status", *where],
         cwd=project, env=env, capture_output=True, text=True, timeout=300,
     )
     assert status.returncode == 0 and "3 finished" in status.stdout, status.stdout + status.stderr

@@ -398,3 +398,8 @@ def test_sigkill_mid_sweep_then_rerun_finishes_every_cell_exactly_once(project, 
         log = (d / layout.LOG_FILE).read_text()
         assert log.count("new MLflow run") == 1, d.name
         assert log.count("resuming MLflow run") == (1 if d == victim else 0), d.name
+        # ... and MLflow holds each step once too, the killed cell's included
+        from bicc_lab.tracking.store import Tracker
+
+        counts = Tracker(uri, create=False).metric_counts(layout.read_text(d / layout.RUN_ID_FILE))
+        assert counts["reward"] == {step: 1 for step in range(1, 25)}, (d.name, counts["reward"])

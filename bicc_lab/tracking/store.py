@@ -16,6 +16,7 @@ processes creating the same store at once never leave a half-migrated database.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -190,6 +191,9 @@ class Tracker:
         empty store is a :class:`StoreError` and nothing is created or migrated."""
         # MLflow prints "View run ... at URL" on every terminated run of an http store.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        # ... and logs a full traceback for every SQL error, a locked database included, that
+        # it then raises: `_retry` handles those (one line), the tracebacks would be noise.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri
         db = sqlite_path(uri)
         if db is not None:
