@@ -803,7 +803,7 @@ class TinyWarmStartError(RuntimeError):
     """The warm-start hit its step or time cap below the target accuracy.
 
     Such a model is not cached: GRPO from a near-0% start has almost no mixed groups
-    (DESIGN.md measured 5% -> 5.3% in 200 steps), so reusing it would silently turn every
+    (measured: 5% -> 5.3% in 200 steps), so reusing it would silently turn every
     later ablation into noise.
     """
 

@@ -1,9 +1,9 @@
 """Config schema of bicc-lab: pydantic models, YAML loading with file:line errors,
 grid expansion and run identity.
 
-Single source of truth for every config key and its default (DESIGN.md, "Config
-keys (the contract)"). Imports only pydantic, PyYAML and the standard library, so
-the CLI can import it at start-up.
+Single source of truth for every config key and its default. Imports only pydantic,
+PyYAML, the standard library and the torch-free variant registry, so the CLI can import
+it at start-up.
 
     from bicc_lab.spec import load_experiment, load_sweep, expand, SpecError
 

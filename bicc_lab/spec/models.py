@@ -1,7 +1,6 @@
 """Pydantic models of an experiment config and of a sweep: every key, its type and default.
 
-This module is the single source of truth for config keys (DESIGN.md, "Config
-keys (the contract)"). Every model forbids unknown keys. Integers and booleans
+This module is the single source of truth for config keys. Every model forbids unknown keys. Integers and booleans
 are strict (``max_steps: true`` or ``seed: "1"`` are errors, not coerced);
 floats accept integers and numeric strings such as ``"1e-3"``.
 

@@ -7,8 +7,7 @@ incorrect half, q itself for samples left unconditioned). The plain batched forw
 distinct prompt runs once, with gradient, and its key/value cache is expanded over the
 completions that share it; completion positions continue after their own prompt. For the
 model families listed in ``CHECKED_FAMILIES`` this gives the same per-token log-probs and
-parameter gradients as the plain forward up to float rounding (``tests/test_shared_prefix.py``;
-``../shared/notes/shared-prefix.md`` records the first check).
+parameter gradients as the plain forward up to float rounding (``tests/test_shared_prefix.py``).
 
 Two calls per batch, both through the (possibly wrapped) top-level model, so wrappers'
 hooks (FSDP, DeepSpeed, PEFT) see them:

@@ -1,6 +1,6 @@
 """`BiccGRPOTrainer`: TRL's GRPOTrainer with the variants registry, BICC and RCC.
 
-TRL seams used (trl 1.16.0, see shared/notes/ecosystem.md A5):
+TRL seams used (trl 1.16.0):
 - ``_calculate_rewards``: stash the gathered, group-contiguous rewards.
 - ``_generate_and_score_completions``: the only place where groups are intact (TRL shuffles
   and splits the batch right after it), so everything per group happens here: the
