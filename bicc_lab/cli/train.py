@@ -32,6 +32,16 @@ def train(
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if checkpoints exist."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
+    tracking_uri: str = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow store of the run (default: tracking.uri of the config, else $MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db at the repository root).",
+    ),
+    mlflow_experiment: str = typer.Option(
+        None, "--experiment", help="MLflow experiment (default: tracking.experiment, else the config's name)."
+    ),
+    no_tracking: bool = typer.Option(False, "--no-tracking", help="Log nothing to MLflow."),
 ) -> None:
     """Train one run from an experiment config."""
     from bicc_lab.preflight import RunCheck, preflight
@@ -46,12 +56,47 @@ def train(
         fail(f"--no-resume given but {out} already exists; pick another --output-dir")
     if out.exists() and not out.is_dir():
         fail(f"--output-dir {out} is a file, not a directory")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: the main process tracks
+    if no_tracking or not main_process:
+        _train_and_evaluate(experiment, out, no_resume=no_resume, no_eval=no_eval, tracked=None)
+        return
 
+    from bicc_lab.launch.locks import LOCK_NAME, CellLock
+    from bicc_lab.launch.single import TrackedTrain
+    from bicc_lab.tracking.check import check_tracking_uri
+    from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
+
+    # As a sweep: tracking.uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
+    uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(experiment.tracking.uri)
+    check_tracking_uri(uri, create=True)  # a store fault is one line before any training
+    out.mkdir(parents=True, exist_ok=True)
+    lock = CellLock(out / LOCK_NAME)
+    if not lock.acquire():
+        fail(f"{out} is being trained by another process (its {LOCK_NAME} is held)")
+    try:
+        with TrackedTrain(experiment, out, uri, mlflow_experiment) as tracked:
+            _train_and_evaluate(experiment, out, no_resume=no_resume, no_eval=no_eval, tracked=tracked)
+        typer.echo(f"logged to MLflow run {tracked.run_id} (experiment {tracked.experiment!r}) in {uri}")
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(experiment, out: Path, *, no_resume: bool, no_eval: bool, tracked) -> None:
+    """Train, report, evaluate (``eval.enabled``); ``tracked`` (a ``TrackedTrain``, or
+    None) logs each part to MLflow as a sweep cell would."""
     from bicc_lab.backends.trl.run import train_run
 
-    result = train_run(experiment, out, resume=not no_resume)
+    result = train_run(
+        experiment,
+        out,
+        resume=not no_resume,
+        on_log=tracked.on_log if tracked else None,
+        callbacks=tracked.callbacks() if tracked else (),
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # torchrun / accelerate launch: the main process reports and evaluates
+    if tracked:
+        tracked.trained(result)
     typer.echo(
         f"trained {result.steps} steps in {result.wall_time_s:.1f} s"
         + (f" (resumed from {result.resumed_from})" if result.resumed_from else "")
@@ -60,6 +105,12 @@ def train(
     if experiment.eval.enabled and not no_eval:
         from bicc_lab.eval.runner import evaluate_config, print_table
 
+        if tracked:
+            tracked.evaluating()
         evaluation = evaluate_config(experiment, result.final_model_dir, out_file=out / "eval.json")
         print_table(evaluation, title=f"{experiment.name} {experiment.variant} {experiment.arm} (k={experiment.eval.samples})")
         typer.echo(f"wrote {out / 'eval.json'}")
+        if tracked:
+            tracked.evaluated(evaluation, out / "eval.json", step=result.steps)
+    if tracked:
+        tracked.finished(result.steps)

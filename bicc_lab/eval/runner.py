@@ -59,6 +59,9 @@ class EvalResult:
     config: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: lm-eval's own per-document records by task name (``log_samples=True``); kept out
+    #: of ``to_dict``: they are written as lm-eval's ``samples_<task>_<date>.jsonl``.
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def metrics(self) -> dict[str, float]:
         """Flat ``{"math500/avg@4": 0.5, "math500/n": 500, ...}`` (for trackers)."""
@@ -140,6 +143,57 @@ def generation_kwargs(temperature: float, top_p: float, max_new_tokens: int | No
     if max_new_tokens is not None:
         gen["max_gen_toks"] = int(max_new_tokens)
     return gen
+
+
+def parse_limit(value: str | int | float | None) -> int | float | None:
+    """lm-eval's ``--limit``: a count (``5``, ``5.0``) or, below 1.0, a fraction of each
+    benchmark (``0.1``: ``ceil(0.1 * n)`` problems). None stays None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"limit must be a number (a count, or a fraction below 1.0), got {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"limit must be > 0 (a count, or a fraction below 1.0), got {value!r}")
+    if number < 1.0:
+        return number
+    if number != int(number):
+        raise ValueError(f"limit {value!r}: a count must be whole (a fraction is below 1.0)")
+    return int(number)
+
+
+#: lm-eval's ``--seed`` slots, and its defaults for a partial list
+SEED_SLOTS = ("python", "numpy", "torch", "fewshot")
+LMEVAL_DEFAULT_SEEDS = (0, 1234, 1234, 1234)
+
+
+def parse_seed(value: str | int | Sequence[int | None] | None) -> tuple[int | None, ...]:
+    """lm-eval's ``--seed``: one integer for all four seeds (python, numpy, torch,
+    fewshot), or 3-4 comma-separated values where ``None`` leaves a seed unset and a
+    missing fourth takes lm-eval's default (1234). None: 0 for all four (ours)."""
+    if value is None:
+        return (0, 0, 0, 0)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * 4
+    items = value.split(",") if isinstance(value, str) else list(value)
+    parsed: list[int | None] = []
+    for item in items:
+        text = str(item).strip()
+        if item is None or text.lower() == "none":
+            parsed.append(None)
+            continue
+        try:
+            parsed.append(int(text))
+        except ValueError:
+            raise ValueError(f"seed {value!r}: {text!r} is not an integer or None") from None
+    if len(parsed) == 1:
+        return (parsed[0],) * 4
+    if not 3 <= len(parsed) <= 4:
+        raise ValueError(
+            f"seed {value!r}: one integer, or 3-4 comma-separated values ({','.join(SEED_SLOTS)})"
+        )
+    return tuple(parsed) + LMEVAL_DEFAULT_SEEDS[len(parsed):]
 
 
 def model_context_length(model: Any) -> int | None:
@@ -263,7 +317,7 @@ def evaluate(
     backend: str = "hf",
     batch_size: int | str | None = None,
     device: str = "cpu",
-    seed: int = 0,
+    seed: int | str | Sequence[int | None] = 0,
     *,
     tokenizer: Any = None,
     dtype: str | None = None,
@@ -271,6 +325,7 @@ def evaluate(
     system_instruction: str | None = None,
     model_args: Mapping[str, Any] | None = None,
     keep_responses: bool = False,
+    log_samples: bool = False,
     arith: Mapping[str, Any] | None = None,
 ) -> EvalResult:
     """Sample ``samples`` answers per problem on each benchmark and grade them.
@@ -288,10 +343,19 @@ def evaluate(
       are trained on plain prompts); True / False forces it for all.
     - ``batch_size``: None = 8 for hf, "auto" for vllm (all requests in one
       engine call, so the k repeats of a prompt are sampled together).
+    - ``limit``: as lm-eval's: a count of problems per benchmark, or below 1.0 a
+      fraction of each (``ceil(limit * n)``).
+    - ``seed``: as lm-eval's ``--seed``: one integer for its four seeds (python,
+      numpy, torch, fewshot) or a list of them (:func:`parse_seed`); the vLLM
+      engine takes the first.
+    - ``log_samples``: keep lm-eval's per-document records in ``result.samples``
+      (``write_samples`` writes them as lm-eval does).
     - ``arith``: options of the arithmetic test split
       (``bicc_lab.tasks.arithmetic.arithmetic_problems``: digits, ops, n_test, seed).
     """
     t0 = time.time()
+    limit = parse_limit(limit)
+    seeds = parse_seed(seed)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     k = int(samples)
@@ -343,7 +407,7 @@ def evaluate(
         if backend == "vllm" and isinstance(model_path_or_obj, (str, os.PathLike)):
             max_model_len = (model_args or {}).get("max_model_len") or model_context_length(model_path_or_obj)
         lm = _build_lm(model_path_or_obj, backend, tokenizer=tokenizer, device=device,
-                       batch_size=batch_size, dtype=dtype, seed=seed, model_args=model_args,
+                       batch_size=batch_size, dtype=dtype, seed=seeds[0] or 0, model_args=model_args,
                        max_model_len=max_model_len)
         try:
             context = int(lm.max_length)
@@ -379,10 +443,10 @@ def evaluate(
                     apply_chat_template=chat,
                     system_instruction=system_instruction,
                     bootstrap_iters=0,
-                    random_seed=seed,
-                    numpy_random_seed=seed,
-                    torch_random_seed=seed,
-                    fewshot_random_seed=seed,
+                    random_seed=seeds[0],
+                    numpy_random_seed=seeds[1],
+                    torch_random_seed=seeds[2],
+                    fewshot_random_seed=seeds[3],
                 )
                 if res is None:  # non-zero rank in a distributed run
                     continue
@@ -399,6 +463,7 @@ def evaluate(
     # 4. per-problem table and benchmark metrics
     problems: list[dict[str, Any]] = []
     bench_results: dict[str, BenchmarkResult] = {}
+    samples = {tasks[n].config.task: raw[n]["samples"] for n in raw} if log_samples else {}
     for b in benches:
         if b.name not in raw:
             continue
@@ -456,13 +521,63 @@ def evaluate(
         "backend": backend,
         "batch_size": batch_size,
         "device": device,
-        "seed": seed,
+        "seed": seeds[0] if len(set(seeds)) == 1 else list(seeds),
         "context_length": context,
         "chat_template": {n: raw[n]["chat"] for n in raw},
         "arith": dict(arith or {}),
+        "model_args": {key: str(v) for key, v in (model_args or {}).items()},
     }
     return EvalResult(benchmarks=bench_results, problems=problems, config=config,
-                      warnings=notes, seconds=time.time() - t0)
+                      warnings=notes, seconds=time.time() - t0, samples=samples)
+
+
+# ------------------------------------------------------------------ lm-eval's output files
+
+
+def output_files(output_path: str | os.PathLike[str], model_name: str, date_id: str) -> tuple[Path, Path]:
+    """Where lm-eval's ``--output_path`` puts results and samples: a path ending in
+    ``.json`` is the results file (ours keeps that exact name; lm-eval adds the date) with
+    the samples beside it; any other path is a directory that gets
+    ``<model, sanitized>/results_<date>.json`` and the samples next to it.
+    Returns (results file, samples directory)."""
+    from lm_eval.utils import sanitize_model_name
+
+    path = Path(output_path)
+    if path.suffix == ".json":
+        return path, path.parent
+    folder = path / sanitize_model_name(model_name)
+    return folder / f"results_{date_id}.json", folder
+
+
+def write_samples(result: EvalResult, directory: str | os.PathLike[str], date_id: str) -> list[Path]:
+    """lm-eval's ``samples_<task>_<date>.jsonl``, one line per document, sanitized the way
+    lm-eval's ``EvaluationTracker.save_results_samples`` does (``arguments`` as
+    ``gen_args_i/arg_j``, responses as strings), so tools that read lm-eval's samples read these."""
+    from lm_eval.utils import handle_non_serializable, sanitize_list
+
+    from bicc_lab.fileio import write_atomic
+
+    if not result.samples:
+        raise ValueError("the evaluation kept no samples (evaluate(..., log_samples=True))")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task_name, records in result.samples.items():
+        lines = []
+        for record in records:
+            sample = dict(record)
+            sample["arguments"] = {
+                f"gen_args_{i}": {f"arg_{j}": value for j, value in enumerate(arg)}
+                for i, arg in enumerate(record.get("arguments", []))
+            }
+            sample["resps"] = sanitize_list(record.get("resps", []))
+            sample["filtered_resps"] = sanitize_list(record.get("filtered_resps", []))
+            sample["target"] = str(record.get("target"))
+            lines.append(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False))
+        path = folder / f"samples_{task_name}_{date_id}.jsonl"
+        write_atomic(path, "".join(line + "\n" for line in lines))
+        written.append(path)
+    return written
 
 
 # ------------------------------------------------------------------ from a run config

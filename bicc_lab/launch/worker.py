@@ -271,28 +271,12 @@ def run_cell(directory: Path) -> int:
         state["step"] = max(state["step"], int(step))
         batcher.add(step, metrics)
 
-    from bicc_lab.backends.trl.run import last_checkpoint, read_train_result, train_run
+    from bicc_lab.backends.trl.run import read_train_result, train_run
 
-    # Exact resume: the steps after `kept` are trained again, those up to it never are.
     result = read_train_result(directory)
-    if result is not None:
-        kept = result.steps
-    else:
-        checkpoint = last_checkpoint(directory)
-        kept = int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
     rewritable = tracker.can_rewrite_metrics
     with client_lock:
-        logged = {} if new else tracker.metric_steps(run_id)
-        stale = sum(1 for steps in logged.values() for step in steps if step > kept)
-        if stale and rewritable:
-            removed = tracker.drop_metric_steps_after(run_id, kept)
-            _log(f"dropped {removed} metric entries after step {kept} (trained again from there)")
-            logged = {k: {x for x in v if x <= kept} for k, v in logged.items()}
-        elif stale:
-            _log(
-                f"warning: {stale} metric entries after step {kept} stay in MLflow: a server store "
-                "cannot delete metrics, and those steps are trained again"
-            )
+        kept, logged = resume_point(tracker, run_id, directory, new=new)
     # A server store gets a step only once a checkpoint covers it (it cannot delete).
     batcher = MetricBatcher(
         log_metrics, every_steps=5, every_s=10.0, hold_after=None if rewritable else kept
@@ -409,6 +393,36 @@ def run_cell(directory: Path) -> int:
         return EXIT_FAILED
     finally:
         heart.stop()
+
+
+def resume_point(
+    tracker: Any, run_id: str, directory: Path, *, new: bool, log: Callable[[str], None] = _log
+) -> tuple[int, dict[str, set[int]]]:
+    """Exact resume of a tracked run in ``directory``: the steps after ``kept`` (the
+    finished run's last step, else the newest checkpoint's, else 0) are trained again, those
+    up to it never are. Deletes the run's metric entries after ``kept`` where the store can
+    (SQL) and returns ``(kept, {metric key: steps logged up to kept})``; a new run has none.
+    `bicc-lab train` shares it, so that a resumed single run is as exact as a cell."""
+    from bicc_lab.backends.trl.run import last_checkpoint, read_train_result
+
+    result = read_train_result(directory)
+    if result is not None:
+        kept = result.steps
+    else:
+        checkpoint = last_checkpoint(directory)
+        kept = int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+    logged = {} if new else tracker.metric_steps(run_id)
+    stale = sum(1 for steps in logged.values() for step in steps if step > kept)
+    if stale and tracker.can_rewrite_metrics:
+        removed = tracker.drop_metric_steps_after(run_id, kept)
+        log(f"dropped {removed} metric entries after step {kept} (trained again from there)")
+        logged = {k: {x for x in v if x <= kept} for k, v in logged.items()}
+    elif stale:
+        log(
+            f"warning: {stale} metric entries after step {kept} stay in MLflow: a server store "
+            "cannot delete metrics, and those steps are trained again"
+        )
+    return kept, logged
 
 
 def _load_hook(spec: dict[str, Any], directory: Path) -> Any:
