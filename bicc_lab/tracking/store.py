@@ -567,26 +567,3 @@ def eval_metrics(evaluation: Any, step: int, timestamp_ms: int | None = None) ->
                 metrics.append(Metric(eval_metric_key(bench, key), float(value), ts, step))
     metrics.append(Metric("eval/seconds", float(evaluation.seconds), ts, step))
     return metrics
-
-
-def log_eval_to_run_dir(run_dir: str | os.PathLike[str], evaluation: Any, eval_file: str | os.PathLike[str] | None = None) -> str | None:
-    """Log an evaluation to the MLflow run of a sweep cell directory; None if it has none.
-
-    ``bicc-lab eval --run DIR`` uses it so that a re-evaluation (other benchmarks, more
-    samples) lands next to the cell's training metrics.
-    """
-    from bicc_lab.launch import layout
-
-    directory = Path(run_dir)
-    run_id = layout.read_text(directory / layout.RUN_ID_FILE)
-    spec = layout.read_json(directory / layout.CELL_SPEC)
-    if not run_id or not isinstance(spec, dict) or not spec.get("tracking_uri"):
-        return None
-    run_id = run_id.strip()
-    check_tracking_uri(spec["tracking_uri"], create=False)
-    tracker = Tracker(spec["tracking_uri"], create=False)
-    train_result = layout.read_json(directory / layout.TRAIN_RESULT) or {}
-    tracker.log_metrics(run_id, eval_metrics(evaluation, int(train_result.get("steps", 0))))
-    if eval_file is not None:
-        tracker.log_artifacts(run_id, [eval_file])
-    return run_id
