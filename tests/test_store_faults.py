@@ -88,6 +88,20 @@ def test_check_tracking_uri_names_each_fault(bad_stores, name):
             check_tracking_uri(uri, create=False)
 
 
+def test_a_half_created_store_is_named_incomplete(tmp_path):
+    from bicc_lab.tracking.store import Tracker
+
+    db = tmp_path / "mlflow.db"
+    Tracker(f"sqlite:///{db}").ensure_experiment("x")
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("DROP TABLE metrics")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"mlflow.db is incomplete \(no table metrics; half-created\?\)"):
+        check_tracking_uri(f"sqlite:///{db}", create=False)
+
+
 def test_good_stores_pass_and_reading_creates_nothing(tmp_path):
     missing = tmp_path / "new" / "deeper" / "mlflow.db"
     check_tracking_uri(f"sqlite:///{missing}", create=False)

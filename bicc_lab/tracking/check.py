@@ -154,6 +154,12 @@ def check_sqlite_store(
     if create:
         _check_creatable_dir(db.parent, f"{kind} {db}")  # SQLite writes its journal there
     found = _sqlite_tables(db, kind)
+    if found & expected and not expected <= found:
+        missing = ", ".join(sorted(expected - found))
+        raise StoreError(
+            f"{kind} {db} is incomplete (no table {missing}; half-created?): move it away "
+            f"and start again, or choose another {key}"
+        )
     if found and not expected <= found:
         shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
         raise StoreError(
