@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bicc_lab.console import console as default_console
 from bicc_lab.launch import LauncherError, layout, make_launcher
 from bicc_lab.launch.base import (
     EXIT_BUSY,
@@ -138,7 +139,7 @@ def run_sweep(
     import bicc_lab
     from bicc_lab.tracking.naming import Tag, git_commit
 
-    console = console or Console()
+    console = console or default_console()
     sweep = ctx.sweep
     outcome = SweepOutcome()
     t_start = time.time()

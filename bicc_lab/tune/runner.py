@@ -229,9 +229,9 @@ def run_study(
     """Run (or resume) the study until ``n_trials`` trials are finished. See the module doc."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
-    from rich.console import Console
 
     import bicc_lab
+    from bicc_lab.console import console as default_console
     from bicc_lab.launch import make_launcher
     from bicc_lab.launch.base import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, Job, first_error_line
     from bicc_lab.launch.locks import LOCK_NAME, blocking_lock, is_locked
@@ -241,7 +241,7 @@ def run_study(
     from bicc_lab.tracking.naming import Tag, git_commit
     from bicc_lab.tune.hook import FACTORY, read_outcome
 
-    console = console or Console()
+    console = console or default_console()
 
     def say(text: str) -> None:
         try:
