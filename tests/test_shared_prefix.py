@@ -396,14 +396,18 @@ def test_training_logs_token_counts_per_step(untrained_tiny_dir, tmp_path):
 
     logged = {}
     for arm, overrides in {"base": {}, "bicc": {"bicc.enabled": True}, "plain": {"bicc.enabled": True, "bicc.shared_prefix": False},
-                           "rcc": {"rcc.enabled": True}}.items():
+                           "rcc": {"rcc.enabled": True}, "rcc-plain": {"rcc.enabled": True, "bicc.shared_prefix": False},
+                           }.items():
         config = tiny_config(untrained_tiny_dir, **overrides)
         train_run(config, tmp_path / arm, progress=False)
         lines = [json.loads(x) for x in (tmp_path / arm / "metrics.jsonl").read_text().splitlines()]
         logged[arm] = lines[-1]
     assert logged["base"]["tokens/grad_per_step"] > 0 and "tokens/nograd_policy_per_step" not in logged["base"]
     # RCC: one reference pass over the plain batch; π_old came from the sampler, no policy pass.
-    assert logged["rcc"]["tokens/nograd_reference_per_step"] == pytest.approx(logged["rcc"]["tokens/grad_per_step"])
+    rcc, plain = logged["rcc"], logged["rcc-plain"]
+    assert plain["tokens/nograd_reference_per_step"] == pytest.approx(plain["tokens/grad_per_step"])
+    # ... which runs each group's prompt once when prompts may be shared.
+    assert 0 < rcc["tokens/nograd_reference_per_step"] < rcc["tokens/grad_per_step"]
     assert "tokens/nograd_policy_per_step" not in logged["rcc"] and "tokens/nograd_policy_per_step" not in logged["bicc"]
     # The shared path runs each group's prompt once; the plain one once per completion.
     assert logged["bicc"]["tokens/grad_per_step"] < logged["plain"]["tokens/grad_per_step"]
