@@ -190,3 +190,17 @@ def test_a_plugin_variant_trains_from_the_cli(tmp_path, untrained_tiny_dir):
     # the plugin's loss, not a built-in one, made the loss: its metric is logged, PPO's are not
     logged = set().union(*rows)
     assert "plugin/reinforce_calls" in logged and "clip_ratio/low_mean" not in logged, sorted(logged)
+
+
+def test_a_sweep_grid_crosses_a_plugin_variant_with_builtin_ones(tmp_path, monkeypatch, clean_registry):
+    from bicc_lab.spec import expand, load_sweep
+
+    (tmp_path / "bicc_plugin_sweep.py").write_text(PLUGIN)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text("name: b\nplugins: [bicc_plugin_sweep]\n")
+    (tmp_path / "sweep.yaml").write_text("base: base.yaml\ngrid:\n  variant: [grpo, reinforce_plugin]\n")
+    cells = expand(load_sweep(tmp_path / "sweep.yaml"))
+    assert [cell.config.variant for cell in cells] == ["grpo", "reinforce_plugin"]
+    (tmp_path / "sweep.yaml").write_text("base: base.yaml\ngrid:\n  variant: [grpo, reinforce_plugn]\n")
+    with pytest.raises(SpecError, match=r"unknown variant 'reinforce_plugn' at sweep.yaml:3:\d+ .*did you mean 'reinforce_plugin'\?"):
+        load_sweep(tmp_path / "sweep.yaml")
