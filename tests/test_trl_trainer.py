@@ -13,10 +13,9 @@ import torch
 pytest.importorskip("trl")
 
 from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta  # noqa: E402
+from bicc_lab.algorithms.registry import VARIANTS  # noqa: E402
 from bicc_lab.backends.trl.run import build_trainer, train_run  # noqa: E402
 from bicc_lab.spec import validate_experiment  # noqa: E402
-
-VARIANTS = ["grpo", "dr_grpo", "dapo", "gspo", "gmpo", "aspo"]
 
 
 def tiny_config(model_dir: Path, **overrides):
@@ -67,7 +66,7 @@ def force_mixed_rewards(trainer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_arm_trains_two_steps(untrained_tiny_dir, tmp_path, variant):
     for bicc in (False, True):
         for rcc in (False, True):
