@@ -372,3 +372,39 @@ def test_a_bad_optuna_storage_is_one_line_for_tune(project, bad_stores, command,
     assert code == 2, out + err
     assert err.startswith("error: Optuna storage ") and fragment in err and len(err.strip().splitlines()) == 1, err
     assert not (project / "mlflow.db").exists()  # `tune run` stopped before creating anything
+
+
+RACER = """
+import sys, time
+from pathlib import Path
+from bicc_lab.tracking.store import Tracker
+
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.01)
+print(Tracker(sys.argv[1]).ensure_experiment("race"), flush=True)
+"""
+
+
+def test_processes_creating_one_fresh_store_at_once_all_get_it(tmp_path):
+    """Three processes make the same new SQLite store at the same instant (the store is
+    built aside and linked in): all succeed, with one experiment, and no leftovers."""
+    db = tmp_path / "store" / "mlflow.db"
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, f"sqlite:///{db}", str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    time.sleep(3)  # let them import MLflow first, so that they really start together
+    go.touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert len({out.strip() for out, _ in results}) == 1
+    check_tracking_uri(f"sqlite:///{db}", create=True)
+    assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db"]
