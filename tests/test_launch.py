@@ -122,7 +122,7 @@ def test_multi_node_cell_with_a_vllm_server_node():
         assert env == {"BICC_LAB_VLLM_SERVER_HOST": "gpu-c"}
     argv, _ = commands[2]
     assert " ".join(argv) == (
-        "py -m trl.cli vllm-serve --model Qwen/Qwen3-4B --tensor_parallel_size 8 --host 0.0.0.0"
+        "py -m trl.cli.main vllm-serve --model Qwen/Qwen3-4B --tensor_parallel_size 8 --host 0.0.0.0"
     )
     # without server mode the same 3 nodes all train
     argv, env = node_command(

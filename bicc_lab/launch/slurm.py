@@ -109,7 +109,7 @@ def node_command(
         if node_rank == nodes - 1:
             gpus = max(1, gpus_per_node)
             return [
-                python, "-m", "trl.cli", "vllm-serve",
+                python, "-m", "trl.cli.main", "vllm-serve",
                 "--model", model,
                 "--tensor_parallel_size", str(gpus),
                 "--host", "0.0.0.0",
