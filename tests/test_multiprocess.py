@@ -69,7 +69,7 @@ def dumps(tmp_path_factory):
     bicc_lab = shutil.which("bicc-lab", path=str(Path(sys.executable).parent))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert bicc_lab and torchrun, "bicc-lab and torchrun must be installed beside this Python"
-    common = ["train", "mp.yaml", "--no-eval"]
+    common = ["train", "mp.yaml", "--no-eval", "--no-tracking"]
     # Build the tiny model once, before two processes would race for its cache.
     _train([bicc_lab, *common, "--set", "train.max_steps=1", "--output-dir", "warm"], env, root)
     env2 = {**env, "BICC_LAB_ROLLOUT_DUMP": str(root / "two")}
