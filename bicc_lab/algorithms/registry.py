@@ -310,7 +310,6 @@ register_variant(
 register_variant(
     VariantSpec(
         name="dr_grpo",
-        trl_loss_type="dr_grpo",
         paper="2503.20783",
         advantage_scale="none",
         ratio="token",
@@ -318,12 +317,12 @@ register_variant(
         epsilon_low=0.2,
         epsilon_high=0.2,
         aggregation="seq_mean_token_sum_norm",
+        trl_loss_type="dr_grpo",
     )
 )
 register_variant(
     VariantSpec(
         name="dapo",
-        trl_loss_type="dapo",
         paper="2503.14476",
         advantage_scale="group_std",
         ratio="token",
@@ -334,6 +333,7 @@ register_variant(
         dynamic_sampling=True,
         # DAPO trains with L_max = 20480 and L_cache = 4096 (section 4.1).
         overlong_buffer_fraction=0.2,
+        trl_loss_type="dapo",
     )
 )
 register_variant(
@@ -363,7 +363,6 @@ register_variant(
 register_variant(
     VariantSpec(
         name="aspo",
-        trl_loss_type="dapo",
         paper="2510.06062",
         advantage_scale="group_std",
         ratio="flipped_positive",
@@ -376,6 +375,7 @@ register_variant(
         epsilon_high=0.2,
         aggregation="token_mean",
         dual_clip_c=3.0,
+        trl_loss_type="dapo",
     )
 )
 
