@@ -73,12 +73,17 @@ def test_batcher_without_hold_logs_every_step():
     assert logged == [1, 2, 3, 4]
 
 
-def test_drop_metric_steps_after_fixes_history_and_latest_value(tmp_path):
-    from mlflow.entities import Metric
-
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    """One SQLite store for the fast tests (building its schema takes seconds)."""
     from bicc_lab.tracking.store import Tracker
 
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return Tracker(f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}")
+
+
+def test_drop_metric_steps_after_fixes_history_and_latest_value(tracker):
+    from mlflow.entities import Metric
+
     exp = tracker.ensure_experiment("x")
     run_id = tracker.create_cell_run(exp, None, "c", {})
     other = tracker.create_cell_run(exp, None, "d", {})
@@ -101,10 +106,7 @@ def test_drop_metric_steps_after_fixes_history_and_latest_value(tmp_path):
     assert tracker.client.get_run(run_id).data.metrics["reward"] == 4.5
 
 
-def test_delete_tags_deletes_only_present_ones(tmp_path):
-    from bicc_lab.tracking.store import Tracker
-
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_delete_tags_deletes_only_present_ones(tracker):
     exp = tracker.ensure_experiment("x")
     run_id = tracker.create_cell_run(exp, None, "c", {"error": "boom", "keep": "1"})
     assert tracker.delete_tags(run_id, ["error", "stop_reason"]) == ["error"]

@@ -6,13 +6,14 @@ locked by another process, named by its pid); the CLI commands (``sweep plan|sta
 ``report``, ``tune run``) on each fault print ``error: ...`` and exit 2; the commands that
 only read never create (or fill in) a store.
 
-Slow: a store locked in the middle of the work (MLflow's own 20 s busy wait, then ours);
+Slow: three processes creating one fresh store at once; a store locked in the middle of the work (MLflow's own 20 s busy wait, then ours);
 two ``sweep run`` processes started together on a fresh store run every cell exactly once
 and leave a usable store.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -66,6 +67,24 @@ def bad_stores(tmp_path_factory) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store made once (building its schema takes seconds); tests copy it."""
+    from bicc_lab.tracking.store import Tracker
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    Tracker(f"sqlite:///{db}").ensure_experiment("x")
+    return db
+
+
+@pytest.fixture
+def fresh_store(template_store, tmp_path) -> Path:
+    """A real MLflow store of this test's own (a copy of the template)."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(template_store, db)
+    return db
+
+
 # which faults a command that only reads reports (a missing place is "nothing tracked yet")
 WRITE_ONLY = {"uncreatable", "under a file"}
 
@@ -88,11 +107,8 @@ def test_check_tracking_uri_names_each_fault(bad_stores, name):
             check_tracking_uri(uri, create=False)
 
 
-def test_a_half_created_store_is_named_incomplete(tmp_path):
-    from bicc_lab.tracking.store import Tracker
-
-    db = tmp_path / "mlflow.db"
-    Tracker(f"sqlite:///{db}").ensure_experiment("x")
+def test_a_half_created_store_is_named_incomplete(fresh_store):
+    db = fresh_store
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("DROP TABLE metrics")
@@ -115,11 +131,8 @@ def test_good_stores_pass_and_reading_creates_nothing(tmp_path):
     check_tracking_uri(str(tmp_path / "mlruns"), create=True)  # MLflow's file store
 
 
-def test_a_real_store_passes(tmp_path):
-    from bicc_lab.tracking.store import Tracker
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    Tracker(uri).ensure_experiment("x")
+def test_a_real_store_passes(fresh_store):
+    uri = f"sqlite:///{fresh_store}"
     check_tracking_uri(uri, create=True)
     check_tracking_uri(uri, create=False)
 
@@ -147,12 +160,9 @@ time.sleep(120)
 
 
 @pytest.fixture
-def locked_store(tmp_path):
+def locked_store(fresh_store):
     """A real MLflow store, locked (EXCLUSIVE: no reader either) by another process."""
-    from bicc_lab.tracking.store import Tracker
-
-    db = tmp_path / "mlflow.db"
-    Tracker(f"sqlite:///{db}").ensure_experiment("x")
+    db = fresh_store
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db)], stdout=subprocess.PIPE, text=True
     )
@@ -386,6 +396,7 @@ print(Tracker(sys.argv[1]).ensure_experiment("race"), flush=True)
 """
 
 
+@pytest.mark.slow
 def test_processes_creating_one_fresh_store_at_once_all_get_it(tmp_path):
     """Three processes make the same new SQLite store at the same instant (the store is
     built aside and linked in): all succeed, with one experiment, and no leftovers."""
