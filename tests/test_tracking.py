@@ -149,6 +149,15 @@ def test_tracker_experiment_parent_and_cell_runs(tracker, store_dir):
     assert location.startswith((store_dir / "mlartifacts").as_uri())
 
 
+def test_a_deleted_experiment_is_restored_only_by_writers(tracker):
+    exp = tracker.ensure_experiment("deleted-one")
+    tracker.client.delete_experiment(exp)
+    assert tracker.experiment_id("deleted-one", restore=False) is None  # `sweep status`
+    assert tracker.client.get_experiment(exp).lifecycle_stage == "deleted"
+    assert tracker.experiment_id("deleted-one") == exp  # `sweep run`
+    assert tracker.client.get_experiment(exp).lifecycle_stage == "active"
+
+
 def test_metric_batcher_logs_every_n_steps(tracker):
     exp = tracker.ensure_experiment("m")
     run = tracker.create_cell_run(exp, None, "c", {})

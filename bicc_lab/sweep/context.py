@@ -83,7 +83,7 @@ class SweepContext:
         if not self.store_exists():
             return None
         tracker = self.tracker(create=False)
-        experiment_id = tracker.experiment_id(self.experiment)
+        experiment_id = tracker.experiment_id(self.experiment, restore=False)
         if experiment_id is None:
             return []
         return tracker.cell_runs(experiment_id)

@@ -221,12 +221,15 @@ class Tracker:
 
     # ------------------------------------------------------------------ experiments
 
-    def experiment_id(self, name: str) -> str | None:
-        """The id of experiment ``name``, or None (never creates)."""
+    def experiment_id(self, name: str, *, restore: bool = True) -> str | None:
+        """The id of experiment ``name``, or None (never creates). A deleted one is restored,
+        or, without ``restore`` (commands that only read), taken as absent."""
         exp = self.call(lambda: self.client.get_experiment_by_name(name))
         if exp is None:
             return None
         if exp.lifecycle_stage == "deleted":
+            if not restore:
+                return None
             self.call(lambda: self.client.restore_experiment(exp.experiment_id))
         return exp.experiment_id
 
