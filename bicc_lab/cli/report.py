@@ -47,7 +47,12 @@ def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | Non
 def _check_server(uri: str, experiment: str) -> None:
     """A wrong URI, a corrupt/foreign/locked store or an http(s) tracking server that does
     not answer fails in seconds, with one line (a report only reads: nothing is created)."""
-    from bicc_lab.tracking.check import StoreError, check_tracking_uri, store_initialised
+    from bicc_lab.tracking.check import (
+        StoreError,
+        check_tracking_uri,
+        quiet_store_logs,
+        store_initialised,
+    )
     from bicc_lab.tracking.naming import sqlite_path
 
     if uri.startswith(("http://", "https://")):
@@ -59,6 +64,7 @@ def _check_server(uri: str, experiment: str) -> None:
         fail(str(exc))
     if not store_initialised(uri):  # an empty file would be turned into a store by MLflow
         fail(f"no MLflow store at {sqlite_path(uri)} (nothing was tracked there)")
+    quiet_store_logs()  # a store error while reading is one line below, not a logged traceback
 
 
 def _formats(text: str) -> list[str]:

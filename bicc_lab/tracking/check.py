@@ -33,6 +33,7 @@ __all__ = [
     "check_tracking_uri",
     "lock_holders",
     "locked_message",
+    "quiet_store_logs",
     "store_initialised",
     "store_wait_s",
 ]
@@ -51,6 +52,14 @@ _MLFLOW_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
 
 class StoreError(UserError):
     """The MLflow store cannot be used as configured (one line, exit 2)."""
+
+
+def quiet_store_logs() -> None:
+    """MLflow logs a full traceback for every SQL error it then raises, a locked database
+    included: callers turn those errors into one line, so the tracebacks are noise."""
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def store_wait_s() -> float:

@@ -16,7 +16,6 @@ processes creating the same store at once never leave a half-migrated database.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import time
@@ -33,6 +32,7 @@ from bicc_lab.tracking.check import (
     StoreError,
     check_tracking_uri,
     locked_message,
+    quiet_store_logs,
     store_initialised,
     store_wait_s,
 )
@@ -191,9 +191,7 @@ class Tracker:
         empty store is a :class:`StoreError` and nothing is created or migrated."""
         # MLflow prints "View run ... at URL" on every terminated run of an http store.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        # ... and logs a full traceback for every SQL error, a locked database included, that
-        # it then raises: `_retry` handles those (one line), the tracebacks would be noise.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        quiet_store_logs()  # `_retry` makes its errors one line
         self.uri = uri
         db = sqlite_path(uri)
         if db is not None:
