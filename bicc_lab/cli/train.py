@@ -48,27 +48,28 @@ def train(
     from bicc_lab.spec.load import load_experiment_located
 
     experiment, locs = load_experiment_located(config, set_)
-    # Everything a user can get wrong (model, data, benchmarks, train.extra) is checked
-    # before the output directory, its config.yaml or any model exists.
-    preflight(RunCheck(experiment, locs, evaluate=not no_eval))
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: the main process tracks
+    uri = None
+    if main_process and not no_tracking:
+        from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
+
+        # As a sweep: tracking.uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
+        uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(experiment.tracking.uri)
+    # Everything a user can get wrong (model, data, benchmarks, train.extra, the store) is
+    # checked before the output directory, its config.yaml, an MLflow run or any model exists.
+    preflight(RunCheck(experiment, locs, evaluate=not no_eval), tracking_uri=uri, create_store=True)
     out = output_dir or Path(experiment.train.output_dir or default_output_dir(experiment))
     if out.exists() and no_resume:
         fail(f"--no-resume given but {out} already exists; pick another --output-dir")
     if out.exists() and not out.is_dir():
         fail(f"--output-dir {out} is a file, not a directory")
-    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: the main process tracks
-    if no_tracking or not main_process:
+    if uri is None:
         _train_and_evaluate(experiment, out, no_resume=no_resume, no_eval=no_eval, tracked=None)
         return
 
     from bicc_lab.launch.locks import LOCK_NAME, CellLock
     from bicc_lab.launch.single import TrackedTrain
-    from bicc_lab.tracking.check import check_tracking_uri
-    from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
 
-    # As a sweep: tracking.uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
-    uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(experiment.tracking.uri)
-    check_tracking_uri(uri, create=True)  # a store fault is one line before any training
     out.mkdir(parents=True, exist_ok=True)
     lock = CellLock(out / LOCK_NAME)
     if not lock.acquire():
