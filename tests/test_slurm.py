@@ -1,8 +1,9 @@
 """Sweeps and studies through a real SLURM cluster (the one-node cluster of .ci/slurm-up).
 
-- a 4-cell sweep with ``launch.kind: slurm`` ends with 4 FINISHED MLflow child runs, its
-  logs in the cells' directories, ``sweep status`` showing each job's SLURM state;
-- ``sweep run --detach`` submits and returns; one cell's job is ``scancel``ed while it
+- a 4-cell sweep with ``launch.kind: slurm``, submitted as one job array, ends with 4
+  FINISHED MLflow child runs, each cell's log in its directory, ``sweep status`` showing
+  each task's SLURM state;
+- ``sweep run --detach`` submits one job per cell and returns; one cell's job is ``scancel``ed while it
   trains, another is requeued by SLURM (``scontrol requeue``: what preemption does); the
   requeued job resumes from its checkpoint into the same MLflow run by itself, and a second
   ``sweep run`` re-attaches to what is still queued and resubmits the cancelled cell: every
@@ -103,7 +104,7 @@ def project(tmp_path_factory, untrained_tiny_dir, cluster):
         grid:
           seed: [0, 1]
           rcc.enabled: [false, true]
-        {launch}
+        {launch[:-1]}, array_parallelism: 2}}
         """,
     )
     _write(
@@ -111,7 +112,7 @@ def project(tmp_path_factory, untrained_tiny_dir, cluster):
         f"""
         name: slurm-stop
         base: base.yaml
-        set: {{train.max_steps: 8}}
+        set: {{train.max_steps: 40}}  # long enough to be caught training
         grid:
           seed: [0, 1]
         {launch}
@@ -137,13 +138,16 @@ def project(tmp_path_factory, untrained_tiny_dir, cluster):
         subprocess.run(["scancel", f"--name={name}"], capture_output=True, timeout=30)
 
 
-def test_a_four_cell_sweep_runs_as_slurm_jobs(project):
+def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
     env = subprocess_env(project / "cache")
     uri = f"sqlite:///{project / 'four.db'}"
     args = ["sweep", "run", "four.yaml", "--runs-dir", str(project / "runs"), "--set", f"tracking.uri={uri}"]
     plan = _cli(["sweep", "plan", *args[2:]], env, project)
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert "launcher slurm: 4 job(s), one per cell; per cell: 1 node(s) x 0 GPU(s), 1 CPU(s)/node, 2 GB/node" in plan.stdout
+    assert (
+        "launcher slurm: one job array of 4 tasks, at most 2 at once; "
+        "per cell: 1 node(s) x 0 GPU(s), 1 CPU(s)/node, 2 GB/node"
+    ) in plan.stdout
 
     proc = _cli(args, env, project)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -152,15 +156,16 @@ def test_a_four_cell_sweep_runs_as_slurm_jobs(project):
     assert len(runs) == 4
     assert all(len(r) == 1 and r[0].status == "FINISHED" for r in runs.values())
     job_ids = set()
-    for cell in (project / "runs" / "slurm-four").iterdir():
-        if not cell.is_dir():
+    sweep_dir = project / "runs" / "slurm-four"
+    for cell in sweep_dir.iterdir():
+        if not cell.is_dir() or cell.name == "slurm-array":
             continue
         record = json.loads((cell / "slurm_job.json").read_text())
         job_ids.add(record["job_id"])
         log = (cell / "run.log").read_text()
-        assert f"[bicc-lab slurm] job {record['job_id']}" in log and "finished" in log
-        assert any((cell / "slurm").iterdir())  # submitit's files, in the cell's directory
-    assert len(job_ids) == 4
+        assert f"[bicc-lab slurm] job {record['job_id']} node 0" in log and "finished" in log
+        assert any((sweep_dir / "slurm-array" / record["job_id"]).iterdir())  # submitit's files
+    assert len(job_ids) == 4 and len({j.split("_")[0] for j in job_ids}) == 1  # 4 tasks, 1 array
 
     status = _cli(["sweep", "status", *args[2:], "--json"], env, project)
     assert status.returncode == 0, status.stderr
@@ -210,9 +215,8 @@ def test_cancelled_and_requeued_jobs_end_finished_exactly_once(project):
     states = {c["slurm"]["state"] for c in json.loads(status.stdout)["cells"]}
     assert states <= {"PENDING", "RUNNING", "COMPLETED"}, states
 
-    _wait_for(lambda: _training_with_checkpoint(cancelled), 300, f"{cancelled.name} to train")
+    _wait_for(lambda: all(_training_with_checkpoint(c) for c in cells), 300, "both cells to train")
     subprocess.run(["scancel", jobs[cancelled]], check=True, timeout=30)
-    _wait_for(lambda: _training_with_checkpoint(requeued), 300, f"{requeued.name} to train")
     subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, timeout=30)
     # SLURM holds a requeued job back for 2 minutes (BeginTime); let it go at once.
     _wait_for(lambda: _job_state(jobs[requeued]) == "PENDING", 60, "the requeued job to be pending")
