@@ -7,10 +7,12 @@ Run:
 ``quickstart`` is experiments/tiny.yaml as sweeps/quickstart.yaml trains it (the warm-started
 0.8M-parameter model, its reward, 8 prompts x 8 completions of <= 6 tokens per step).
 ``compute`` is a compute-bound tiny-family model (Qwen2, 4 layers, hidden 512, random
-weights, about 13M parameters) with completions of 64 tokens, prompts padded to 16, and a
-BICC budget of 40% of that 80-token sequence, filled by cutting traces (``truncate: cut``);
-its reward is a parity rule on the completion text so that groups are mixed (an untrained
-model never solves the task), which is all a cost measurement needs.
+weights, about 9M parameters), 8 groups of 8 per step in one micro-batch, completions of
+exactly 64 tokens (``min_new_tokens``), a prompt budget of 16 and a BICC context budget of
+40% of that 80-token sequence, filled by cutting traces (``truncate: cut``). Its reward is a
+parity rule on the completion text so that groups are mixed (an untrained model never
+solves the task), and its learning rate is 1e-12, so every arm samples from the same
+policy: a cost measurement needs neither learning nor a task.
 
 Arms run one after another, ``--rounds`` times in alternation (base, +RCC, +BICC, ... then
 again), each a fresh trainer of ``--steps`` optimizer steps; the first ``--warmup`` steps of
@@ -65,6 +67,7 @@ def overrides(setting: str, arm: str, args, model_dir: Path | None) -> list[str]
     if setting == "compute":
         sets += [f"model.name={model_dir}", "train.max_completion_length=64", "train.max_prompt_length=16",
                  "train.per_device_train_batch_size=64", "train.gradient_accumulation_steps=1",
+                 "train.extra={generation_kwargs: {min_new_tokens: 64}}", "train.learning_rate=1e-12",
                  "bicc.context_fraction=0.4", "bicc.truncate=cut"]
     return sets + [f"{k}={v}" for k, v in ARMS[arm].items()]
 

@@ -412,3 +412,19 @@ def test_training_logs_token_counts_per_step(untrained_tiny_dir, tmp_path):
     # The shared path runs each group's prompt once; the plain one once per completion.
     assert logged["bicc"]["tokens/grad_per_step"] < logged["plain"]["tokens/grad_per_step"]
     assert logged["bicc"]["tokens/conditioned_prefix_per_step"] < logged["plain"]["tokens/conditioned_prefix_per_step"]
+
+
+@pytest.mark.slow
+def test_rcc_with_beta_takes_trls_reference_logps(untrained_tiny_dir, tmp_path):
+    # beta > 0: TRL computes reference log-probs itself; RCC's δ must use them, not run its own pass.
+    trainer = _trainer(untrained_tiny_dir, tmp_path, **{"bicc.enabled": False, "rcc.enabled": True, "train.beta": 0.04})
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    out = trainer._generate_and_score_completions([dict(rows[i // G]) for i in range(2 * G)])
+    plain_tokens = float(out["prompt_mask"].sum() + out["completion_mask"].sum())
+    assert trainer._token_totals["nograd_reference"] == plain_tokens  # TRL's one pass, counted once
+    assert trainer._token_totals["nograd_policy"] == 0  # π_old from the sampler
+    with torch.no_grad():
+        reference, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.ref_model, torch.cat([out["prompt_ids"], out["completion_ids"]], 1),
+            torch.cat([out["prompt_mask"], out["completion_mask"]], 1), out["completion_ids"].size(1))
+    torch.testing.assert_close(out["ref_per_token_logps"], reference, atol=1e-5, rtol=0)
