@@ -32,7 +32,8 @@ ENVIRONMENT = {
     "BICC_LAB_ROLLOUT_DUMP": "directory: each rank writes its first training generation batch there (debugging)",
     "BICC_LAB_ROLLOUT_REPLAY": "file: the first training generation batch replays its completions (debugging)",
     "BICC_LAB_VLLM_SERVER_HOST": "set by the SLURM launcher: the node running trl vllm-serve (not for users)",
-    "MLFLOW_TRACKING_URI": "tracking store when the sweep names none (default sqlite:///mlflow.db at the repo root)",
+    "MLFLOW_TRACKING_URI": "tracking store when the sweep or config names none (default sqlite:///mlflow.db "
+    "at the repo root); eval logs there when it is set",
 }
 # Click rewraps epilog paragraphs; \b keeps this block's lines as they are.
 ENV_HELP = "Environment variables:\n\n\b\n" + "\n".join(f"  {k:<24}{v}" for k, v in ENVIRONMENT.items())
