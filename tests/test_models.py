@@ -423,8 +423,14 @@ def test_warm_start_prompts_carry_blocks_in_front_of_the_question():
     attempts = [p[: -len("47+38=")].split("\n")[:-1] for p, _ in _draw(only_right, 1000)]
     assert all(a[:-1] == ["85"] * (len(a) - 1) and a[-1] in ("85", "8") for a in attempts)
     assert 0.2 < sum(a[-1] == "8" for a in attempts) / len(attempts) < 0.3
-    only_wrong = dataclasses.replace(only_right, context_correct_prob=0.0)
-    assert not any("85" in p[: -len("47+38=")].split("\n") for p, _ in _draw(only_wrong, 300))
+    only_wrong = dataclasses.replace(only_right, context_correct_prob=0.0, context_cut_prob=0.0)
+    wrong_blocks = [p[: -len("47+38=")].split("\n")[:-1] for p, _ in _draw(only_wrong, 600)]
+    assert not any("85" in a for a in wrong_blocks)
+    # Wrong attempts repeat, as a model's own mistakes do, so a repeated answer is no sign
+    # of the right one: at most two distinct mistakes per block, often the same one twice.
+    longer = [a for a in wrong_blocks if len(a) >= 2]
+    assert all(len(set(a)) <= 2 for a in wrong_blocks)
+    assert 0.3 < sum(len(set(a)) < len(a) for a in longer) / len(longer) < 0.9
 
 
 def test_header_templates_show_one_outcome_and_say_which():

@@ -45,7 +45,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "BICC_LAB_CACHE"
-BUILD_VERSION = 2  # bump when the build recipe changes; part of the cache key
+BUILD_VERSION = 3  # bump when the build recipe changes; part of the cache key
 RECORD_FILE = "warmstart.json"
 
 PAD_TOKEN = "<|endoftext|>"
@@ -282,6 +282,10 @@ def context_block(solution: str, rng: random.Random, config: TinyModelConfig) ->
     ones (each right with ``context_correct_prob``), so the block never tells the answer for
     sure. A template whose header names the outcome shown (default: "... that were
     incorrect:") gets a block of one outcome, as BICC shows it, so its header never lies.
+    Wrong attempts come from two mistakes per block, so they repeat as a model's own wrong
+    samples do ("124\n124\n"): with distinct wrong attempts only the right answer repeated,
+    and the model learned to copy any repeated answer (a block of its own repeated mistake
+    then cost 20 points of accuracy at context_prob 0.9).
     With ``context_cut_prob`` the last attempt is cut short, as BICC's ``cut`` packing does.
     """
     from bicc_lab.algorithms.bicc import get_template, layout_block
@@ -289,12 +293,13 @@ def context_block(solution: str, rng: random.Random, config: TinyModelConfig) ->
     template = get_template(rng.choice(config.context_templates), config.context_separator)
     answer = int(solution)
     count = rng.randint(1, config.context_max_attempts)
+    mistakes = [wrong_answer(answer, rng), wrong_answer(answer, rng)]
     if "{shown}" in template.header:
         right = rng.random() < config.context_correct_prob
-        attempts = [answer if right else wrong_answer(answer, rng) for _ in range(count)]
+        attempts = [answer if right else rng.choice(mistakes) for _ in range(count)]
         shown = "correct" if right else "incorrect"
     else:
-        attempts = [answer if rng.random() < config.context_correct_prob else wrong_answer(answer, rng)
+        attempts = [answer if rng.random() < config.context_correct_prob else rng.choice(mistakes)
                     for _ in range(count)]
         shown = "incorrect"
     traces = [str(a) for a in attempts]
