@@ -232,13 +232,13 @@ class BiccGRPOTrainer(GRPOTrainer):
         return self._shared_prefix_reason is None
 
     def _count_tokens(self, counter: str, count) -> None:
-        """Add this process's ``count`` tokens (summed over processes) to a training counter."""
+        """Add this process's ``count`` tokens to a training counter (summed over processes in
+        ``log``: a pass may run on some processes only, so no collective here)."""
         if not self.model.training:
             return
         if self._token_start_step is None:
             self._token_start_step = self.state.global_step
-        total = torch.as_tensor(count, device=self.accelerator.device, dtype=torch.float64)
-        self._token_totals[counter] += self.accelerator.reduce(total, reduction="sum").item()
+        self._token_totals[counter] += float(count)
 
     def _generate(self, prompts):
         # π_old(o|q) from the sampler's own forward passes, when this batch will need it and
@@ -330,7 +330,15 @@ class BiccGRPOTrainer(GRPOTrainer):
         if rollout_logps is not None:
             self._count_tokens("nograd_policy", plain_tokens)  # TRL's own pass
         sampler_logps, self._sampler_logps = self._sampler_logps, None
-        if rollout_logps is None and sampler_logps is not None and sampler_logps.shape == completion_ids.shape:
+        if sampler_logps is not None and sampler_logps.shape != completion_ids.shape:
+            sampler_logps = None
+        if self.accelerator.num_processes > 1:
+            # Every process takes the same path: a pass that ran on some processes only would
+            # leave the others waiting in its collectives.
+            usable = torch.tensor(float(sampler_logps is not None), device=device)
+            if self.accelerator.reduce(usable, reduction="sum").item() < self.accelerator.num_processes:
+                sampler_logps = None
+        if rollout_logps is None and sampler_logps is not None:
             rollout_logps = sampler_logps * completion_mask  # 0 where masked, like a forward's
         if output.get("ref_per_token_logps") is not None:
             self._count_tokens("nograd_reference", plain_tokens)  # TRL's own pass (beta != 0)
@@ -511,12 +519,16 @@ class BiccGRPOTrainer(GRPOTrainer):
             # On-policy BICC without RCC: π_old(o|q) only where the prompt changed; the other
             # rows take their loss forward's detached log-probs (_compute_loss).
             rows = output["bicc_conditioned"].nonzero().squeeze(1)
+            if self.accelerator.num_processes > 1:
+                rows = torch.arange(completion_ids.size(0), device=device)  # the same pass on every process
             rollout_logps = torch.zeros(completion_ids.shape, device=device)
             if rows.numel():
                 computed = self._logps(self.model, output["prompt_ids"][rows], output["prompt_mask"][rows],
                                        completion_ids[rows], completion_mask[rows])
                 rollout_logps = rollout_logps.to(computed.dtype).index_copy(0, rows, computed)
-            output["bicc_rollout_rows"] = output["bicc_conditioned"].clone()
+            computed_rows = torch.zeros_like(output["bicc_conditioned"], dtype=torch.bool)
+            computed_rows[rows] = True
+            output["bicc_rollout_rows"] = computed_rows
         output["bicc_rollout_logps"] = rollout_logps
 
         if self.bicc.ratio == "paper":
@@ -688,10 +700,13 @@ class BiccGRPOTrainer(GRPOTrainer):
             # Tokens per optimizer step, all processes, averaged over the steps of this process
             # so far: the last logged value is the run's mean (the report's cost figure).
             steps = self.state.global_step - self._token_start_step
+            local = torch.tensor([self._token_totals.get(c, 0.0) for c in _TOKEN_COUNTERS],
+                                 dtype=torch.float64, device=self.accelerator.device)
+            totals = self.accelerator.reduce(local, reduction="sum").tolist()
             if steps > 0:
-                for counter in _TOKEN_COUNTERS:
-                    if counter in self._token_totals:
-                        self._metrics[mode][f"tokens/{counter}_per_step"].append(self._token_totals[counter] / steps)
+                for counter, total in zip(_TOKEN_COUNTERS, totals, strict=True):
+                    if total > 0:  # a pass that never ran is not logged
+                        self._metrics[mode][f"tokens/{counter}_per_step"].append(total / steps)
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ gradient variance
