@@ -174,6 +174,7 @@ def test_eval_with_lm_eval_flags_writes_what_lm_eval_writes_and_logs_to_mlflow(
          "--model_args", f"pretrained={untrained_tiny_dir},dtype=float32,max_length=64",
          "--benchmarks", "aime24,amc23", "--data-dir", str(data_dir), "--limit", "0.05",
          "--samples", "2", "--max-new-tokens", "4", "--batch_size", "4", "--seed", "3",
+         "--no_apply_chat_template", "--system_instruction", "Answer briefly.",
          "--log_samples", "--output_path", "results", "--tracking-uri", uri],
         tmp_path, env,
     )
@@ -189,13 +190,16 @@ def test_eval_with_lm_eval_flags_writes_what_lm_eval_writes_and_logs_to_mlflow(
     # --model_args reached the model: HF's max_length is the context the runner measured
     assert config["context_length"] == 64
     assert config["model_args"] == {"dtype": "float32", "max_length": "64"}
+    # --no_apply_chat_template: plain prompts (the tiny tokenizer has a template, used by default)
+    assert config["chat_template"] == {"aime24": False, "amc23": False}
     # --log_samples: lm-eval's samples files, one line per problem, beside the results
     for task, bench in (("bicc_aime24", "aime24"), ("bicc_amc23", "amc23")):
         lines = (folder / f"samples_{task}_{date_id}.jsonl").read_text().splitlines()
         assert len(lines) == 2
         sample = json.loads(lines[0])
         assert sample["doc"]["benchmark"] == bench and sample["doc_id"] == 0
-        assert isinstance(sample["arguments"]["gen_args_0"]["arg_0"], str)
+        prompt = sample["arguments"]["gen_args_0"]["arg_0"]
+        assert prompt.startswith("Answer briefly.") and "<|im_start|>" not in prompt  # --system_instruction
         assert len(sample["filtered_resps"][0]) == 2  # k = 2 responses
         assert sample["target"] == sample["doc"]["gold"]
     # the per-problem rows keep prompts and responses too
