@@ -325,26 +325,40 @@ def run_sweep(
             display.update(list(rows.values()))
 
     display.start()
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
         if queue:
-            unbuildable = prebuild_models(list(queue), display.say)
+            # (run_jobs turns SIGTERM into a stop; before it, the default would kill us mid-write)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            try:
+                unbuildable = prebuild_models(list(queue), display.say)
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+                queue.clear()  # nothing was launched yet
+                unbuildable = {}
+            finally:
+                signal.signal(signal.SIGTERM, previous_term)
             for cell in [c for c in queue if c.cell_id in unbuildable]:
                 queue.remove(cell)  # not launched; not FAILED in MLflow: the next run tries again
                 row = rows[cell.cell_id]
                 row.state, row.note = "failed", unbuildable[cell.cell_id][:120]
                 outcome.failed[cell.name] = unbuildable[cell.cell_id]
-        result = run_jobs(
-            launcher,
-            Source(),
-            # SLURM queues what the cluster cannot run yet (launch.array_parallelism caps arrays)
-            max_parallel=max_parallel if launch.kind == "local" else len(sweep.cells),
-            poll_s=poll_s,
-            grace_s=grace_s,
-            detach=detach,
-            ask_cancel=ask_cancel,
-            say=display.say,
-        )
-        outcome.interrupted = result in (INTERRUPTED, LEFT_RUNNING)
+        if outcome.interrupted:  # Ctrl-C while the model was built: leave attached jobs alone
+            launcher.release()
+            result = LEFT_RUNNING if launcher.detachable else INTERRUPTED
+        else:
+            result = run_jobs(
+                launcher,
+                Source(),
+                # SLURM queues what the cluster cannot run yet (launch.array_parallelism caps arrays)
+                max_parallel=max_parallel if launch.kind == "local" else len(sweep.cells),
+                poll_s=poll_s,
+                grace_s=grace_s,
+                detach=detach,
+                ask_cancel=ask_cancel,
+                say=display.say,
+            )
+        outcome.interrupted = outcome.interrupted or result in (INTERRUPTED, LEFT_RUNNING)
         if result in (DETACHED, LEFT_RUNNING):
             outcome.left_running = sum(1 for r in rows.values() if r.state in _IN_QUEUE)
         _quietly(Source().on_tick)
