@@ -225,8 +225,8 @@ class BiccGRPOTrainer(GRPOTrainer):
             self._shared_prefix_checked = True
             if self._shared_prefix_reason is not None:
                 warnings.warn(
-                    f"bicc.shared_prefix: {self._shared_prefix_reason}; BICC uses the unshared conditioned "
-                    "forward (same numbers, each completion recomputes its prompt)",
+                    f"bicc.shared_prefix: {self._shared_prefix_reason}; forwards run unshared "
+                    "(same numbers, each completion recomputes its prompt)",
                     stacklevel=2,
                 )
         return self._shared_prefix_reason is None
