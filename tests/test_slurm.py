@@ -1,8 +1,9 @@
 """Sweeps and studies through a real SLURM cluster (the one-node cluster of .ci/slurm-up).
 
-- a 4-cell sweep with ``launch.kind: slurm``, submitted as one job array, ends with 4
-  FINISHED MLflow child runs, each cell's log in its directory, ``sweep status`` showing
-  each task's SLURM state;
+- a 4-cell sweep with ``launch.kind: slurm``, submitted as one job array, is Ctrl-C'ed
+  while it trains and told to leave its jobs running; the next ``sweep run`` re-attaches
+  and it ends with 4 FINISHED MLflow child runs, each cell's log in its directory,
+  ``sweep status`` showing each task's SLURM state;
 - ``sweep run --detach`` submits one job per cell and returns; one cell's job is ``scancel``ed while it
   trains, another is requeued by SLURM (``scontrol requeue``: what preemption does); the
   requeued job resumes from its checkpoint into the same MLflow run by itself, and a second
@@ -149,14 +150,26 @@ def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
         "per cell: 1 node(s) x 0 GPU(s), 1 CPU(s)/node, 2 GB/node"
     ) in plan.stdout
 
+    # Ctrl-C once the array runs, and answer "no" to "cancel the submitted jobs?" ...
+    sweep_dir = project / "runs" / "slurm-four"
+
+    def training() -> bool:
+        cells = [c for c in sweep_dir.glob("*-*") if (c / "slurm_job.json").is_file()]
+        return len(cells) == 4 and any(_training_with_checkpoint(c) for c in cells)
+
+    code, out = _interrupt_and_answer(args, env, project, training, "n\n")
+    assert code == 130, out[-4000:]
+    assert "cancel the" in out and "submitted SLURM job(s)?" in out
+    assert "job(s) in the SLURM queue; `sweep run` again re-attaches to them" in out
+    assert "left in the SLURM queue" in out  # the summary line
+    # ... the jobs ran on; the next `sweep run` re-attaches to those still queued or running.
     proc = _cli(args, env, project)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "4/4 finished (4 now, 0 before)" in proc.stdout
+    assert "4/4 finished" in proc.stdout and "re-attached" in proc.stdout
     runs = _cell_runs(uri, "slurm-four")
     assert len(runs) == 4
     assert all(len(r) == 1 and r[0].status == "FINISHED" for r in runs.values())
     job_ids = set()
-    sweep_dir = project / "runs" / "slurm-four"
     for cell in sweep_dir.iterdir():
         if not cell.is_dir() or cell.name == "slurm-array":
             continue
@@ -172,6 +185,28 @@ def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
     cells = json.loads(status.stdout)["cells"]
     assert sorted(c["slurm"]["state"] for c in cells) == ["COMPLETED"] * 4
     assert {c["slurm"]["job_id"] for c in cells} == job_ids
+
+
+def _interrupt_and_answer(args: list[str], env: dict[str, str], cwd: Path, ready, answer: str):
+    """Run the CLI with a terminal as stdin, Ctrl-C it once ``ready()``, type ``answer``."""
+    import signal
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bicc_lab.cli.main", *args],
+        stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+    )
+    os.close(slave)
+    try:
+        _wait_for(ready, 300, "the jobs to run")
+        proc.send_signal(signal.SIGINT)
+        os.write(master, answer.encode())  # the terminal holds it until the prompt reads it
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return proc.returncode, out
 
 
 def _wait_for(predicate, timeout: float, what: str):
