@@ -763,7 +763,11 @@ class LaunchConfig(_Section):
     cpus_per_task: int = Field(1, ge=1, description="CPU cores per node of a cell.")
     mem_gb: Float | None = Field(None, gt=0, description="Memory per node in GB; null: the cluster's default.")
     time_min: int = Field(
-        60, ge=1, description="Time limit of one job in minutes; a timed-out cell is requeued and resumes."
+        60, ge=1,
+        description=(
+            "Time limit of one job in minutes; a timed-out cell is requeued and resumes. SLURM may "
+            "send its warning up to a minute early: give a job several minutes at least."
+        ),
     )
     account: str | None = Field(None, description="SLURM account (--account).")
     qos: str | None = Field(None, description="SLURM quality of service (--qos).")

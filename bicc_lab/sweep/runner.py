@@ -62,7 +62,8 @@ class SweepOutcome:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return 1 if (self.failed or self.failed_before) else 0
+        # (killed without Ctrl-C here: a job cancelled with scancel; the cell is not done)
+        return 1 if (self.failed or self.failed_before or self.killed) else 0
 
 
 def cell_spec(
