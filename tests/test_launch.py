@@ -177,3 +177,21 @@ def test_launcher_override(tmp_path):
     multi = load_sweep(_sweep(tmp_path, "launch: {kind: slurm, nodes: 2}"))
     with pytest.raises(LauncherError, match="launch.nodes = 2"):
         launch_config(multi, "local")
+
+
+def test_sweep_run_cli_refuses_detach_without_slurm_and_unknown_launchers(tmp_path):
+    from typer.testing import CliRunner
+
+    from bicc_lab.cli.main import app
+
+    path = _sweep(tmp_path, "")
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", "run", str(path), "--detach"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: --detach needs the slurm launcher ({path} runs its cells locally; they stop with `sweep run`)"
+    ]
+    result = runner.invoke(app, ["sweep", "run", str(path), "--launcher", "pbs"])
+    assert result.exit_code == 2
+    assert "--launcher must be local or slurm, got 'pbs'" in result.output
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

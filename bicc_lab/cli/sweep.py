@@ -104,6 +104,9 @@ def run(
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
     if parallel < 1:
         fail(f"--max-parallel must be >= 1, got {parallel}")
+    kind = launcher or ctx.sweep.spec.launch.kind
+    if detach and kind != "slurm":
+        fail(f"--detach needs the slurm launcher ({sweep} runs its cells locally; they stop with `sweep run`)")
     from bicc_lab.preflight import preflight, sweep_checks
 
     try:
