@@ -310,20 +310,3 @@ def test_our_tasks_run_under_plain_lm_eval(tmp_path, untrained_tiny_dir, data_di
     gold = json.loads((data_dir / "math500.jsonl").read_text().splitlines()[0])
     assert first["doc"]["problem"] == gold["problem"]  # the local file, not the hub
 
-
-def test_new_experiments_open_on_their_runs_in_mlflow_ui(tmp_path):
-    """MLflow 3.17's UI opens an experiment tagged custom_model_development on its runs
-    table; without the tag it guesses a kind and may open the (empty) GenAI Overview."""
-    from mlflow import MlflowClient
-
-    from bicc_lab.tracking.single import TRAIN_ROLE, create_run
-    from bicc_lab.tracking.store import Tracker
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri)
-    experiment_id, run_id = create_run(tracker, "tiny-arith", "tiny-arith/grpo/base/s0", TRAIN_ROLE, {"seed": "0"})
-    client = MlflowClient(uri)
-    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-    run = client.get_run(run_id)
-    assert run.data.tags["role"] == "train" and run.data.tags["seed"] == "0"
-    assert run.info.run_name == "tiny-arith/grpo/base/s0"

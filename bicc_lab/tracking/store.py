@@ -42,9 +42,6 @@ T = TypeVar("T")
 
 __all__ = ["CellRun", "MetricBatcher", "StoreError", "Tracker", "check_tracking_uri"]
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"  # MLflow's name for classic training runs
-
 _BATCH_TAGS = 100
 _BATCH_METRICS = 1000
 
@@ -243,14 +240,9 @@ class Tracker:
         db = sqlite_path(self.uri)
         if db is not None:  # artifacts next to the database, not in whatever the cwd is
             artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-        # MLflow 3's UI opens an experiment without this tag on a guessed kind, often the
-        # GenAI "Overview" (empty here); with it, on the runs table (parent with its cells).
-        tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
         try:
             return self.call(
-                lambda: self.client.create_experiment(
-                    name, artifact_location=artifact_location, tags=tags
-                )
+                lambda: self.client.create_experiment(name, artifact_location=artifact_location)
             )
         except MlflowException:
             existing = self.experiment_id(name)
