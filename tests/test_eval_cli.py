@@ -310,3 +310,38 @@ def test_our_tasks_run_under_plain_lm_eval(tmp_path, untrained_tiny_dir, data_di
     gold = json.loads((data_dir / "math500.jsonl").read_text().splitlines()[0])
     assert first["doc"]["problem"] == gold["problem"]  # the local file, not the hub
 
+
+
+def test_run_directories_name_their_mlflow_run(tmp_path):
+    from bicc_lab.cli.evaluate import _recorded_run
+    from bicc_lab.tracking.single import write_record
+
+    train_dir, cell_dir, plain = tmp_path / "train", tmp_path / "cell", tmp_path / "plain"
+    for d in (train_dir, cell_dir, plain):
+        d.mkdir()
+    write_record(train_dir, "sqlite:////a/mlflow.db", "3", "a" * 32)
+    (cell_dir / "cell.json").write_text(json.dumps({"tracking_uri": "sqlite:////b/mlflow.db"}))
+    (cell_dir / "mlflow_run_id").write_text("b" * 32 + "\n")
+    assert _recorded_run(train_dir) == {"uri": "sqlite:////a/mlflow.db", "run_id": "a" * 32}
+    assert _recorded_run(cell_dir) == {"uri": "sqlite:////b/mlflow.db", "run_id": "b" * 32}
+    assert _recorded_run(plain) is None
+
+
+def test_a_run_id_finds_its_model_through_the_output_dir_tag(tmp_path, monkeypatch):
+    from bicc_lab.cli.evaluate import _resolve_run
+    from bicc_lab.tracking.single import TRAIN_ROLE, create_run
+    from bicc_lab.tracking.store import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trained, untrained = tmp_path / "trained", tmp_path / "untrained"
+    (trained / "final").mkdir(parents=True)
+    untrained.mkdir()
+    tracker = Tracker(uri)
+    _, with_model = create_run(tracker, "x", "a", TRAIN_ROLE, {"output_dir": str(trained)})
+    _, without = create_run(tracker, "x", "b", TRAIN_ROLE, {"output_dir": str(untrained)})
+    assert _resolve_run(with_model, None, uri) == (trained, {"uri": uri, "run_id": with_model, "run_dir": trained})
+    # with --model, the run is only where the results go
+    assert _resolve_run(without, "tiny", uri) == (None, {"uri": uri, "run_id": without})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["eval", "--run", without, "--tracking-uri", uri])
+    assert result.exit_code == 2 and "names no output_dir with a final/ model; give --model" in result.output
