@@ -70,25 +70,25 @@ class SamplerLogpCapture:
         if self._void or self._pending is None or not completion_ids:
             return None
         rows = len(completion_ids)
-        if self._pending.size(0) != rows:
+        last = self._pending
+        if last.size(0) != rows:
             return None
         steps = len(self._tokens) + 1  # the last step's token was never fed back
-        width = max(len(c) for c in completion_ids)
+        lengths = torch.tensor([len(c) for c in completion_ids])
+        width = int(lengths.max())
         if width > steps:
             return None
-        fed = torch.stack(self._tokens, dim=1).cpu() if self._tokens else torch.zeros((rows, 0), dtype=torch.long)
-        logps = torch.stack([*self._logps, torch.zeros_like(self._pending[:, 0])], dim=1)
-        last = self._pending
-        out = torch.zeros((rows, width), dtype=torch.float32, device=device)
+        ids = torch.zeros((rows, width), dtype=torch.long)
         for row, completion in enumerate(completion_ids):
-            n = len(completion)
-            if n == 0:
-                continue
-            ids = torch.tensor(completion, dtype=torch.long)
-            known = min(n, steps - 1)
-            if not torch.equal(fed[row, :known], ids[:known]):
-                return None  # not the sampled sequence
-            out[row, :known] = logps[row, :known].to(device)
-            if n == steps:
-                out[row, n - 1] = last[row, ids[n - 1]].to(device)
-        return out
+            ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
+        valid = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        known = min(width, steps - 1)
+        fed = torch.stack(self._tokens, dim=1)[:, :known].cpu() if known else ids[:, :0]
+        if not torch.equal(fed[valid[:, :known]], ids[:, :known][valid[:, :known]]):
+            return None  # not the sampled sequences
+        ids = ids.to(last.device)
+        columns = [torch.stack(self._logps, dim=1)[:, :known]] if known else []
+        if width == steps:  # completions that used every step: their last token's log-prob
+            columns.append(last.gather(1, ids[:, steps - 1 :]))
+        logps = torch.cat(columns, dim=1) * valid.to(last.device)
+        return logps.to(device=device, dtype=torch.float32)
