@@ -12,8 +12,9 @@
   ``max_steps`` and ``max_seconds``. The test split is never seen.
 - Context literacy: a share ``context_prob`` of the warm-start prompts carry a block
   of 1-3 other attempts in front of the question, laid out by the BICC template the
-  tiny config trains with (``84\n91\n47+38=85``): wrong answers and, each with
-  ``context_correct_prob``, the right one; the last one sometimes cut. So BICC's
+  tiny config trains with (``84\n91\n47+38=85``): wrong answers (two mistakes per
+  block, so they repeat as a model's own do) and, each with ``context_correct_prob``,
+  the right one; the last one sometimes cut. So BICC's
   conditioned prompts are in-distribution at GRPO's start, as they are for an instruct
   model. After the warm-start a probe (``context_probe``) measures on the held-out slice
   how much a block of the model's own wrong answers moves log p(correct answer) and the
@@ -80,8 +81,9 @@ class TinyModelConfig:
     # conditioned prompts are in-distribution. The block goes where the BICC template puts
     # it: the compact template puts it in front of the question ("84\n91\n47+38="). With
     # the block after the question (the separator template) the warm-start was still at
-    # 7-10% after 1,500-2,578 steps; in front, it reached 35% in fewer steps than bare
-    # prompts (825 vs 1,350 in the measurement).
+    # 7-10% after 1,500-2,578 steps; in front, it reached 35% in 975 steps (bare: 1,350).
+    # More blocks read worse (75%: -8 points of accuracy under wrong attempts, 90%: -20);
+    # benchmarks/README.md, "Tiny model and BICC contexts", has the search.
     context_prob: float = 0.5
     context_templates: tuple[str, ...] = ("compact",)  # BICC template names, drawn uniformly
     context_separator: str = "\n"
