@@ -53,6 +53,7 @@ ACTIVE_STATES = frozenset(
 )
 RESULT_GRACE_S = 10.0  # a finished job's result file may land just after squeue forgets it
 RENDEZVOUS_PORT_BASE = 29500
+QUEUE_QUERY_EVERY_S = 3.0
 
 
 class SlurmUnavailable(RuntimeError):
@@ -271,6 +272,16 @@ class SlurmLauncher:
         self.env = dict(env or {})
         self.running: dict[str, Job] = {}
         self._gone_since: dict[str, float] = {}
+        self._queue: tuple[float, dict[str, str]] = (0.0, {})
+
+    def _queued(self, max_age_s: float = QUEUE_QUERY_EVERY_S) -> dict[str, str]:
+        """``squeue`` of this user's jobs, at most once per ``max_age_s`` (controllers of real
+        clusters ask users not to poll them every second)."""
+        taken, states = self._queue
+        if time.time() - taken >= max_age_s:
+            states = _squeue_states()
+            self._queue = (time.time(), states)
+        return states
 
     # ---------------------------------------------------------------- submission
     def sbatch_parameters(self) -> dict[str, Any]:
@@ -310,6 +321,7 @@ class SlurmLauncher:
         finally:
             os.environ.clear()
             os.environ.update(env_backup)
+        self._queue = (0.0, {})  # the next poll asks squeue again: it knows the new jobs
         jobs = []
         for (key, directory), handle in zip(cells, handles, strict=True):
             job = Job(key=key, directory=directory, job_id=str(handle.job_id), handle=handle)
@@ -329,8 +341,7 @@ class SlurmLauncher:
         if record is None:
             return None
         job_id = str(record["job_id"])
-        state = slurm_states([job_id]).get(job_id)
-        if state not in ACTIVE_STATES:
+        if self._queued().get(job_id) not in ACTIVE_STATES:
             return None
         import submitit
 
@@ -350,7 +361,7 @@ class SlurmLauncher:
         from its final SLURM state."""
         if not self.running:
             return []
-        queued = _squeue_states()
+        queued = self._queued()
         done = []
         now = time.time()
         for key, job in list(self.running.items()):
