@@ -261,7 +261,6 @@ class SlurmLauncher:
         job_name: str = "bicc-lab",
         vllm_server: bool = False,
         model: str = "",
-        env: dict[str, str] | None = None,
     ) -> None:
         _check_available()
         self.launch = launch
@@ -269,7 +268,6 @@ class SlurmLauncher:
         self.job_name = job_name
         self.vllm_server = vllm_server
         self.model = model
-        self.env = dict(env or {})
         self.running: dict[str, Job] = {}
         self._gone_since: dict[str, float] = {}
         self._queue: tuple[float, dict[str, str]] = (0.0, {})
@@ -304,23 +302,16 @@ class SlurmLauncher:
     def submit(self, cells: list[tuple[str, Path]]) -> list[Job]:
         if not cells:
             return []
-        env_backup = dict(os.environ)
-        os.environ.update(self.env)  # submitit's sbatch exports this environment to the job
-        try:
-            if self.launch.array_parallelism is not None and len(cells) > 1:
-                folder = self.sweep_dir / "slurm-array" / "%j"
-                executor = self._executor(folder, self.launch.array_parallelism)
-                with executor.batch():
-                    pending = [executor.submit(self._cell_job(), str(d)) for _, d in cells]
-                handles = pending
-            else:
-                handles = [
-                    self._executor(directory / "slurm").submit(self._cell_job(), str(directory))
-                    for _, directory in cells
-                ]
-        finally:
-            os.environ.clear()
-            os.environ.update(env_backup)
+        # (sbatch hands this process's environment to the job: data dir, caches, MLflow URI)
+        if self.launch.array_parallelism is not None and len(cells) > 1:
+            executor = self._executor(self.sweep_dir / "slurm-array" / "%j", self.launch.array_parallelism)
+            with executor.batch():
+                handles = [executor.submit(self._cell_job(), str(d)) for _, d in cells]
+        else:
+            handles = [
+                self._executor(directory / "slurm").submit(self._cell_job(), str(directory))
+                for _, directory in cells
+            ]
         self._queue = (0.0, {})  # the next poll asks squeue again: it knows the new jobs
         jobs = []
         for (key, directory), handle in zip(cells, handles, strict=True):
