@@ -312,10 +312,9 @@ def test_a_store_locked_mid_work_ends_in_one_line(locked_store, monkeypatch, cap
 
     db, pid = locked_store
     monkeypatch.setenv("BICC_LAB_STORE_WAIT_S", "1")
-    tracker = Tracker(f"sqlite:///{db}")
     capfd.readouterr()
-    with pytest.raises(StoreError) as info:
-        tracker.ensure_experiment("y")
+    with pytest.raises(StoreError) as info:  # building the client reads the tables already
+        Tracker(f"sqlite:///{db}").ensure_experiment("y")
     assert f"held by pid {pid}" in str(info.value)
     printed = capfd.readouterr()
     assert "Traceback" not in printed.out + printed.err

@@ -199,7 +199,8 @@ class Tracker:
                 _retry(lambda: create_sqlite_store(db), uri)
             elif not store_initialised(uri):
                 raise StoreError(f"no MLflow store at {db} (nothing was tracked there yet)")
-        self.client = MlflowClient(tracking_uri=uri)
+        # MlflowClient reads the store's tables as it is built: a locked store waits here too.
+        self.client = _retry(lambda: MlflowClient(tracking_uri=uri), uri)
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` (a use of ``self.client``), retried while the store is locked; store
