@@ -36,11 +36,11 @@ FAST = T.TinyModelConfig(
     n_val=20,
     target_accuracy=0.2,
     eval_every=10,
-    max_steps=1500,
-    max_seconds=60,
-    lr=3e-3,
+    max_warmup_steps=1500,
+    max_warmup_seconds=60,
+    warmup_lr=3e-3,
     batch_size=32,
-    warmup_steps=5,
+    lr_warmup_steps=5,
 )
 
 
@@ -119,24 +119,24 @@ def test_default_config_matches_design():
 
 def test_cache_key_depends_on_every_field():
     base = T.TinyModelConfig()
-    assert base.cache_key() == T.TinyModelConfig().cache_key()
-    assert len(base.cache_key()) == 16
-    keys = {base.cache_key()}
+    assert T.cache_key(base) == T.cache_key(T.TinyModelConfig())
+    assert len(T.cache_key(base)) == 16
+    keys = {T.cache_key(base)}
     for change in (
         {"seed": 1},
-        {"lr": 1e-3},
+        {"warmup_lr": 1e-3},
         {"target_accuracy": 0.5},
         {"digits": 3},
         {"layers": 2},
     ):
-        keys.add(T.TinyModelConfig(**change).cache_key())
+        keys.add(T.cache_key(T.TinyModelConfig(**change)))
     assert len(keys) == 6
 
 
 def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("BICC_LAB_CACHE", str(tmp_path))
     assert T.cache_root() == tmp_path
-    assert T.tiny_model_dir(FAST) == tmp_path / "tiny" / FAST.cache_key()
+    assert T.tiny_model_dir(FAST) == tmp_path / "tiny" / T.cache_key(FAST)
     assert T.cache_root(tmp_path / "x") == tmp_path / "x"
     monkeypatch.delenv("BICC_LAB_CACHE")
     assert T.cache_root() == T.Path.home() / ".cache" / "bicc_lab"
@@ -157,16 +157,16 @@ def test_warm_start_reaches_low_target(fast_model_dir):
     record = json.loads((path / "warmstart.json").read_text())
     assert record["reached_target"] is True and record["stopped_by"] == "target"
     assert record["accuracy"] >= FAST.target_accuracy
-    assert record["steps"] % FAST.eval_every == 0 and 0 < record["steps"] < FAST.max_steps
+    assert record["steps"] % FAST.eval_every == 0 and 0 < record["steps"] < FAST.max_warmup_steps
     assert record["history"][-1]["accuracy"] == record["accuracy"]
     assert all(h["accuracy"] < FAST.target_accuracy for h in record["history"][:-1])
-    assert record["config"] == FAST.to_dict() and record["cache_key"] == FAST.cache_key()
+    assert record["config"] == FAST.to_dict() and record["cache_key"] == T.cache_key(FAST)
     assert seconds < 60
 
 
 def test_saved_dir_layout_and_atomic_build(fast_model_dir):
     root, path, _ = fast_model_dir
-    assert path == root / "tiny" / FAST.cache_key()
+    assert path == root / "tiny" / T.cache_key(FAST)
     names = {p.name for p in path.iterdir()}
     assert {
         "config.json",
@@ -218,7 +218,7 @@ def test_warm_start_is_deterministic():
     import torch
 
     tok = T.build_tokenizer()
-    cfg = T.TinyModelConfig(**{**FAST.to_dict(), "target_accuracy": 1.0, "max_steps": 30})
+    cfg = T.TinyModelConfig(**{**FAST.to_dict(), "target_accuracy": 1.0, "max_warmup_steps": 30})
     states, records = [], []
     for _ in range(2):
         model = T.build_untrained_model(cfg, tok)
@@ -340,9 +340,7 @@ def test_load_local_dir_and_tiny_reference(fast_model_dir):
 
 
 def test_warm_start_below_target_is_an_error_and_not_cached(tmp_path):
-    import dataclasses
-
-    unreachable = dataclasses.replace(FAST, target_accuracy=1.0, max_steps=3, eval_every=3)
+    unreachable = FAST.replace(target_accuracy=1.0, max_warmup_steps=3, eval_every=3)
     with pytest.raises(T.TinyWarmStartError, match="below|< target"):
         T.build_tiny_model(unreachable, tmp_path, progress=False)
     assert not T.is_built(T.tiny_model_dir(unreachable, tmp_path))
@@ -357,17 +355,14 @@ OLD_QUICKSTART_KEY = "92828b6bdbf39bf1"  # experiments/tiny.yaml's model before 
 
 
 def test_cache_key_changes_with_the_context_recipe():
-    import dataclasses
-
-    from bicc_lab.backends.trl.run import tiny_config
     from bicc_lab.spec import load_experiment
 
     base = T.TinyModelConfig()
     assert base.context_prob == 0.5 and base.context_templates == ("compact",)
-    assert base.cache_key() != OLD_DEFAULT_KEY
-    quickstart = tiny_config(load_experiment(ROOT / "experiments" / "tiny.yaml", []))
-    assert quickstart.cache_key() != OLD_QUICKSTART_KEY
-    keys = {base.cache_key()}
+    assert T.cache_key(base) != OLD_DEFAULT_KEY
+    quickstart = load_experiment(ROOT / "experiments" / "tiny.yaml", []).model.tiny
+    assert T.cache_key(quickstart) != OLD_QUICKSTART_KEY
+    keys = {T.cache_key(base)}
     for change in (
         {"context_prob": 0.0},
         {"context_templates": ("separator",)},
@@ -377,16 +372,15 @@ def test_cache_key_changes_with_the_context_recipe():
         {"context_cut_prob": 0.0},
         {"context_max_attempts": 2},
     ):
-        keys.add(dataclasses.replace(base, **change).cache_key())
+        keys.add(T.cache_key(base.replace(**change)))
     assert len(keys) == 8
 
 
 def test_quickstart_trains_bicc_with_the_layout_the_model_was_warm_started_on():
-    from bicc_lab.backends.trl.run import tiny_config
     from bicc_lab.spec import load_experiment
 
     config = load_experiment(ROOT / "experiments" / "tiny.yaml", [])
-    tiny = tiny_config(config)
+    tiny = config.model.tiny
     assert tiny.context_prob == 0.5
     assert (config.bicc.template, config.bicc.separator) == (tiny.context_templates[0], tiny.context_separator)
 
@@ -417,13 +411,11 @@ def test_warm_start_prompts_carry_blocks_in_front_of_the_question():
     assert any("85" in a for a in attempts) and any("85" not in a for a in attempts)
     # With only right answers, a cut attempt is "8": a proper prefix, as BICC's cut packing
     # leaves a trace, and only in last place.
-    import dataclasses
-
-    only_right = dataclasses.replace(T.TinyModelConfig(), context_prob=1.0, context_correct_prob=1.0)
+    only_right = T.TinyModelConfig().replace(context_prob=1.0, context_correct_prob=1.0)
     attempts = [p[: -len("47+38=")].split("\n")[:-1] for p, _ in _draw(only_right, 1000)]
     assert all(a[:-1] == ["85"] * (len(a) - 1) and a[-1] in ("85", "8") for a in attempts)
     assert 0.2 < sum(a[-1] == "8" for a in attempts) / len(attempts) < 0.3
-    only_wrong = dataclasses.replace(only_right, context_correct_prob=0.0, context_cut_prob=0.0)
+    only_wrong = only_right.replace(context_correct_prob=0.0, context_cut_prob=0.0)
     wrong_blocks = [p[: -len("47+38=")].split("\n")[:-1] for p, _ in _draw(only_wrong, 600)]
     assert not any("85" in a for a in wrong_blocks)
     # Wrong attempts repeat, as a model's own mistakes do, so a repeated answer is no sign
@@ -434,9 +426,7 @@ def test_warm_start_prompts_carry_blocks_in_front_of_the_question():
 
 
 def test_header_templates_show_one_outcome_and_say_which():
-    import dataclasses
-
-    config = dataclasses.replace(T.TinyModelConfig(), context_prob=1.0, context_templates=("default",))
+    config = T.TinyModelConfig().replace(context_prob=1.0, context_templates=("default",))
     drawn = [p for p, _ in _draw(config, 300)]
     header = "\nFor reference, here are other attempts at this problem that were {}:\n"
     for prompt in drawn:
@@ -450,9 +440,7 @@ def test_header_templates_show_one_outcome_and_say_which():
 
 
 def test_chat_prompts_stay_bare():
-    import dataclasses
-
-    config = dataclasses.replace(T.TinyModelConfig(), prompt_format="chat", context_prob=1.0)
+    config = T.TinyModelConfig().replace(prompt_format="chat", context_prob=1.0)
     assert all(p.endswith("<|im_start|>user\n47+38=<|im_end|>\n<|im_start|>assistant\n") and "Attempt" not in p
                and p.count("<|im_start|>") == 2 for p, _ in _draw(config, 20))
 

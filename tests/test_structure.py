@@ -14,21 +14,22 @@ PACKAGE = ROOT / "bicc_lab"
 
 # Rank of each part of the package (a subpackage, or a top-level module): a module may import
 # from a part of lower rank, or from its own part; never up or sideways. The order is
-# cli -> tune -> sweep/report/preflight -> launch -> tracking -> eval/backends ->
-# models/spec -> tasks/algorithms -> console/fileio/progress -> errors. ``eval`` sits below
-# ``launch`` because a sweep cell's worker evaluates the model it trained; ``spec`` above
-# ``algorithms`` because config validation reads the torch-free variant registry.
+# cli -> tune -> sweep/report/preflight -> launch -> tracking -> eval/backends -> models ->
+# spec -> tasks/algorithms -> console/fileio/progress -> errors. ``eval`` sits below
+# ``launch`` because a sweep cell's worker evaluates the model it trained; ``models`` above
+# ``spec`` because the tiny model is built from the config's ``model.tiny`` block; ``spec``
+# above ``algorithms`` because config validation reads the torch-free variant registry.
 LAYERS: dict[str, int] = {
-    "cli": 9,
-    "tune": 8,
-    "sweep": 7,
-    "report": 7,
-    "preflight": 7,
-    "launch": 6,
-    "tracking": 5,
-    "eval": 4,
-    "backends": 4,
-    "models": 3,
+    "cli": 10,
+    "tune": 9,
+    "sweep": 8,
+    "report": 8,
+    "preflight": 8,
+    "launch": 7,
+    "tracking": 6,
+    "eval": 5,
+    "backends": 5,
+    "models": 4,
     "spec": 3,
     "tasks": 2,
     "algorithms": 2,

@@ -9,7 +9,7 @@
   (``47+38=85<|im_end|>``, loss on the answer and eos) until the sampled accuracy
   (temperature 1.0) on a held-out slice of the train split reaches
   ``target_accuracy``; checked every ``eval_every`` steps, capped by
-  ``max_steps`` and ``max_seconds``. The test split is never seen.
+  ``max_warmup_steps`` and ``max_warmup_seconds``. The test split is never seen.
 - Context literacy: a share ``context_prob`` of the warm-start prompts carry a block
   of 1-3 other attempts in front of the question, laid out by the BICC template the
   tiny config trains with (``84\n91\n47+38=85``): wrong answers (two mistakes per
@@ -29,7 +29,6 @@ torch / transformers are imported inside functions only.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -39,9 +38,10 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bicc_lab.spec.models import TINY_PRESETS, TinyModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -62,87 +62,13 @@ CHATML_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class TinyModelConfig:
-    """Everything that determines a tiny model; its hash is the cache key."""
-
-    # architecture (Qwen2)
-    layers: int = 4
-    hidden: int = 128
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 384
-    max_positions: int = 1024
-    # warm-start task: synthetic arithmetic train split (never the test split)
-    digits: int = 2
-    ops: str = "+"
-    prompt_format: str = "plain"  # "plain": 47+38=85<eos>; "chat": ChatML user/assistant
-    # Share of warm-start prompts that carry a block of other attempts, so that BICC's
-    # conditioned prompts are in-distribution. The block goes where the BICC template puts
-    # it: the compact template puts it in front of the question ("84\n91\n47+38="). With
-    # the block after the question (the separator template) the warm-start was still at
-    # 7-10% after 1,500-2,578 steps; in front, it reached 35% in 975 steps (bare: 1,350).
-    # More blocks read worse (75%: -8 points of accuracy under wrong attempts, 90%: -20);
-    # benchmarks/README.md, "Tiny model and BICC contexts", has the search.
-    context_prob: float = 0.5
-    context_templates: tuple[str, ...] = ("compact",)  # BICC template names, drawn uniformly
-    context_separator: str = "\n"
-    context_max_attempts: int = 3  # 1..this many attempts per block
-    context_correct_prob: float = 0.3  # each attempt is the right answer with this probability
-    context_cut_prob: float = 0.25  # the block's last attempt is cut short (BICC's "cut" packing)
-    # Context probe after the warm-start (held-out slice; numbers only, no effect on weights):
-    # G samples per prompt, BICC's token budget (the quickstart's: int(0.4 x (16 + 6)) = 8),
-    # fresh samples per prompt for the accuracy with and without a block of wrong attempts.
-    probe_group_size: int = 8
-    probe_budget_tokens: int = 8
-    probe_samples: int = 8
-    n_train: int = 5000
-    n_test: int = 500  # must match the arithmetic test split the benchmarks use
-    n_val: int = 200  # held-out slice at the end of the train split
-    data_seed: int = 0
-    # warm-start schedule
-    target_accuracy: float = 0.35
-    eval_every: int = 25
-    max_steps: int = 4000
-    # The warm-start is deterministic in its steps, so the step cap decides the outcome; a
-    # wall-clock cap only turns a busy machine into a failed build. None: no wall-clock cap.
-    max_seconds: float | None = None
-    lr: float = 2e-3
-    batch_size: int = 64
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.prompt_format not in ("plain", "chat"):
-            raise ValueError(
-                f"tiny: prompt_format must be 'plain' or 'chat', got {self.prompt_format!r}"
-            )
-        if self.hidden % self.heads or self.heads % self.kv_heads:
-            raise ValueError("tiny: hidden must divide by heads, heads by kv_heads")
-        if not 0.0 <= self.target_accuracy <= 1.0:
-            raise ValueError("tiny: target_accuracy must be in [0, 1]")
-        for name in ("context_prob", "context_correct_prob", "context_cut_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"tiny: {name} must be in [0, 1]")
-        if self.context_prob > 0 and (not self.context_templates or self.context_max_attempts < 1):
-            raise ValueError("tiny: context_prob > 0 needs context_templates and context_max_attempts >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON writes and reads them back (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def cache_key(self) -> str:
-        payload = json.dumps({"build_version": BUILD_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def cache_key(config: TinyModelConfig) -> str:
+    """16 hex characters of the hash of the build recipe's version and every config field."""
+    payload = json.dumps({"build_version": BUILD_VERSION, **config.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-TINY_VARIANTS: dict[str, TinyModelConfig] = {
-    "default": TinyModelConfig(),
-    "chat": TinyModelConfig(prompt_format="chat"),
-    "nano": TinyModelConfig(layers=2, hidden=64, heads=2, kv_heads=1, intermediate=192),
-    "untrained": TinyModelConfig(target_accuracy=0.0),
-}
+TINY_VARIANTS: dict[str, TinyModelConfig] = {name: TinyModelConfig(**fields) for name, fields in TINY_PRESETS.items()}
 
 
 def tiny_variant(variant: str | None) -> TinyModelConfig:
@@ -168,7 +94,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def tiny_model_dir(
     config: TinyModelConfig, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
-    return cache_root(cache_dir) / "tiny" / config.cache_key()
+    return cache_root(cache_dir) / "tiny" / cache_key(config)
 
 
 def is_built(path: Path) -> bool:
@@ -703,12 +629,12 @@ def warm_start(
     examples = _WarmStartPrompts(tokenizer, fit_rows, config)
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.warmup_lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
+        opt, lambda s: min(1.0, (s + 1) / max(1, config.lr_warmup_steps))
     )
     model.train()
-    bar = _Progress(progress, config.max_steps, config.target_accuracy)
+    bar = _Progress(progress, config.max_warmup_steps, config.target_accuracy)
     t0 = time.perf_counter()
     step = 0
     try:
@@ -726,8 +652,8 @@ def warm_start(
             stop = None
             if (
                 step % config.eval_every == 0
-                or step >= config.max_steps
-                or (config.max_seconds is not None and elapsed >= config.max_seconds)
+                or step >= config.max_warmup_steps
+                or (config.max_warmup_seconds is not None and elapsed >= config.max_warmup_seconds)
             ):
                 acc = sampled_accuracy(
                     model,
@@ -749,10 +675,10 @@ def warm_start(
                 bar.update(step, acc)
                 if acc >= config.target_accuracy:
                     stop = "target"
-                elif step >= config.max_steps:
-                    stop = "max_steps"
-                elif config.max_seconds is not None and elapsed >= config.max_seconds:
-                    stop = "max_seconds"
+                elif step >= config.max_warmup_steps:
+                    stop = "max_warmup_steps"
+                elif config.max_warmup_seconds is not None and elapsed >= config.max_warmup_seconds:
+                    stop = "max_warmup_seconds"
             else:
                 bar.update(step)
             if stop:
@@ -854,7 +780,7 @@ def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
             print(line, file=sys.stderr, flush=True)
     record.update(
         config=config.to_dict(),
-        cache_key=config.cache_key(),
+        cache_key=cache_key(config),
         build_version=BUILD_VERSION,
         parameters=sum(p.numel() for p in model.parameters()),
         torch_version=torch.__version__,

@@ -52,18 +52,17 @@ class StartScores:
 
 
 def _is_tiny(config: ExperimentConfig) -> bool:
-    return config.model.name == "tiny" or config.model.name.startswith("tiny:")
+    from bicc_lab.spec.models import tiny_preset
+
+    return tiny_preset(config.model.name) is not None
 
 
 def _model_identity(config: ExperimentConfig) -> dict[str, Any]:
     name = config.model.name
     if _is_tiny(config):
-        try:
-            from bicc_lab.backends.trl.run import tiny_config
+        from bicc_lab.models.tiny import cache_key
 
-            return {"tiny": tiny_config(config).cache_key()}
-        except ImportError:  # the tiny-config mapping moved: key on the spec's own block
-            return {"name": name, "tiny": config.model.tiny.model_dump(mode="json")}
+        return {"tiny": cache_key(config.model.tiny)}
     return {"name": name}
 
 
@@ -140,10 +139,9 @@ def _require_built(config: ExperimentConfig, cache_dir: str | os.PathLike[str] |
     the runs were made with another tiny model than this checkout would build."""
     if not _is_tiny(config):
         return
-    from bicc_lab.backends.trl.run import tiny_config
     from bicc_lab.models.tiny import is_built, tiny_model_dir
 
-    directory = tiny_model_dir(tiny_config(config), cache_dir)
+    directory = tiny_model_dir(config.model.tiny, cache_dir)
     if not is_built(directory):
         raise StartUnavailable(
             f"the tiny model is not built at {directory} (the runs used another tiny model, or "

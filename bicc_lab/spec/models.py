@@ -46,11 +46,13 @@ __all__ = [
     "SearchConfig",
     "SearchParam",
     "SweepConfig",
+    "TINY_PRESETS",
     "TinyModelConfig",
     "TrackingConfig",
     "TrainConfig",
     "arm",
     "path_name_problem",
+    "tiny_preset",
 ]
 
 ARMS: tuple[str, ...] = ("base", "rcc", "bicc", "bicc+rcc")
@@ -164,41 +166,126 @@ class _Section(BaseModel):
 
 
 class TinyModelConfig(_Section):
-    """The offline tiny model (built and warm-started by ``bicc_lab.models``)."""
+    """The offline tiny model: everything that determines it (its hash is the cache key).
 
+    ``bicc_lab.models.tiny`` builds and warm-starts it from this config alone; the
+    ``model.tiny`` block of an experiment is this class, and ``tiny:<preset>`` model names
+    start from :data:`TINY_PRESETS`.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # architecture (Qwen2)
     layers: int = Field(4, ge=1, description="Transformer layers of the tiny Qwen2 model.")
     hidden: int = Field(128, ge=8, description="Hidden size of the tiny model.")
     heads: int = Field(4, ge=1, description="Attention heads (must divide hidden).")
-    intermediate: int | None = Field(None, ge=1, description="MLP size; null: 4 x hidden.")
-    digits: int = Field(
-        2, ge=1, le=9, description="Operand digits of the warm-start arithmetic task."
+    kv_heads: int = Field(2, ge=1, description="Key/value heads (must divide heads).")
+    intermediate: int = Field(384, ge=1, description="MLP size.")
+    max_positions: int = Field(1024, ge=16, description="Longest sequence the model takes, in tokens.")
+    # warm-start task: synthetic arithmetic train split (never the test split)
+    digits: int = Field(2, ge=1, le=9, description="Operand digits of the warm-start arithmetic task.")
+    ops: str = Field("+", min_length=1, description="Operators of the warm-start task, e.g. + or +-*.")
+    prompt_format: Literal["plain", "chat"] = Field(
+        "plain",
+        description="plain: 47+38=85<eos>; chat: ChatML user/assistant. Unset: chat when data.chat is true.",
     )
+    # Share of warm-start prompts that carry a block of other attempts, so that BICC's
+    # conditioned prompts are in-distribution. The block goes where the BICC template puts
+    # it: the compact template puts it in front of the question ("84\n91\n47+38="). With
+    # the block after the question (the separator template) the warm-start was still at
+    # 7-10% after 1,500-2,578 steps; in front, it reached 35% in fewer steps than bare
+    # prompts (825 vs 1,350 in the issue's measurement).
+    context_prob: Float = Field(
+        0.5, ge=0, le=1,
+        description="Share of warm-start prompts that carry a block of other attempts (BICC's compact layout, in front of the question).",
+    )
+    context_templates: Annotated[tuple[str, ...], Strict(False)] = Field(
+        ("compact",), description="BICC templates the blocks are laid out in, drawn uniformly."
+    )
+    context_separator: str = Field("\n", description="String between the attempts of a block.")
+    context_max_attempts: int = Field(3, ge=0, description="A block holds 1 to this many attempts.")
+    context_correct_prob: Float = Field(
+        0.3, ge=0, le=1, description="Each attempt of a block is the right answer with this probability."
+    )
+    context_cut_prob: Float = Field(
+        0.25, ge=0, le=1, description="The block's last attempt is cut short with this probability (BICC's cut packing)."
+    )
+    # Context probe after the warm-start (held-out slice; numbers only, no effect on weights):
+    # G samples per prompt, BICC's token budget (the quickstart's: int(0.4 x (16 + 6)) = 8),
+    # fresh samples per prompt for the accuracy with and without a block of wrong attempts.
+    probe_group_size: int = Field(8, ge=1, description="Context probe after the warm-start: samples per prompt.")
+    probe_budget_tokens: int = Field(8, ge=1, description="Context probe: BICC's context budget in tokens.")
+    probe_samples: int = Field(
+        8, ge=1, description="Context probe: fresh samples per prompt for the accuracy with and without wrong attempts."
+    )
+    n_train: int = Field(5000, ge=1, description="Problems in the warm-start's train split.")
+    n_test: int = Field(500, ge=1, description="Problems in the test split (must match the arithmetic benchmark's).")
+    n_val: int = Field(200, ge=1, description="Held-out slice at the end of the train split that measures the warm-start.")
+    data_seed: int = Field(0, description="Seed of the warm-start's problems.")
+    # warm-start schedule
     target_accuracy: Float = Field(
-        0.35,
-        gt=0,
-        le=1,
-        description="Warm-start until held-out sampled accuracy reaches this (mixed groups for GRPO).",
+        0.35, ge=0, le=1,
+        description="Warm-start until held-out sampled accuracy reaches this (mixed groups for GRPO); 0: untrained.",
     )
-    warmup_lr: Float = Field(2e-3, gt=0, description="Learning rate of the supervised warm-start.")
+    eval_every: int = Field(25, ge=1, description="Warm-start steps between accuracy checks.")
+    # The warm-start is deterministic in its steps, so the step cap decides the outcome; a
+    # wall-clock cap only turns a busy machine into a failed build.
     max_warmup_steps: int = Field(
         5000, ge=0, description="Cap on warm-start steps if the target accuracy is never reached."
-    )
-    context_prob: Float = Field(
-        0.5, ge=0, le=1, description="Share of warm-start prompts that carry a block of other attempts (BICC's compact layout, in front of the question)."
     )
     max_warmup_seconds: Float | None = Field(
         None, gt=0, description="Optional cap on warm-start wall time (null: only the step cap); below target at a cap is an error."
     )
+    warmup_lr: Float = Field(2e-3, gt=0, description="Learning rate of the supervised warm-start.")
+    lr_warmup_steps: int = Field(20, ge=0, description="Linear learning-rate ramp of the warm-start, in steps.")
+    batch_size: int = Field(64, ge=1, description="Warm-start batch size.")
+    weight_decay: Float = Field(0.0, ge=0, description="Weight decay of the warm-start.")
+    seed: int = Field(0, description="Seed of the initial weights and of the warm-start's sampling.")
 
     @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> TinyModelConfig:
+    def _shapes_and_context(self) -> TinyModelConfig:
         if self.hidden % self.heads:
             raise FieldProblem(
-                ("heads",),
-                f"model.tiny.heads ({self.heads}) must divide model.tiny.hidden ({self.hidden})",
+                ("heads",), f"model.tiny.heads ({self.heads}) must divide model.tiny.hidden ({self.hidden})",
                 also=(("hidden",),),
             )
+        if self.heads % self.kv_heads:
+            raise FieldProblem(
+                ("kv_heads",), f"model.tiny.kv_heads ({self.kv_heads}) must divide model.tiny.heads ({self.heads})",
+                also=(("heads",),),
+            )
+        if self.context_prob > 0 and (not self.context_templates or self.context_max_attempts < 1):
+            raise FieldProblem(
+                ("context_prob",), "model.tiny.context_prob > 0 needs context_templates and context_max_attempts >= 1"
+            )
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON writes and reads them back (tuples as lists)."""
+        return self.model_dump(mode="json")
+
+    def replace(self, **changes: Any) -> TinyModelConfig:
+        """A validated copy with ``changes`` applied."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+TINY_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "chat": {"prompt_format": "chat"},
+    "nano": {"layers": 2, "hidden": 64, "heads": 2, "kv_heads": 1, "intermediate": 192},
+    "untrained": {"target_accuracy": 0.0},
+}
+"""``tiny:<preset>`` model names: the fields that differ from the defaults. A ``model.tiny``
+block's keys win over the preset's."""
+
+
+def tiny_preset(model_name: str) -> str | None:
+    """``tiny`` -> ``"default"``, ``tiny:nano`` -> ``"nano"``; None for any other model name."""
+    if model_name == "tiny":
+        return "default"
+    if model_name.startswith("tiny:"):
+        return model_name.split(":", 1)[1] or "default"
+    return None
 
 
 class ModelConfig(_Section):
@@ -217,8 +304,23 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(False, description="Pass trust_remote_code to transformers.")
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig,
-        description='Tiny-model settings; read only when name is "tiny".',
+        description='The tiny model; read only when name is "tiny" or "tiny:<preset>".',
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_under_block(cls, data: Any) -> Any:
+        # ``tiny:<preset>`` gives the block its defaults; keys written in the block win. The
+        # merged block is what a resolved config records, so it reloads to the same model.
+        if not (isinstance(data, dict) and isinstance(data.get("name"), str)):
+            return data
+        preset = tiny_preset(data["name"])
+        if preset not in TINY_PRESETS:
+            return data  # not a tiny model, or an unknown preset (the preflight names it)
+        block = data.get("tiny", {})
+        if TINY_PRESETS[preset] and isinstance(block, dict):
+            data = {**data, "tiny": {**TINY_PRESETS[preset], **block}}
+        return data
 
 
 class DataConfig(_Section):
@@ -490,11 +592,30 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _import_plugins(cls, data: Any) -> Any:
+    def _import_plugins_and_chat_format(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
         # Before the fields: a plugin may register the variant that ``variant`` names.
-        if isinstance(data, dict):
-            import_plugins(data.get("plugins"))
+        import_plugins(data.get("plugins"))
+        # The tiny model is warm-started in the prompt format it trains on, unless told.
+        train_data, model = data.get("data"), data.get("model", {})
+        if isinstance(train_data, dict) and train_data.get("chat") is True and isinstance(model, dict):
+            block = model.get("tiny", {})
+            if isinstance(block, dict) and "prompt_format" not in block:
+                data = {**data, "model": {**model, "tiny": {**block, "prompt_format": "chat"}}}
         return data
+
+    @model_validator(mode="after")
+    def _tiny_format_matches_data(self) -> ExperimentConfig:
+        expected = "chat" if self.data.chat else "plain"
+        if tiny_preset(self.model.name) is not None and self.model.tiny.prompt_format != expected:
+            raise FieldProblem(
+                ("model", "tiny", "prompt_format"),
+                f"model.tiny.prompt_format is {self.model.tiny.prompt_format!r} but data.chat is "
+                f"{str(self.data.chat).lower()}: the tiny model must be warm-started on the prompt format it trains on",
+                also=(("model", "name"), ("data", "chat")),
+            )
+        return self
 
     @property
     def arm(self) -> str:

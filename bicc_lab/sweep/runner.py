@@ -93,18 +93,19 @@ def prebuild_models(cells: list[Any], say: Callable[[str], None]) -> dict[str, s
     Returns ``{cell_id: error}`` for the cells whose model could not be built: launching
     them would only repeat the same (minutes-long) failed build in every worker.
     """
-    tiny = [
-        c for c in cells if c.config.model.name == "tiny" or c.config.model.name.startswith("tiny:")
-    ]
+    from bicc_lab.spec.models import tiny_preset
+
+    tiny = [c for c in cells if tiny_preset(c.config.model.name) is not None]
     if not tiny:
         return {}
-    from bicc_lab.backends.trl.run import resolve_model, tiny_config
+    from bicc_lab.backends.trl.run import resolve_model
+    from bicc_lab.models.tiny import cache_key
 
     outcome: dict[str, str | None] = {}
     failed: dict[str, str] = {}
     for cell in tiny:
         try:
-            key = tiny_config(cell.config).cache_key()
+            key = cache_key(cell.config.model.tiny)
         except Exception:  # noqa: BLE001 - the cell will report its own error
             continue
         if key not in outcome:

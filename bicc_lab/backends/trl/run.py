@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.fileio import write_atomic
-from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.models import ExperimentConfig, tiny_preset
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -50,35 +50,10 @@ def resolve_model(config: ExperimentConfig, *, progress: bool = True) -> str:
     """A loadable model reference: the tiny model's cache dir (built on first use) or the name."""
     from bicc_lab.models.loading import resolve_model_path
 
-    is_tiny = config.model.name == "tiny" or config.model.name.startswith("tiny:")
+    is_tiny = tiny_preset(config.model.name) is not None
     return resolve_model_path(
-        config.model.name, tiny_config=tiny_config(config) if is_tiny else None, progress=progress
+        config.model.name, tiny_config=config.model.tiny if is_tiny else None, progress=progress
     )
-
-
-def tiny_config(config: ExperimentConfig):
-    """The models-side TinyModelConfig for the spec's ``model.tiny`` block."""
-    from bicc_lab.models.tiny import TinyModelConfig, tiny_variant
-
-    base = tiny_variant(config.model.name.split(":", 1)[1] if ":" in config.model.name else None)
-    spec = config.model.tiny
-    overrides = {
-        "layers": spec.layers,
-        "hidden": spec.hidden,
-        "heads": spec.heads,
-        "digits": spec.digits,
-        "target_accuracy": spec.target_accuracy,
-        "lr": spec.warmup_lr,
-        "max_steps": spec.max_warmup_steps,
-        "max_seconds": spec.max_warmup_seconds,
-        "context_prob": spec.context_prob,
-        "prompt_format": "chat" if config.data.chat else "plain",
-    }
-    if spec.intermediate is not None:
-        overrides["intermediate"] = spec.intermediate
-    if spec.heads % base.kv_heads:
-        overrides["kv_heads"] = 1
-    return TinyModelConfig(**{**asdict(base), **overrides})
 
 
 def grpo_config(config: ExperimentConfig, output_dir: Path, *, use_cpu: bool | None = None):
