@@ -30,7 +30,9 @@ from bicc_lab.launch.worker import (
     _finish_badly,
     _Heartbeat,
     _install_signal_handlers,
+    log_config_params,
     resume_point,
+    run_tags,
 )
 from bicc_lab.tracking.single import (
     TRAIN_ROLE,
@@ -111,10 +113,8 @@ class TrackedTrain:
             raise SystemExit(143) from None
 
     def _open_run(self) -> None:
-        import bicc_lab
         from bicc_lab.spec import config_hash, train_id
-        from bicc_lab.tracking.naming import Tag, flatten, git_commit
-        from bicc_lab.tracking.store import host_tags
+        from bicc_lab.tracking.naming import Tag, git_commit
 
         digest = config_hash(self.config)
         record = read_record(self.directory)
@@ -140,35 +140,12 @@ class TrackedTrain:
         write_record(self.directory, self.uri, self.experiment_id, self.run_id)
         layout.write_atomic(self.directory / layout.RUN_ID_FILE, self.run_id + "\n")
         _say(f"{'resuming' if self.resumed else 'new'} MLflow run {self.run_id} (attempt {attempts}) in {self.uri}")
-        commit = git_commit()
         config = self.config
-        tags = {
-            Tag.CONFIG_HASH: digest,
-            Tag.TRAIN_ID: train_id(config),
-            Tag.ARM: config.arm,
-            Tag.VARIANT: config.variant,
-            Tag.MODEL: config.model.name,
-            Tag.SEED: str(config.seed),
-            Tag.VERSION: bicc_lab.__version__,
-            Tag.GIT_COMMIT: commit,
-            Tag.ATTEMPTS: str(attempts),
-            Tag.PHASE: "starting",
-            Tag.PROGRESS: f"0/{config.train.max_steps}",
-            Tag.HEARTBEAT: f"{time.time():.3f}",
-            "output_dir": str(self.directory.resolve()),
-            **host_tags(),
-        }
-        if commit:
-            tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+        tags = run_tags(config, digest=digest, train_id=train_id(config), commit=git_commit(), attempts=attempts)
+        tags["output_dir"] = str(self.directory.resolve())
         with self._lock:
             self.tracker.set_tags(self.run_id, tags)
-            params = flatten(config.model_dump(mode="json", exclude={"tracking"}))
-            try:
-                self.tracker.log_params(self.run_id, params)
-            except Exception as exc:  # noqa: BLE001 - e.g. a data_dir changed between attempts
-                if not self.resumed:
-                    raise
-                _say(f"params not re-logged ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            log_config_params(self.tracker, self.run_id, config, first_attempt=not self.resumed, say=_say)
             self.tracker.set_status(self.run_id, "RUNNING")
 
     # ------------------------------------------------------------------ during training

@@ -130,14 +130,55 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
+def run_tags(config: Any, *, digest: str, train_id: str, commit: str, attempts: int) -> dict[str, str]:
+    """The tags every training run starts with, a sweep cell's or a single ``train``'s."""
+    import bicc_lab
+    from bicc_lab.tracking.naming import Tag
+    from bicc_lab.tracking.store import host_tags
+
+    tags = {
+        Tag.CONFIG_HASH: digest,
+        Tag.TRAIN_ID: train_id,
+        Tag.ARM: config.arm,
+        Tag.VARIANT: config.variant,
+        Tag.MODEL: config.model.name,
+        Tag.SEED: str(config.seed),
+        Tag.VERSION: bicc_lab.__version__,
+        Tag.GIT_COMMIT: commit,
+        Tag.ATTEMPTS: str(attempts),
+        Tag.PHASE: "starting",
+        Tag.PROGRESS: f"0/{config.train.max_steps}",
+        Tag.HEARTBEAT: f"{time.time():.3f}",
+        **host_tags(),
+    }
+    if commit:
+        tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+    return tags
+
+
+def log_config_params(
+    tracker: Any, run_id: str, config: Any, *, first_attempt: bool, say: Callable[[str], None]
+) -> None:
+    """Every config key as a param, except where it is tracked (the store itself says that).
+    A later attempt that cannot re-log one (e.g. a data_dir changed between attempts) says so."""
+    from bicc_lab.tracking.naming import flatten
+
+    params = flatten(config.model_dump(mode="json", exclude={"tracking"}))
+    try:
+        tracker.log_params(run_id, params)
+    except Exception as exc:  # noqa: BLE001 - MLflow refuses to change a logged param
+        if first_attempt:
+            raise
+        say(f"params not re-logged ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+
+
 def run_cell(directory: Path) -> int:
     """Run the cell in ``directory`` (its lock already held). Returns the exit code."""
     from mlflow.entities import Metric, RunTag
 
-    import bicc_lab
     from bicc_lab.spec import ExperimentConfig, config_hash
-    from bicc_lab.tracking.naming import Tag, flatten, heartbeat_interval
-    from bicc_lab.tracking.store import MetricBatcher, Tracker, dumps_axes, host_tags
+    from bicc_lab.tracking.naming import Tag, heartbeat_interval
+    from bicc_lab.tracking.store import MetricBatcher, Tracker, dumps_axes
     from bicc_lab.tracking.store import eval_metrics as eval_metrics_of
 
     spec = layout.read_json(directory / layout.CELL_SPEC)
@@ -192,28 +233,16 @@ def run_cell(directory: Path) -> int:
         f"{'new' if new else 'resuming'} MLflow run {run_id} (attempt {attempts}) for cell {spec['name']} [{spec['cell_id']}]"
     )
 
-    commit = spec.get("git_commit") or ""
-    tags = {
+    tags = run_tags(
+        config, digest=digest, train_id=spec.get("train_id", ""), commit=spec.get("git_commit") or "",
+        attempts=attempts,
+    )
+    tags.update({
         Tag.SWEEP: spec["sweep"],
         Tag.CELL_ID: spec["cell_id"],
         Tag.CELL_NAME: spec["name"],
-        Tag.CONFIG_HASH: digest,
-        Tag.TRAIN_ID: spec.get("train_id", ""),
-        Tag.ARM: config.arm,
-        Tag.VARIANT: config.variant,
-        Tag.MODEL: config.model.name,
-        Tag.SEED: str(config.seed),
         Tag.AXES: dumps_axes(spec.get("axes", {})),
-        Tag.VERSION: bicc_lab.__version__,
-        Tag.GIT_COMMIT: commit,
-        Tag.ATTEMPTS: str(attempts),
-        Tag.PHASE: "starting",
-        Tag.PROGRESS: f"0/{config.train.max_steps}",
-        Tag.HEARTBEAT: f"{time.time():.3f}",
-        **host_tags(),
-    }
-    if commit:
-        tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+    })
     if spec.get("parent_run_id"):
         tags[Tag.PARENT_RUN_ID] = spec["parent_run_id"]
     client_lock = threading.Lock()  # the heartbeat thread and the trainer share the client
@@ -227,14 +256,7 @@ def run_cell(directory: Path) -> int:
             if dropped:
                 _log(f"dropped {', '.join(dropped)} of the earlier attempt")
         tracker.set_tags(run_id, tags)
-        # every config key, except where it is tracked (the store itself says that)
-        params = flatten(config.model_dump(mode="json", exclude={"tracking"}))
-        try:
-            tracker.log_params(run_id, params)
-        except Exception as exc:  # noqa: BLE001 - e.g. a data_dir changed between attempts
-            if new:
-                raise
-            _log(f"params not re-logged ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        log_config_params(tracker, run_id, config, first_attempt=new, say=_log)
         tracker.set_status(run_id, "RUNNING")
 
     state = {"phase": "starting", "step": 0}
