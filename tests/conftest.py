@@ -64,3 +64,17 @@ def late_bad_jsonl(directory: Path, good_rows: int = 6) -> Path:
     rows = "".join(f'{{"problem": "{i}+1=", "answer": "{i + 1}"}}\n' for i in range(good_rows))
     path.write_text(rows + '{"problem": "broken",\n')
     return path
+
+
+def cli_commands():
+    """Every (path, click command) of the `bicc-lab` app, the root's path being ()."""
+    import typer.main
+
+    from bicc_lab.cli.main import app
+
+    stack = [((), typer.main.get_command(app))]
+    while stack:
+        path, command = stack.pop()
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            stack.append((path + (name,), sub))

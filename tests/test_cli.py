@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import cli_commands
 from typer.testing import CliRunner
 
 from bicc_lab.cli.main import app
@@ -33,19 +34,7 @@ def test_help_runs_without_heavy_imports():
     assert "HEAVY=\n" in out.stdout or out.stdout.strip().endswith("HEAVY=")
 
 
-def _all_commands():
-    import typer.main
-
-    group = typer.main.get_command(app)
-    stack = [((), group)]
-    while stack:
-        path, command = stack.pop()
-        yield path, command
-        for name, sub in getattr(command, "commands", {}).items():
-            stack.append((path + (name,), sub))
-
-
-@pytest.mark.parametrize("path", [p for p, _ in _all_commands()], ids=lambda p: " ".join(p) or "root")
+@pytest.mark.parametrize("path", [p for p, _ in cli_commands()], ids=lambda p: " ".join(p) or "root")
 def test_every_command_has_help_with_an_example(path):
     result = runner.invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
@@ -53,7 +42,7 @@ def test_every_command_has_help_with_an_example(path):
 
 
 def test_every_option_has_a_one_line_help():
-    for path, command in _all_commands():
+    for path, command in cli_commands():
         for param in command.params:
             if getattr(param, "help", None) is None and param.param_type_name == "option":
                 assert param.name == "help", f"{' '.join(path)} --{param.name} has no help"

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_commands
 from typer.testing import CliRunner
 
 from bicc_lab.cli.main import ENVIRONMENT, app
@@ -20,19 +21,7 @@ BIN = Path(sys.executable).with_name("bicc-lab")
 runner = CliRunner()
 
 
-def _commands():
-    import typer.main
-
-    group = typer.main.get_command(app)
-    stack = [((), group)]
-    while stack:
-        path, command = stack.pop()
-        yield path, command
-        for name, sub in getattr(command, "commands", {}).items():
-            stack.append((path + (name,), sub))
-
-
-@pytest.mark.parametrize("path", [p for p, _ in _commands()], ids=lambda p: " ".join(p) or "root")
+@pytest.mark.parametrize("path", [p for p, _ in cli_commands()], ids=lambda p: " ".join(p) or "root")
 def test_dash_h_is_help_everywhere(path):
     short = runner.invoke(app, [*path, "-h"])
     long = runner.invoke(app, [*path, "--help"])
@@ -59,7 +48,7 @@ def test_every_environment_variable_is_listed_in_help_and_readme():
 
 def test_options_that_read_an_environment_variable_show_it():
     seen = {}
-    for path, command in _commands():
+    for path, command in cli_commands():
         for param in command.params:
             if getattr(param, "envvar", None):
                 seen[(" ".join(path), param.name)] = param.envvar
