@@ -91,6 +91,13 @@ def test_counted_trials_and_stale_ones():
     # a RUNNING trial: alive while its owner process lives (same host), or while its
     # heartbeat is fresh (another host)
     trial = study.ask()
+    # asked but never claimed (its asker died between ask and recording itself): orphaned
+    # after ORPHAN_GRACE_S, or after stale_after when that is shorter
+    unclaimed = study.trials[-1]
+    asked = unclaimed.datetime_start.timestamp()
+    assert st.is_stale(unclaimed, 600, asked + st.ORPHAN_GRACE_S - 1) is None
+    assert "before recording itself" in st.is_stale(unclaimed, 600, asked + st.ORPHAN_GRACE_S + 1)
+    assert st.is_stale(unclaimed, 5, asked + 6) is not None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     now = time.time()
@@ -281,7 +288,8 @@ def test_a_killed_study_resumes_to_exactly_n_trials(project):
     assert "Traceback" not in second.stdout
     trials = _load(storage, "kill").get_trials(deepcopy=False)
     counted = [t for t in trials if st.counts(t)]
-    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)
+    shown = [(t.number, t.state.name, t.user_attrs.get(st.A_FAIL_REASON)) for t in trials]
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted), (shown, second.stdout)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     # a trial left RUNNING was interrupted (FAIL, not counted, retried with the same params),
     # unless its worker had finished it just before the kill (then its result is recorded)

@@ -591,9 +591,16 @@ def run_study(
             return cells
 
         def more(self) -> bool:
-            # finished when the budget is reached (or only other tune processes' trials run)
+            # finished when the budget is reached (or only other tune processes' trials run);
+            # a trial asked by a process that died before claiming it is no one's: wait until
+            # on_tick reaps it (its parameters are then queued again)
             done, running_now = budget()
-            return done + running_now < n_trials
+            if done + running_now < n_trials:
+                return True
+            return any(
+                t.number not in active and st.A_OWNER not in t.user_attrs
+                for t in st.running(study.get_trials(deepcopy=False))
+            )
 
         def on_submit(self, job: Job) -> None:
             active[int(job.key)].started = job.started

@@ -247,11 +247,22 @@ def _alive(owner: dict[str, Any]) -> bool:
     return not (start and current is not None and current != start)  # pid reused
 
 
+ORPHAN_GRACE_S = 30.0  # a trial asked but never claimed for this long has lost its asker
+
+
 def is_stale(trial: optuna.trial.FrozenTrial, stale_after: float, now: float | None = None) -> str | None:
     """Why a RUNNING trial is orphaned (its tune process is gone), or None while it lives."""
     now = now or time.time()
     attrs = trial.user_attrs
     owner = attrs.get(A_OWNER)
+    if owner is None and A_HEARTBEAT not in attrs:
+        # the asking process records itself right after study.ask(): without a record after
+        # ORPHAN_GRACE_S, it died in between (a kill between the two writes)
+        start = trial.datetime_start
+        age = now - start.timestamp() if start is not None else float("inf")
+        if age > min(stale_after, ORPHAN_GRACE_S):
+            return "its tune process died before recording itself"
+        return None
     if isinstance(owner, dict) and owner.get("host") == socket.gethostname():
         if _alive(owner):
             return None
