@@ -121,23 +121,34 @@ def dapo_problem(prompt_content: str) -> str:
 # ---------------------------------------------------------------- readers
 
 
-def read_jsonl(path: str | os.PathLike[str], what: str = "JSONL rows", error: type[ValueError] = DataError) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a missing file or a bad line is one ``error`` naming file:line."""
+def read_jsonl(
+    path: str | os.PathLike[str],
+    what: str = "JSONL rows",
+    error: type[ValueError] = DataError,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of a JSONL file (the first ``limit`` when given); a missing or unreadable file
+    or a bad line is one ``error`` naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: file not found (expected {what})")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise error(f"{path}:{lineno}: expected a JSON object per line")
-            rows.append(row)
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if limit is not None and len(rows) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise error(f"{path}:{lineno}: expected a JSON object per line")
+                rows.append(row)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from None
     return rows
 
 
@@ -482,7 +493,7 @@ def check_task_records(
         return kind
     if path.suffix == ".parquet":
         return kind
-    rows = _head_jsonl(path, records)
+    rows = read_jsonl(path, "a JSONL file of problems", limit=records)
     if not rows:
         raise DataError(f"{path}: no records (expected one JSON object per line)")
     if name == "dapo_math":
@@ -499,28 +510,6 @@ def check_task_records(
         fields["answer_field"] = answer_field
     load_jsonl_task(path, rows=rows, **fields)
     return kind
-
-
-def _head_jsonl(path: Path, records: int) -> list[dict[str, Any]]:
-    """The first ``records`` JSON objects of a JSONL file (errors name file:line)."""
-    rows: list[dict[str, Any]] = []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if len(rows) >= records:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object per line")
-                rows.append(row)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
-    return rows
 
 
 def reward_kind(name: str) -> str:
