@@ -396,13 +396,19 @@ class BiccGRPOTrainer(GRPOTrainer):
             self._train_generation_batches += 1
         return output
 
+    def _gather_sequences(self, output):
+        """Prompt ids/mask (left-padded) and completion ids/mask (right-padded) of every rank."""
+        pad = self._tokenizer.pad_token_id
+        return (
+            self._gather_padded(output["prompt_ids"], pad, pad_first=True),
+            self._gather_padded(output["prompt_mask"], 0, pad_first=True),
+            self._gather_padded(output["completion_ids"], pad, pad_first=False),
+            self._gather_padded(output["completion_mask"], 0, pad_first=False),
+        )
+
     def _dump_rollout(self, directory, output, rewards, advantages, delta, rcc_result) -> None:
         """One rank's view of this training generation batch (see ``rollout_record``)."""
-        pad = self._tokenizer.pad_token_id
-        prompt_ids = self._gather_padded(output["prompt_ids"], pad, pad_first=True)
-        prompt_mask = self._gather_padded(output["prompt_mask"], 0, pad_first=True)
-        completion_ids = self._gather_padded(output["completion_ids"], pad, pad_first=False)
-        completion_mask = self._gather_padded(output["completion_mask"], 0, pad_first=False)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = self._gather_sequences(output)
         record = {
             "process_index": self.accelerator.process_index,
             "num_processes": self.accelerator.num_processes,
@@ -479,10 +485,7 @@ class BiccGRPOTrainer(GRPOTrainer):
 
     def _add_conditioned_prompts(self, output, rewards, group_size, chat, rollout_logps, mode) -> None:
         pad = self._tokenizer.pad_token_id
-        prompt_ids = self._gather_padded(output["prompt_ids"], pad, pad_first=True)
-        prompt_mask = self._gather_padded(output["prompt_mask"], 0, pad_first=True)
-        completion_ids = self._gather_padded(output["completion_ids"], pad, pad_first=False)
-        completion_mask = self._gather_padded(output["completion_mask"], 0, pad_first=False)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = self._gather_sequences(output)
 
         prompt_length = self.bicc_max_prompt_length or int(prompt_mask.sum(1).max().item())
         budget = bicc_alg.context_budget(self.bicc.context_fraction, prompt_length + self.max_completion_length)
