@@ -19,7 +19,13 @@
   model. After the warm-start a probe (``context_probe``) measures on the held-out slice
   how much a block of the model's own wrong answers moves log p(correct answer) and the
   sampled accuracy; the build prints it and ``warmstart.json`` records it.
-- Cache: ``<cache root>/tiny/<hash of config>/``, built in a temporary directory
+- Reproducible: the build is a function of its config and of the library versions
+  only. It runs at a fixed torch thread count (``BUILD_THREADS``), whatever the host
+  has, because float32 reductions split across another number of threads round
+  differently, and over ~1,000 warm-start steps that was a different model (1,300 vs
+  975 steps to the target, measured on a machine at one thread). ``weights_sha256``
+  in ``warmstart.json`` fingerprints the result, so two machines can compare builds.
+- Cache: ``<cache root>/tiny/<hash of config and versions>/``, built in a temporary directory
   and moved into place with ``os.replace``; a file lock keeps parallel
   processes from building the same model twice. ``warmstart.json`` records
   steps, seconds and the accuracy reached.
@@ -46,8 +52,12 @@ from bicc_lab.spec.models import TINY_PRESETS, TinyModelConfig
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "BICC_LAB_CACHE"
-BUILD_VERSION = 3  # bump when the build recipe changes; part of the cache key
+BUILD_VERSION = 4  # bump when the build recipe changes; part of the cache key
 RECORD_FILE = "warmstart.json"
+# Every tiny build runs at this many torch threads, so the weights do not depend on the
+# host's core count. One, because every machine has it and it is the one count that never
+# oversubscribes a busy machine (two OpenMP threads beside other work ran 4x slower here).
+BUILD_THREADS = 1
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -62,10 +72,59 @@ CHATML_TEMPLATE = (
 )
 
 
+def _library_versions() -> dict[str, str]:
+    """The versions that decide the weights besides the config: torch's kernels and
+    transformers' Qwen2 initialisation. Read from the installed metadata, not by import,
+    so that a cache key costs no torch import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "transformers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "missing"
+    return versions
+
+
 def cache_key(config: TinyModelConfig) -> str:
-    """16 hex characters of the hash of the build recipe's version and every config field."""
-    payload = json.dumps({"build_version": BUILD_VERSION, **config.to_dict()}, sort_keys=True)
+    """16 hex characters of the hash of everything that decides the weights: the build
+    recipe's version, its thread count, the torch and transformers versions, and every
+    config field."""
+    payload = json.dumps(
+        {"build_version": BUILD_VERSION, "build_threads": BUILD_THREADS, **_library_versions(),
+         **config.to_dict()},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def weights_sha256(model: Any) -> str:
+    """sha256 over the parameters' names, dtypes, shapes and bytes, in name order: the same
+    number for the same weights on any machine, whatever the file format."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+class _FixedThreads:
+    """Run a block at ``BUILD_THREADS`` torch threads and give the caller's count back."""
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(BUILD_THREADS)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        torch.set_num_threads(self.previous)
 
 
 TINY_VARIANTS: dict[str, TinyModelConfig] = {name: TinyModelConfig(**fields) for name, fields in TINY_PRESETS.items()}
@@ -478,6 +537,7 @@ def context_probe(
         model, packed.prompt_ids, packed.prompt_mask, completion_ids, completion_mask, temperature=temperature
     )
     shift = conditioned - plain
+    tokens = completion_mask.sum(-1).float()
     correct = rewards > 0.5
     shift_correct = shift[packed.conditioned & correct]
     shift_incorrect = shift[packed.conditioned & ~correct]
@@ -515,6 +575,8 @@ def context_probe(
         "n_incorrect_scored": int(shift_incorrect.numel()),
         "logp_shift_correct": shift_correct.mean().item() if shift_correct.numel() else None,
         "logp_shift_incorrect": shift_incorrect.mean().item() if shift_incorrect.numel() else None,
+        "shift_correct": shift_summary(shift_correct, tokens[packed.conditioned & correct]),
+        "shift_incorrect": shift_summary(shift_incorrect, tokens[packed.conditioned & ~correct]),
         "context_tokens_mean": packed.context_tokens[packed.conditioned].float().mean().item()
         if packed.conditioned.any() else 0.0,
         "samples_per_problem": samples,
@@ -536,18 +598,58 @@ def context_probe(
     return result
 
 
+def shift_summary(shift: Any, tokens: Any) -> dict[str, Any] | None:
+    """A log-prob shift over n completions, per sequence and per token, with intervals.
+
+    ``shift``: per-sequence shifts in nats (sums over each completion's tokens);
+    ``tokens``: each completion's token count. Per sequence: mean, its 95% normal interval
+    (mean ± 1.96 standard errors), median. Per token: Σ shift / Σ tokens (a ratio of means),
+    with the delta-method standard error of that ratio. None when n = 0.
+    """
+    n = int(shift.numel())
+    if n == 0:
+        return None
+    shift, tokens = shift.double(), tokens.double()
+    mean = shift.mean().item()
+    se = shift.std().item() / n**0.5 if n > 1 else float("nan")
+    per_token = (shift.sum() / tokens.sum()).item()
+    residual = shift - per_token * tokens
+    per_token_se = (
+        (residual.pow(2).sum() / (n - 1)).sqrt().item() * n**0.5 / tokens.sum().item() if n > 1 else float("nan")
+    )
+    return {
+        "n": n,
+        "tokens": int(tokens.sum().item()),
+        "per_sequence_mean": mean,
+        "per_sequence_ci95": [mean - 1.96 * se, mean + 1.96 * se],
+        "per_sequence_median": shift.median().item(),
+        "per_token_mean": per_token,
+        "per_token_ci95": [per_token - 1.96 * per_token_se, per_token + 1.96 * per_token_se],
+    }
+
+
 def describe_probe(probe: dict[str, Any]) -> str:
     """The probe as one log line."""
 
     def nats(value: float | None) -> str:
         return "n/a" if value is None else f"{value:+.2f}"
 
+    def side(name: str) -> str:
+        summary = probe.get(f"shift_{name}")
+        if not summary:
+            return f"{nats(probe[f'logp_shift_{name}'])} nats/seq (n={probe[f'n_{name}_scored']})"
+        low, high = summary["per_sequence_ci95"]
+        return (
+            f"{nats(summary['per_sequence_mean'])} nats/seq [{low:+.2f}, {high:+.2f}], median "
+            f"{nats(summary['per_sequence_median'])}, {nats(summary['per_token_mean'])} nats/token "
+            f"(n={summary['n']} completions)"
+        )
+
     line = (
         f"context probe ({probe['prompts']} prompts x {probe['group_size']} samples, "
         f"{probe['template']} template, {probe['budget_tokens']}-token budget): "
-        f"logp shift of correct answers under wrong attempts {nats(probe['logp_shift_correct'])} nats/seq "
-        f"(n={probe['n_correct_scored']}), of wrong answers under correct attempts "
-        f"{nats(probe['logp_shift_incorrect'])} (n={probe['n_incorrect_scored']})"
+        f"logp shift of correct answers under wrong attempts {side('correct')}, "
+        f"of wrong answers under correct attempts {side('incorrect')}"
     )
     if probe["accuracy_delta"] is not None:
         se = probe["accuracy_delta_se"]
@@ -722,7 +824,8 @@ def build_tiny_model(
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
         try:
-            _build_into(tmp, config, progress=progress)
+            with _FixedThreads():
+                _build_into(tmp, config, progress=progress)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -782,6 +885,9 @@ def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
         config=config.to_dict(),
         cache_key=cache_key(config),
         build_version=BUILD_VERSION,
+        build_threads=BUILD_THREADS,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        weights_sha256=weights_sha256(model),
         parameters=sum(p.numel() for p in model.parameters()),
         torch_version=torch.__version__,
         transformers_version=transformers.__version__,
