@@ -321,6 +321,12 @@ def test_logp_shift_is_logged_per_side(untrained_tiny_dir, tmp_path):
         # The overall shift is a count-weighted mean of the two sides, so it lies between them.
         low, high = sorted((x["bicc/logp_shift_correct"], x["bicc/logp_shift_incorrect"]))
         assert low - 1e-6 <= x["bicc/logp_shift"] <= high + 1e-6
+        # ... and per token a token-weighted mean, with the number of completions behind it.
+        low, high = sorted((x["bicc/logp_shift_per_token_correct"], x["bicc/logp_shift_per_token_incorrect"]))
+        assert low - 1e-6 <= x["bicc/logp_shift_per_token"] <= high + 1e-6
+        n_correct, n_incorrect = x["bicc/logp_shift_n_correct"], x["bicc/logp_shift_n_incorrect"]
+        assert n_correct >= 1 and n_incorrect >= 1 and n_correct == int(n_correct)
+        assert x["bicc/logp_shift_n"] == n_correct + n_incorrect
 
 
 # ---------------------------------------------------------------- transfer diagnostics

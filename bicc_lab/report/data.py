@@ -61,7 +61,11 @@ CURVE_METRICS: tuple[str, ...] = (
     "diagnostics/grad_variance",
 )
 #: Latest values kept as training summaries in the tidy frame (``final/<key>``).
-SUMMARY_METRICS: tuple[str, ...] = ("reward", "loss", *CURVE_METRICS[1:], "perf/tokens_per_s")
+SUMMARY_METRICS: tuple[str, ...] = (
+    "reward", "loss", *CURVE_METRICS[1:], "perf/tokens_per_s",
+    "bicc/logp_shift_per_token_correct", "bicc/logp_shift_per_token_incorrect",
+    "bicc/logp_shift_n_correct", "bicc/logp_shift_n_incorrect",
+)
 WALL_TIME = "train/wall_time_s"
 MEAN_STEP_TIME = "train/mean_step_time_s"
 STEP_TIME = "step_time"

@@ -345,7 +345,7 @@ class BiccGRPOTrainer(GRPOTrainer):
         if rollout_logps is None and self.rcc.enabled:
             rollout_logps = self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
 
-        rcc_result, delta = None, None
+        rcc_result, delta, reference_logps = None, None, None
         if self.rcc.enabled:
             reference_logps = self._rcc_reference_logps(output, rollout_logps)
             local_delta = sequence_delta(rollout_logps, reference_logps, completion_mask, reduction=self.rcc.delta)
@@ -392,7 +392,8 @@ class BiccGRPOTrainer(GRPOTrainer):
         if mode == "train":
             dump = rollout_record.dump_dir()
             if dump is not None:
-                self._dump_rollout(dump, output, rewards, advantages, delta, rcc_result)
+                rcc_logps = (rollout_logps, reference_logps) if rcc_result is not None else None
+                self._dump_rollout(dump, output, rewards, advantages, delta, rcc_result, rcc_logps)
             self._train_generation_batches += 1
         return output
 
@@ -406,7 +407,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             self._gather_padded(output["completion_mask"], 0, pad_first=False),
         )
 
-    def _dump_rollout(self, directory, output, rewards, advantages, delta, rcc_result) -> None:
+    def _dump_rollout(self, directory, output, rewards, advantages, delta, rcc_result, rcc_logps=None) -> None:
         """One rank's view of this training generation batch (see ``rollout_record``)."""
         prompt_ids, prompt_mask, completion_ids, completion_mask = self._gather_sequences(output)
         record = {
@@ -423,6 +424,10 @@ class BiccGRPOTrainer(GRPOTrainer):
             record["rcc_delta"] = delta.detach().cpu()
             record["rcc_cov"] = rcc_result.cov.detach().cpu()
             record["rcc_baseline_shift"] = rcc_result.baseline_shift.detach().cpu()
+            # δ's per-token terms, so a comparison across runs can bound δ's rounding by them
+            policy_logps, reference_logps = rcc_logps
+            record["rcc_policy_logps"] = self._gather_padded(policy_logps.detach(), 0.0, pad_first=False).cpu()
+            record["rcc_reference_logps"] = self._gather_padded(reference_logps.detach(), 0.0, pad_first=False).cpu()
         packed = self._last_bicc_batch
         if self.bicc.enabled and packed is not None:
             record["bicc_conditioned"] = packed.conditioned.cpu()
@@ -665,11 +670,14 @@ class BiccGRPOTrainer(GRPOTrainer):
             conditioned = inputs["bicc_conditioned"].bool()
             reward = inputs["bicc_rewards"]
             threshold = self.bicc.success_threshold
-            buffer["logp_shift"].append(shift[conditioned].detach())
             # Per side: correct completions are shown incorrect traces, incorrect ones correct
-            # traces (a model that reads the context may rightly lower the latter).
-            buffer["logp_shift_correct"].append(shift[conditioned & (reward > threshold)].detach())
-            buffer["logp_shift_incorrect"].append(shift[conditioned & (reward <= threshold)].detach())
+            # traces (a model that reads the context may rightly lower the latter). Kept per
+            # sequence and with each sequence's token count, so the shift is reported both per
+            # sequence and per token (long completions dominate the former).
+            for side, rows in (("", conditioned), ("_correct", conditioned & (reward > threshold)),
+                               ("_incorrect", conditioned & (reward <= threshold))):
+                buffer[f"logp_shift{side}"].append(shift[rows].detach())
+                buffer[f"logp_shift_tokens{side}"].append(mask.sum(-1)[rows].detach().float())
 
     def _contrast_metrics(self) -> dict[str, float]:
         buffer = self._diag_buffer
@@ -683,12 +691,15 @@ class BiccGRPOTrainer(GRPOTrainer):
             "contrast/logp_gap": outcome_gap_by_group(torch.cat(buffer["seq_logp"]).cpu(), reward, group, threshold)["value"],
         }
         if buffer.get("logp_shift"):
-            shifts = torch.cat(buffer["logp_shift"]).cpu()
-            out["bicc/logp_shift"] = shifts.mean().item() if shifts.numel() else 0.0
-            for side in ("correct", "incorrect"):
-                side_shifts = torch.cat(buffer[f"logp_shift_{side}"]).cpu()
-                if side_shifts.numel():  # no conditioned sample on this side: nothing to log
-                    out[f"bicc/logp_shift_{side}"] = side_shifts.mean().item()
+            for side in ("", "_correct", "_incorrect"):
+                shifts = torch.cat(buffer[f"logp_shift{side}"]).cpu()
+                tokens = torch.cat(buffer[f"logp_shift_tokens{side}"]).cpu()
+                if shifts.numel():  # no conditioned sample on this side: nothing to log
+                    out[f"bicc/logp_shift{side}"] = shifts.mean().item()
+                    out[f"bicc/logp_shift_per_token{side}"] = (shifts.sum() / tokens.sum().clamp(min=1)).item()
+                    out[f"bicc/logp_shift_n{side}"] = float(shifts.numel())
+                elif not side:
+                    out["bicc/logp_shift"] = 0.0
         buffer.clear()
         return {k: v for k, v in out.items() if v is not None and not math.isnan(v)}
 
