@@ -557,3 +557,18 @@ def test_nan_reward_is_left_out_of_the_group_and_gets_advantage_zero():
     torch.testing.assert_close(
         centred[:4], torch.tensor([2 / 3, 0.0, -1 / 3, -1 / 3], dtype=torch.float64), rtol=0, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("name", ["grpo", "dapo", "dr_grpo"])
+def test_huge_log_ratio_gives_verls_zero_gradient_not_nan(name):
+    """A log ratio past float32's exp range (~88.7) is clamped at ±20 before exp, as in
+    verl: under the dual clip the token's loss is -c·A with no gradient, not NaN."""
+    logps = torch.tensor([[100.0, 0.0]], dtype=torch.float32, requires_grad=True)
+    old = torch.zeros(1, 2)
+    loss, _ = policy_loss(get_variant(name, clip_ratio_c=3.0), logps, old, torch.tensor([-1.0]), torch.ones(1, 2))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logps.grad).all()
+    assert logps.grad[0, 0].item() == 0.0  # clamped and dual-clipped: no gradient, as in verl
+    assert importance_ratio(torch.tensor([[100.0, -100.0]]), torch.zeros(1, 2), torch.ones(1, 2)).tolist() == [
+        [pytest.approx(math.exp(20.0), rel=1e-6), pytest.approx(math.exp(-20.0), rel=1e-6)]
+    ]

@@ -196,6 +196,10 @@ def sequence_logps(logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.
     return (logps * completion_mask.to(logps.dtype)).sum(-1)
 
 
+LOG_RATIO_BOUND = 20.0
+"""|log r| beyond this is clamped before ``exp`` (verl's bound): no gradient flows there."""
+
+
 def log_importance_ratio(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
@@ -225,8 +229,14 @@ def importance_ratio(
     *,
     level: Literal["token", "sequence"] = "token",
 ) -> torch.Tensor:
-    """pi_theta / pi_old per token ``(B, T)`` or per sequence ``(B, 1)``."""
-    return torch.exp(log_importance_ratio(logps, old_logps, completion_mask, level=level))
+    """pi_theta / pi_old per token ``(B, T)`` or per sequence ``(B, 1)``.
+
+    The log ratio is clamped to ±``LOG_RATIO_BOUND`` before ``exp``, as verl's
+    ``compute_policy_loss`` does: above ~88.7 float32's ``exp`` overflows to inf, and
+    under the dual clip inf·0 turned into a NaN gradient where verl's is 0.
+    """
+    log_ratio = log_importance_ratio(logps, old_logps, completion_mask, level=level)
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND))
 
 
 # ----------------------------------------------------------------------------
@@ -372,7 +382,7 @@ def gmpo_per_token_loss(
 
 # The authors' code clamps log r to +-20 before exp; without it a flipped weight
 # 1/r overflows for tokens whose probability collapsed.
-_ASPO_LOG_RATIO_BOUND = 20.0
+_ASPO_LOG_RATIO_BOUND = LOG_RATIO_BOUND
 
 
 def aspo_per_token_loss(
