@@ -19,6 +19,9 @@ TOKENS = {
     "bicc": [(640.0, None, None), (660.0, None, None)],  # grad 650
     "bicc+rcc": [(650.0, 100.0, 300.0), (650.0, 100.0, 300.0)],  # grad 650, no-grad 400
 }
+# arm -> sampled (generation) tokens per step, seeds 0 and 1: as if dynamic sampling needed
+# twice the rounds in one arm.
+GENERATED = {"base": (1000.0, 1000.0), "rcc": (1000.0, 1200.0), "bicc": (1000.0, 1000.0), "bicc+rcc": (2500.0, 1500.0)}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def run_set(tmp_path_factory):
     for arm, per_seed in TOKENS.items():
         for seed, (grad, policy, reference) in enumerate(per_seed):
             summary = {"train/wall_time_s": 100.0, "train/mean_step_time_s": 1.0, "num_tokens": 1000.0,
-                       "tokens/grad_per_step": grad}
+                       "tokens/grad_per_step": grad, "tokens/generation_per_step": GENERATED[arm][seed]}
             if policy is not None:
                 summary["tokens/nograd_policy_per_step"] = policy
             if reference is not None:
@@ -58,8 +61,20 @@ def test_token_columns_and_ratios_by_hand(run_set):
     assert math.isnan(cost.loc[("dapo", "base"), "token_ratio"])
 
 
+def test_sampled_tokens_have_their_own_column_and_ratio(run_set):
+    cost = build_cost(run_set).set_index(["variant", "arm"])
+    grpo = cost.loc["grpo"]
+    assert grpo.loc["bicc+rcc", "generated_tokens_per_step"] == pytest.approx(2000.0)
+    assert grpo.loc["bicc+rcc", "generation_ratio"] == pytest.approx(2.0)
+    assert grpo.loc["rcc", "generation_ratio"] == pytest.approx(1.1)
+    # Sampling is not folded into the forward-token ratio.
+    assert grpo.loc["bicc+rcc", "token_ratio"] == pytest.approx((650 + 400) / 610)
+    assert math.isnan(cost.loc[("dapo", "base"), "generation_ratio"])
+
+
 def test_cost_markdown_shows_token_ratios(run_set):
     text = cost_markdown(build_cost(run_set), run_set.row_keys, title="t", baseline="base")
     assert "Grad tokens/step" in text and "Token ratio" in text
     bicc_rcc = next(line for line in text.splitlines() if "+BICC+RCC" in line and "grpo" in line)
     assert f"{650 / 610:.2f}×" in bicc_rcc and f"{1050 / 610:.2f}×" in bicc_rcc
+    assert "Sampled tokens/step" in text and bicc_rcc.rstrip(" |").endswith("2.00×")

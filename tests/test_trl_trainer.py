@@ -81,6 +81,10 @@ def test_every_arm_trains_two_steps(untrained_tiny_dir, tmp_path, variant):
                 assert "bicc/frac_conditioned_groups" in lines[0]
             if rcc:
                 assert "rcc/cov_r_delta" in lines[0] and "rcc/baseline_shift" in lines[0]
+            if variant == "dapo":  # refill stops early only with a full batch, else at the bound (10)
+                assert all(1 <= x["dapo/gen_rounds"] <= 10 for x in lines)
+                assert all(x["dapo/gen_rounds"] == 10 for x in lines if x["dapo/frac_batch_filled"] < 1)
+            assert all(x["tokens/generation_per_step"] > 0 for x in lines)
             assert (out / "final" / "config.json").is_file()
             assert json.loads((out / "train_result.json").read_text())["steps"] == 2
 
@@ -200,11 +204,11 @@ def test_resume_after_kill_continues_from_checkpoint(untrained_tiny_dir, tmp_pat
 def test_dapo_dynamic_sampling_and_overlong_shaping(untrained_tiny_dir, tmp_path):
     from bicc_lab.algorithms.variants import get_variant, group_advantages, overlong_penalty
 
-    config = tiny_config(untrained_tiny_dir, variant="dapo")
+    config = tiny_config(untrained_tiny_dir, variant="dapo", **{"train.dynamic_sampling_max_rounds": 1})
     trainer = build_trainer(config, tmp_path, progress=False)
     force_mixed_rewards(trainer)
     trainer.model.train()
-    out = mixed_batch(trainer)
+    out = mixed_batch(trainer)  # one round (no refill): the uniform groups stay, masked
     rewards = out["bicc_rewards"]
     grouped = rewards.view(-1, 4)
     informative = (grouped.max(1).values > grouped.min(1).values).repeat_interleave(4)
@@ -218,6 +222,130 @@ def test_dapo_dynamic_sampling_and_overlong_shaping(untrained_tiny_dir, tmp_path
     shaped = rewards + overlong_penalty(lengths, 4, buffer)
     expected = group_advantages(shaped, 4, scale="group_std", std="unbiased")
     torch.testing.assert_close(out["advantages"], expected, atol=1e-6, rtol=0)
+
+
+class ScriptedReward:
+    """A reward function whose n-th call (one per generation round) returns the n-th row of
+    ``script`` (the last row after that), recording the prompts and completions it scored."""
+
+    def __init__(self, script, name="grader"):
+        self.script = script
+        self.calls = []
+        self.__name__ = name
+
+    def __call__(self, prompts, completions, completion_ids, **kw):
+        self.calls.append({"prompts": list(prompts), "completion_ids": [list(c) for c in completion_ids]})
+        return [float(x) for x in self.script[min(len(self.calls), len(self.script)) - 1]]
+
+
+def use_rewards(trainer, *functions):
+    trainer.reward_funcs = list(functions)
+    trainer.reward_func_names = [f.__name__ for f in functions]
+    trainer.reward_processing_classes = [None] * len(functions)
+    trainer.reward_weights = torch.ones(len(functions))
+
+
+def two_prompt_batch(trainer):
+    return [dict(trainer.train_dataset[0]) for _ in range(4)] + [dict(trainer.train_dataset[1]) for _ in range(4)]
+
+
+def unpadded(ids, mask):
+    from bicc_lab.backends.trl.rollout_record import rows
+
+    return rows(ids, mask)
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_refills_uniform_groups_with_fresh_prompts_and_counts_the_extra_generation(
+    untrained_tiny_dir, tmp_path
+):
+    from bicc_lab.algorithms.variants import get_variant, group_advantages, overlong_penalty
+    from bicc_lab.backends.trl.trainer import refill_prompt_indices
+
+    config = tiny_config(untrained_tiny_dir, variant="dapo")
+    trainer = build_trainer(config, tmp_path, progress=False)
+    # Round 1: group 0 mixed, group 1 all wrong. Round 2 (fresh prompts): group 0 all right, group 1 mixed.
+    grader = ScriptedReward([[1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 1, 0, 0]])
+    use_rewards(trainer, grader)
+    trainer.model.train()
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(two_prompt_batch(trainer))
+
+    assert len(grader.calls) == 2  # full after the second round: no third
+    first, second = grader.calls
+    # The batch: round 1's group 0, then round 2's group 1, each with its own prompt and completions.
+    assert unpadded(out["completion_ids"], out["completion_mask"]) == first["completion_ids"][:4] + second["completion_ids"][4:]
+    drawn = refill_prompt_indices(len(trainer.train_dataset), 2, seed=config.seed, step=0, round_number=1)
+    assert second["prompts"][4] == trainer.train_dataset[drawn[1]]["prompt"]
+    assert first["prompts"][0] == trainer.train_dataset[0]["prompt"]
+    prompt_ids = trainer._tokenize_prompts(first["prompts"][:4] + second["prompts"][4:])[0]
+    assert unpadded(out["prompt_ids"], out["prompt_mask"]) == [list(p) for p in prompt_ids]
+    assert out["bicc_rewards"].tolist() == [1, 0, 0, 0, 0, 1, 0, 0]
+    # Every row is trained on, and the loss normaliser counts them all.
+    assert (out["completion_mask"].sum(1) > 0).all()
+    assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
+    # Advantages are those of the selected rollouts (task reward + DAPO's overlong shaping).
+    lengths = out["completion_mask"].sum(1)
+    shaped = out["bicc_rewards"] + overlong_penalty(lengths, 4, get_variant("dapo").overlong_buffer_tokens(4))
+    torch.testing.assert_close(out["advantages"], group_advantages(shaped, 4, scale="group_std"), atol=1e-6, rtol=0)
+
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("dapo/")}
+    assert metrics["dapo/gen_rounds"] == 2
+    assert metrics["dapo/frac_groups_kept"] == 0.5  # 2 mixed of 4 generated
+    assert metrics["dapo/frac_batch_filled"] == 1.0
+    assert metrics["dapo/generated_per_trained"] == 2.0
+    # The cost counts both rounds: every sampled prompt and completion token.
+    all_prompts = trainer._tokenize_prompts(first["prompts"] + second["prompts"])[0]
+    sampled = sum(map(len, all_prompts)) + sum(len(c) for call in grader.calls for c in call["completion_ids"])
+    assert trainer._token_totals["generation"] == sampled
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_stops_at_the_round_bound_and_trains_on_what_it_kept(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, variant="dapo", **{"train.dynamic_sampling_max_rounds": 3})
+    trainer = build_trainer(config, tmp_path, progress=False)
+    # Only round 1 has a mixed group (group 1); rounds 2 and 3 are all wrong.
+    grader = ScriptedReward([[0, 0, 0, 0, 0, 1, 1, 0], [0] * 8])
+    use_rewards(trainer, grader)
+    trainer.model.train()
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="did not fill the batch"):
+        out = trainer._generate_and_score_completions(two_prompt_batch(trainer))
+    assert len(grader.calls) == 3
+    first = grader.calls[0]["completion_ids"]
+    # Slot 0: the mixed group; slot 1: the earliest uniform group (round 1's group 0), out of the loss.
+    assert unpadded(out["completion_ids"], out["completion_ids"] != trainer.processing_class.pad_token_id)[:4] == first[4:]
+    assert (out["completion_mask"][:4].sum(1) > 0).all() and (out["completion_mask"][4:] == 0).all()
+    assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k.startswith("dapo/")}
+    assert metrics["dapo/gen_rounds"] == 3
+    assert metrics["dapo/frac_batch_filled"] == 0.5
+    assert metrics["dapo/generated_per_trained"] == 6.0  # 6 groups generated for 1 trained
+    assert metrics["dapo/frac_groups_kept"] == pytest.approx(1 / 6)
+
+
+@pytest.mark.slow
+def test_the_outcome_is_the_graders_reward_not_the_sum_of_rewards(untrained_tiny_dir, tmp_path):
+    config = tiny_config(untrained_tiny_dir, variant="dapo", **{"train.dynamic_sampling_max_rounds": 1,
+                                                               "bicc.enabled": True})
+    trainer = build_trainer(config, tmp_path, progress=False)
+    assert trainer.outcome_reward == "arithmetic_reward"  # the task's grader, named by the backend
+    # Group 1 is all wrong by the grader, but a second reward makes half of its sums exceed 0.5.
+    grader = ScriptedReward([[1, 0, 0, 0, 0, 0, 0, 0]], name="arithmetic_reward")
+    style = ScriptedReward([[0, 0, 0, 0, 1, 0, 1, 0]], name="style")
+    use_rewards(trainer, style, grader)
+    trainer.model.train()
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(two_prompt_batch(trainer))
+    assert out["bicc_rewards"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert (out["completion_mask"][:4].sum(1) > 0).all() and (out["completion_mask"][4:] == 0).all()
+    assert trainer._metrics["train"]["dapo/frac_groups_kept"][-1] == 0.5
+    # BICC partitions by the same outcome: group 1 is uniform, so it is not conditioned.
+    assert out["bicc_conditioned"].tolist() == [True] * 4 + [False] * 4
+
+    trainer.outcome_reward = "missing"
+    with pytest.raises(ValueError, match="task grader 'missing' is not one of them"):
+        trainer._generate_and_score_completions(two_prompt_batch(trainer))
 
 
 @pytest.mark.slow

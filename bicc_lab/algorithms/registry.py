@@ -111,8 +111,10 @@ class VariantSpec:
             token's loss is capped at ``-c A``, so a token whose ratio rose above c
             has no gradient (PPO's clip leaves it unbounded). ``None`` disables it;
             c must be > 1; only token-ratio variants take it.
-        dynamic_sampling: DAPO metadata: drop groups whose rewards are all equal
-            and resample until the batch is full. Applied by the trainer.
+        dynamic_sampling: DAPO metadata: drop groups whose task outcomes are all
+            correct or all wrong and generate more prompts until the batch is full
+            (at most ``train.dynamic_sampling_max_rounds`` rounds). Applied by the
+            trainer (``bicc_lab.algorithms.dynamic_sampling``).
         overlong_buffer_fraction: DAPO metadata: soft overlong punishment buffer
             as a fraction of ``max_completion_length`` (see
             :func:`overlong_penalty`); ``None`` disables it. Applied by the

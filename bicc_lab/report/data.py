@@ -73,6 +73,9 @@ TOKENS = "num_tokens"  # TRL: cumulative input tokens seen
 # Tokens per optimizer step, run means logged by the trainer: with gradient, and in no-grad passes.
 GRAD_TOKENS = "tokens/grad_per_step"
 NOGRAD_TOKENS = ("tokens/nograd_policy_per_step", "tokens/nograd_reference_per_step")
+# Prompt + completion tokens of every rollout sampled per optimizer step (dynamic sampling's
+# extra rounds included).
+GENERATION_TOKENS = "tokens/generation_per_step"
 EVAL_PREFIX = "eval/"
 FINISHED = "FINISHED"
 FAILED_STATUSES = ("FAILED", "KILLED")  # shown as failed rows; RUNNING runs are only counted
@@ -402,6 +405,8 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
             # a pass that never ran is never logged: 0 tokens, for runs that count tokens at all
             "nograd_tokens_per_step": (sum(float(metrics.get(k, 0.0)) for k in NOGRAD_TOKENS)
                                        if GRAD_TOKENS in metrics else math.nan),
+            "generated_tokens_per_step": (float(metrics[GENERATION_TOKENS])
+                                          if GENERATION_TOKENS in metrics else math.nan),
             "steps": float(metrics["train/steps"]) if "train/steps" in metrics else math.nan,
         }
         for key in SUMMARY_METRICS:

@@ -255,7 +255,8 @@ def _fmt_ratio(x: float) -> str:
 def cost_rows(cost: pd.DataFrame, row_keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys] + [
         "Arm", "Runs", "Wall time", "Step time", "Tokens", "Tokens/s", "Step-time ratio",
-        "Grad tokens/step", "No-grad tokens/step", "Grad-token ratio", "Token ratio"]
+        "Grad tokens/step", "No-grad tokens/step", "Grad-token ratio", "Token ratio",
+        "Sampled tokens/step", "Sampling ratio"]
     rows = []
     for rec in cost.to_dict("records"):
         rows.append([str(rec[k]) for k in row_keys] + [
@@ -265,6 +266,8 @@ def cost_rows(cost: pd.DataFrame, row_keys: Sequence[str]) -> tuple[list[str], l
             _fmt_count(rec.get("grad_tokens_per_step", math.nan)),
             _fmt_count(rec.get("nograd_tokens_per_step", math.nan)),
             _fmt_ratio(rec.get("grad_token_ratio", math.nan)), _fmt_ratio(rec.get("token_ratio", math.nan)),
+            _fmt_count(rec.get("generated_tokens_per_step", math.nan)),
+            _fmt_ratio(rec.get("generation_ratio", math.nan)),
         ])
     return head, rows
 
@@ -281,7 +284,10 @@ def cost_markdown(cost: pd.DataFrame, row_keys: Sequence[str], *, title: str, ba
               f"Grad / no-grad tokens per step: tokens run per optimizer step with gradient and in "
               f"no-grad policy and reference passes (`tokens/*_per_step`), a cost that does not depend "
               f"on the hardware; grad-token ratio and token ratio (grad + no-grad): against "
-              f"{arm_label(baseline)} of the same row.", ""]
+              f"{arm_label(baseline)} of the same row. Sampled tokens per step: prompt + completion "
+              f"tokens of every rollout generated (`tokens/generation_per_step`, DAPO's dynamic-sampling "
+              f"rounds included), with its own ratio: a sampled token costs a decode step, not a share "
+              f"of a forward pass.", ""]
     return "\n".join(lines)
 
 

@@ -474,7 +474,10 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
     Beside the measured time, a hardware-independent cost: tokens per optimizer step run
     with gradient and in no-grad passes (policy and reference), from the trainer's
     ``tokens/*_per_step`` run means, and their ratios to the baseline arm: gradient tokens,
-    and all tokens (gradient + no-grad).
+    and all tokens (gradient + no-grad). Sampled tokens (every rollout generated, DAPO's
+    refill rounds included) have a column and a ratio of their own: a sampled token costs a
+    decode step, not a share of one batched forward, so adding it to the forward tokens
+    would weigh unlike things alike.
     """
     import pandas as pd
 
@@ -482,10 +485,10 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
     keys = run_set.row_keys
     cols = [*keys, "arm", "runs", "wall_time_s", "mean_step_time_s", "tokens", "tokens_per_s",
             "step_time_ratio", "wall_time_ratio", "grad_tokens_per_step", "nograd_tokens_per_step",
-            "grad_token_ratio", "token_ratio"]
+            "grad_token_ratio", "token_ratio", "generated_tokens_per_step", "generation_ratio"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    token_cols = ["grad_tokens_per_step", "nograd_tokens_per_step"]
+    token_cols = ["grad_tokens_per_step", "nograd_tokens_per_step", "generated_tokens_per_step"]
     data = runs[[*keys, "arm", "wall_time_s", "mean_step_time_s", "tokens"]].copy()
     for col in token_cols:  # runs read before the trainer counted tokens have none
         data[col] = runs[col] if col in runs else math.nan
@@ -499,6 +502,7 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
         tokens=("tokens", "mean"),
         grad_tokens_per_step=("grad_tokens_per_step", "mean"),
         nograd_tokens_per_step=("nograd_tokens_per_step", "mean"),
+        generated_tokens_per_step=("generated_tokens_per_step", "mean"),
     ).reset_index()
     cost["tokens_per_s"] = cost["tokens"] / cost["wall_time_s"]
     base = cost[cost["arm"] == baseline].set_index(keys)
@@ -516,6 +520,9 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
                for r in cost[keys].itertuples(index=False)]
     cost["grad_token_ratio"] = cost["grad_tokens_per_step"] / np.asarray(ref_grad, dtype=float)
     cost["token_ratio"] = all_tokens / np.asarray(ref_all, dtype=float)
+    ref_generated = [base["generated_tokens_per_step"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
+                     for r in cost[keys].itertuples(index=False)]
+    cost["generation_ratio"] = cost["generated_tokens_per_step"] / np.asarray(ref_generated, dtype=float)
     arm_order = {a: i for i, a in enumerate(order_arms(list(cost["arm"]), baseline))}
     cost["_a"] = cost["arm"].map(arm_order)
     cost = cost.sort_values([*keys, "_a"]).drop(columns="_a").reset_index(drop=True)

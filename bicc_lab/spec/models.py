@@ -365,6 +365,12 @@ class TrainConfig(_Section):
         description="Micro-batches per generation batch; null: gradient_accumulation_steps.",
     )
     num_iterations: int = Field(1, ge=1, description="Policy updates per generation batch (mu).")
+    dynamic_sampling_max_rounds: int | None = Field(
+        10,
+        ge=1,
+        description="Dynamic sampling (dapo): generation rounds per batch at most, then train on the mixed "
+        "groups found (verl's max_num_gen_batches, DAPO's recipe 10); null: no bound.",
+    )
     max_completion_length: int = Field(32, ge=1, description="Maximum new tokens per completion.")
     max_prompt_length: int | None = Field(
         None,
@@ -459,7 +465,11 @@ class BiccConfig(_Section):
         "paper",
         description="paper: pi(o|q+ctx)/pi_old(o|q); conditioned: pi(o|q+ctx)/pi_old(o|q+ctx).",
     )
-    success_threshold: Float = Field(0.5, description="A reward above this counts as correct.")
+    success_threshold: Float = Field(
+        0.5,
+        description="A task (grader) reward above this counts as correct: BICC's partition, DAPO's dynamic "
+        "sampling and the outcome diagnostics.",
+    )
     seed: int | None = Field(
         None, description="Seed of trace selection/order; null: the experiment seed."
     )

@@ -111,6 +111,7 @@ def grpo_config_kwargs(config: ExperimentConfig, output_dir: Path, *, use_cpu: b
 
 
 def reward_functions(config: ExperimentConfig) -> list[Callable[..., list[float]]]:
+    """The run's reward functions; the first is the task's grader (its reward is the outcome)."""
     from bicc_lab.tasks.math import reward_kind
     from bicc_lab.tasks.rewards import get_reward_function
 
@@ -178,9 +179,10 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         trust_remote_code=config.model.trust_remote_code,
     )
     args = grpo_config(config, output_dir)
+    rewards = reward_functions(config)
     trainer = BiccGRPOTrainer(
         model=model,
-        reward_funcs=reward_functions(config),
+        reward_funcs=rewards,
         args=args,
         train_dataset=train_dataset(config),
         processing_class=tokenizer,
@@ -192,6 +194,8 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         max_prompt_length=config.train.max_prompt_length,
         grad_variance=config.diagnostics.grad_variance,
         transfer_every=config.diagnostics.transfer_every,
+        outcome_reward=rewards[0].__name__,  # TRL names a function reward by its __name__
+        max_generation_rounds=config.train.dynamic_sampling_max_rounds,
     )
     from transformers.trainer_callback import PrinterCallback
 

@@ -3,9 +3,10 @@
 TRL seams used (trl 1.16.0):
 - ``_calculate_rewards``: stash the gathered, group-contiguous rewards.
 - ``_generate_and_score_completions``: the only place where groups are intact (TRL shuffles
-  and splits the batch right after it), so everything per group happens here: the
-  variant's (optionally RCC-corrected) advantages, BICC's conditioned prompts and the
-  extra log-probs the BICC ratio and RCC's confidence δ need.
+  and splits the batch right after it), so everything per group happens here: DAPO's
+  dynamic sampling (more rounds of TRL's own generate-and-score until the batch is full of
+  mixed groups), the variant's (optionally RCC-corrected) advantages, BICC's conditioned
+  prompts and the extra log-probs the BICC ratio and RCC's confidence δ need.
 - ``_compute_loss``: log-probs of the policy under the conditioned prompt when BICC is on,
   then the variant's loss from ``bicc_lab.algorithms``.
 
@@ -15,8 +16,10 @@ the matching ``loss_type`` (``tests/test_trl_equivalence.py``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -36,6 +39,12 @@ from bicc_lab.algorithms.diagnostics import (
     mixed_group_mask,
     outcome_gap_by_group,
 )
+from bicc_lab.algorithms.dynamic_sampling import (
+    GroupSelection,
+    dynamic_sampling_metrics,
+    needs_another_round,
+    select_groups,
+)
 from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta
 from bicc_lab.algorithms.variants import (
     VariantSpec,
@@ -54,8 +63,13 @@ from bicc_lab.backends.trl.shared_prefix import (
 )
 from bicc_lab.backends.trl.transfer import TransferProbe
 
-# Token counters (tokens/<name>_per_step): what each kind of forward pass processed.
-_TOKEN_COUNTERS = ("grad", "conditioned_prefix", "nograd_policy", "nograd_reference")
+# Token counters (tokens/<name>_per_step): what each kind of forward pass processed, and
+# "generation": prompt + completion tokens of every rollout sampled, dynamic sampling's
+# extra rounds included (a sampled token costs a decode step, so it is kept apart).
+_TOKEN_COUNTERS = ("grad", "conditioned_prefix", "nograd_policy", "nograd_reference", "generation")
+
+# TRL output keys whose rows are left-padded prompts; every other (B, L) key is completion-aligned.
+_PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 
 # Placeholder used to find where the user turn ends in a chat template.
 _SENTINEL = "\u2063BICC\u2063"
@@ -74,6 +88,11 @@ class BiccGRPOTrainer(GRPOTrainer):
             budget is a fraction of; None uses the longest prompt of each batch.
         grad_variance: log the variance of the gradient across micro-batches.
         transfer_every: every N optimizer steps log ``transfer/*`` (``TransferProbe``); None: off.
+        outcome_reward: name of the reward function that grades the task; its value above
+            ``bicc.success_threshold`` is a correct outcome (BICC's partition, DAPO's dynamic
+            sampling, diagnostics). None: the only reward function.
+        max_generation_rounds: dynamic sampling's bound on generation rounds per batch
+            (``train.dynamic_sampling_max_rounds``); None: no bound.
     """
 
     def __init__(
@@ -86,9 +105,14 @@ class BiccGRPOTrainer(GRPOTrainer):
         max_prompt_length: int | None = None,
         grad_variance: bool = False,
         transfer_every: int | None = None,
+        outcome_reward: str | None = None,
+        max_generation_rounds: int | None = 10,
         **kwargs: Any,
     ) -> None:
         self.variant = variant
+        self.outcome_reward = outcome_reward
+        self.max_generation_rounds = max_generation_rounds
+        self._generation_round = 0  # 0: the dataloader's prompts; 1, 2, ...: dynamic sampling's refills
         self.bicc = bicc
         self.rcc = rcc
         self.std_kind = std
@@ -290,10 +314,14 @@ class BiccGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         chat = is_conversational({"prompt": inputs[0]["prompt"]}) if inputs and "prompt" in inputs[0] else False
-        output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         device = self.accelerator.device
+        trained_groups = None  # (local groups,) bool: which groups the loss sees (dynamic sampling)
+        if self.variant.dynamic_sampling and mode == "train":
+            output, trained_groups = self._generate_mixed_groups(inputs, group_size)
+        else:
+            output = self._generate_round(inputs)
 
         # TRL's rule: a completion that every reward function left unscored (None -> NaN) keeps a
         # NaN reward, so it is left out of its group's mean, std, RCC covariance and BICC
@@ -302,14 +330,17 @@ class BiccGRPOTrainer(GRPOTrainer):
         per_func = self._rollout_rewards_per_func
         rewards = (per_func * weights).nansum(dim=1)
         rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+        # Correct or wrong is the grader's call, not the weighted sum's: another reward function
+        # (format, length) must not turn a wrong answer into a correct one.
+        outcome = self._outcome_rewards(per_func)
         local_n = output["prompt_ids"].size(0)
-        local = slice(self.accelerator.process_index * local_n, (self.accelerator.process_index + 1) * local_n)
+        local = self._local_slice(local_n)
         prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"]
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         metrics = self._metrics[mode]
 
-        # Outcomes (BICC's partition, diagnostics) come from the task reward; DAPO's length
-        # shaping only changes what the advantages see.
+        # Outcomes (BICC's partition, dynamic sampling, diagnostics) come from the task reward;
+        # DAPO's length shaping only changes what the advantages see.
         advantage_rewards = rewards
         overlong_buffer = self.variant.overlong_buffer_tokens(self.max_completion_length)
         if overlong_buffer is not None:
@@ -325,10 +356,8 @@ class BiccGRPOTrainer(GRPOTrainer):
         # no-grad pass before the advantages exist, and BICC alone one for its conditioned
         # samples (in _add_conditioned_prompts: every other sample's loss forward runs under q
         # at π_old, so its detached log-probs are the same numbers).
-        plain_tokens = prompt_mask.sum() + completion_mask.sum()
+        # (TRL's own passes are counted per generation round, in _generate_round.)
         rollout_logps = output.get("old_per_token_logps")
-        if rollout_logps is not None:
-            self._count_tokens("nograd_policy", plain_tokens)  # TRL's own pass
         sampler_logps, self._sampler_logps = self._sampler_logps, None
         if sampler_logps is not None and sampler_logps.shape != completion_ids.shape:
             sampler_logps = None
@@ -340,8 +369,6 @@ class BiccGRPOTrainer(GRPOTrainer):
                 sampler_logps = None
         if rollout_logps is None and sampler_logps is not None:
             rollout_logps = sampler_logps * completion_mask  # 0 where masked, like a forward's
-        if output.get("ref_per_token_logps") is not None:
-            self._count_tokens("nograd_reference", plain_tokens)  # TRL's own pass (beta != 0)
         if rollout_logps is None and self.rcc.enabled:
             rollout_logps = self._logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
 
@@ -356,8 +383,8 @@ class BiccGRPOTrainer(GRPOTrainer):
                 scale=self.variant.advantage_scale, std=self.std_kind,
             )
             advantages = result.advantages
-            correct = rewards > self.bicc.success_threshold
-            incorrect = rewards <= self.bicc.success_threshold  # NaN (unscorable): neither
+            correct = outcome > self.bicc.success_threshold
+            incorrect = outcome <= self.bicc.success_threshold  # NaN (unscorable): neither
             metrics["rcc/cov_r_delta"].append(result.cov.mean().item())
             metrics["rcc/baseline_shift"].append(result.baseline_shift.mean().item())
             metrics["rcc/baseline_shift_abs"].append(result.baseline_shift.abs().mean().item())
@@ -371,17 +398,19 @@ class BiccGRPOTrainer(GRPOTrainer):
             )
         output["advantages"] = advantages[local]
         if self.variant.dynamic_sampling:
-            self._drop_uniform_groups(output, rewards, group_size, local, mode)
+            if trained_groups is None:  # eval: one round, uniform groups leave the loss
+                trained_groups = mixed_group_mask(outcome[local], group_size, self.bicc.success_threshold)
+            self._mask_untrained_groups(output, trained_groups, group_size)
 
         # Per-sample bookkeeping that survives TRL's shuffle/split, for the contrast diagnostics.
         n_groups = rewards.numel() // group_size
         group_index = torch.arange(n_groups, device=device).repeat_interleave(group_size) + self._group_offset
         self._group_offset += n_groups
         output["bicc_group_index"] = group_index[local]
-        output["bicc_rewards"] = rewards[local]
+        output["bicc_rewards"] = outcome[local]  # the task outcome reward, what the diagnostics split on
 
         if self.bicc.enabled:
-            self._add_conditioned_prompts(output, rewards, group_size, chat, rollout_logps, mode)
+            self._add_conditioned_prompts(output, outcome, group_size, chat, rollout_logps, mode)
 
         now = time.perf_counter()
         tokens = self.accelerator.gather(prompt_mask.sum() + completion_mask.sum()).sum().item()
@@ -439,28 +468,162 @@ class BiccGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         replay = rollout_record.replay_dir()
-        if replay is not None and self.model.training:
+        if replay is not None and self.model.training and self._generation_round == 0:
             recorded = rollout_record.dump_file(replay, self._train_generation_batches, 0)
             if recorded.is_file():  # diagnostics only: completions of another run (see rollout_record)
                 return rollout_record.replay_completions(recorded, prompt_ids, self.accelerator.process_index), None
         return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
 
-    def _drop_uniform_groups(self, output, rewards, group_size, local, mode) -> None:
-        """DAPO's dynamic sampling without the refill: groups whose task outcomes are all
-        correct or all wrong carry no signal, so their tokens leave the loss and its token
-        count instead of diluting it.
+    # ------------------------------------------------------------------ generation rounds, outcome
+    def _local_slice(self, local_rows: int) -> slice:
+        """This process's rows of a gathered (group-contiguous, process-ordered) tensor."""
+        start = self.accelerator.process_index * local_rows
+        return slice(start, start + local_rows)
 
-        The outcome comes from the task reward, as in the DAPO paper, not from the
-        length-shaped reward: overlong shaping makes a group of equally wrong answers look
-        mixed. DAPO over-samples until the batch is full of informative groups; TRL generates
-        a fixed batch, so here the step simply trains on fewer tokens.
+    def _outcome_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Per completion, the reward of the function that grades the task (``outcome_reward``);
+        above ``bicc.success_threshold`` is correct, NaN (unscorable) is neither."""
+        names = list(self.reward_func_names)
+        if len(names) == 1:
+            return rewards_per_func[:, 0]
+        if self.outcome_reward not in names:
+            raise ValueError(
+                f"{len(names)} reward functions ({', '.join(names)}) and the task grader "
+                f"{self.outcome_reward!r} is not one of them: name the one whose reward decides correct vs wrong"
+            )
+        return rewards_per_func[:, names.index(self.outcome_reward)]
+
+    def _generate_round(self, inputs):
+        """One round of TRL's generate-and-score, and the tokens it ran: the sampled rollouts,
+        and TRL's own no-grad passes over them (old log-probs, reference log-probs)."""
+        output = super()._generate_and_score_completions(inputs)
+        tokens = output["prompt_mask"].sum() + output["completion_mask"].sum()
+        self._count_tokens("generation", tokens)
+        if output.get("old_per_token_logps") is not None:
+            self._count_tokens("nograd_policy", tokens)
+        if output.get("ref_per_token_logps") is not None:
+            self._count_tokens("nograd_reference", tokens)  # beta != 0
+        return output
+
+    def _generate_mixed_groups(self, inputs, group_size: int):
+        """DAPO's dynamic sampling: rounds of generation until this process holds as many mixed
+        groups (by task outcome) as its batch has groups, or ``max_generation_rounds`` are spent.
+
+        Returns TRL's output dict for the selected rows (same keys and row count as one round)
+        and the ``(groups,)`` bool of groups the loss sees. Every process runs the same number
+        of rounds (generation and scoring have collectives), until the process with the fewest
+        mixed groups has enough. ``_rollout_rewards_per_func`` and ``_sampler_logps`` are
+        replaced by those of the selected rows.
         """
-        informative = mixed_group_mask(rewards, group_size, self.bicc.success_threshold).repeat_interleave(group_size)
-        keep = informative[local].to(output["completion_mask"].dtype).unsqueeze(1)
-        output["completion_mask"] = output["completion_mask"] * keep
+        local_rows = len(inputs)
+        groups_needed = local_rows // group_size
+        rounds: list[dict[str, Any]] = []
+        try:
+            while True:
+                self._generation_round = len(rounds)
+                round_inputs = inputs if not rounds else self._refill_inputs(len(rounds), local_rows, group_size)
+                output = self._generate_round(round_inputs)
+                rewards_per_func = self._rollout_rewards_per_func[self._local_slice(local_rows)]
+                sampler_logps, self._sampler_logps = self._sampler_logps, None
+                mixed = mixed_group_mask(self._outcome_rewards(rewards_per_func), group_size,
+                                         self.bicc.success_threshold).cpu()
+                rounds.append({"output": output, "rewards_per_func": rewards_per_func,
+                               "sampler_logps": sampler_logps, "mixed": mixed})
+                mixed_here = sum(int(r["mixed"].sum()) for r in rounds)
+                fewest = int(self.accelerator.gather(torch.tensor([mixed_here], device=self.accelerator.device)).min())
+                if not needs_another_round(fewest, groups_needed, len(rounds), self.max_generation_rounds):
+                    break
+        finally:
+            self._generation_round = 0
+        selection = select_groups([r["mixed"] for r in rounds], groups_needed)
+        output = self._merge_rounds([r["output"] for r in rounds], selection, group_size, local_rows)
+        self._rollout_rewards_per_func = self.accelerator.gather(
+            _select_rows([r["rewards_per_func"] for r in rounds], selection, group_size, local_rows)
+        )
+        logps = [r["sampler_logps"] for r in rounds]
+        self._sampler_logps = None
+        if all(x is not None for x in logps):
+            merged_logps = _merge_completion_aligned(logps, selection, group_size, local_rows, 0.0)
+            self._sampler_logps = merged_logps[:, : output["completion_ids"].size(1)]
+
+        counts = torch.tensor(
+            [sum(r["mixed"].numel() for r in rounds), sum(int(r["mixed"].sum()) for r in rounds),
+             int(selection.trained.sum()), groups_needed],
+            dtype=torch.float64, device=self.accelerator.device,
+        )
+        generated, mixed_total, trained, batch_groups = (int(x) for x in self.accelerator.reduce(counts, reduction="sum").tolist())
+        for key, value in dynamic_sampling_metrics(len(rounds), generated, mixed_total, trained, batch_groups).items():
+            self._metrics["train"][key].append(value)
+        if trained < batch_groups:
+            # One message (shown once): dapo/frac_batch_filled records every short step.
+            warnings.warn(
+                "dynamic sampling: train.dynamic_sampling_max_rounds generation rounds did not fill the batch "
+                "with mixed groups; such steps train on the mixed groups found (dapo/frac_batch_filled)",
+                stacklevel=2,
+            )
+        return output, selection.trained.to(self.accelerator.device)
+
+    def _refill_inputs(self, round_number: int, local_rows: int, group_size: int) -> list[dict[str, Any]]:
+        """Rows for refill round ``round_number`` (1, 2, ...): fresh prompts drawn from the
+        training set, each repeated ``group_size`` times, this process's share.
+
+        Drawn from (seed, optimizer step, round), not from a sampler with state, so a run
+        resumed from a checkpoint draws what an uninterrupted one would have drawn. They do
+        not advance the epoch of TRL's sampler (verl draws them from its dataloader).
+        """
+        prompts_here = local_rows // group_size
+        n_processes = self.accelerator.num_processes
+        indices = refill_prompt_indices(
+            len(self.train_dataset), prompts_here * n_processes,
+            seed=self.args.seed, step=self.state.global_step, round_number=round_number,
+        )
+        mine = indices[self.accelerator.process_index * prompts_here:(self.accelerator.process_index + 1) * prompts_here]
+        return [dict(self.train_dataset[index]) for index in mine for _ in range(group_size)]
+
+    def _merge_rounds(self, outputs, selection: GroupSelection, group_size: int, local_rows: int):
+        """One TRL output dict from the selected groups of several rounds (padding realigned)."""
+        keys = set(outputs[0])
+        if any(set(o) != keys for o in outputs):
+            raise RuntimeError("dynamic sampling: generation rounds returned different keys")
+        pad = self._tokenizer.pad_token_id
+        merged: dict[str, Any] = {}
+        for key in outputs[0]:
+            values = [o[key] for o in outputs]
+            first = values[0]
+            if key == "num_items_in_batch":
+                merged[key] = first  # recounted over the selected rows in _mask_untrained_groups
+            elif not (isinstance(first, torch.Tensor) and first.dim() in (1, 2) and first.size(0) == local_rows):
+                raise ValueError(
+                    f"dynamic sampling cannot merge rounds of the batch key {key!r} (multimodal inputs "
+                    "are not supported); set variant_overrides: {dynamic_sampling: false}"
+                )
+            elif first.dim() == 1:
+                merged[key] = _select_rows(values, selection, group_size, local_rows)
+            elif key in _PROMPT_KEYS:
+                merged[key] = _merge_prompt_aligned(values, selection, group_size, local_rows,
+                                                    pad if key == "prompt_ids" else 0)
+            else:
+                merged[key] = _merge_completion_aligned(values, selection, group_size, local_rows,
+                                                        pad if key == "completion_ids" else 0)
+        # Columns that are padding in every selected row came from rounds' dropped rows.
+        prompt_columns = merged["prompt_mask"].any(dim=0).nonzero()
+        first_column = int(prompt_columns.min()) if prompt_columns.numel() else 0
+        for key in _PROMPT_KEYS:
+            merged[key] = merged[key][:, first_column:]
+        completion_columns = merged["completion_mask"].any(dim=0).nonzero()
+        width = int(completion_columns.max()) + 1 if completion_columns.numel() else 1
+        for key, value in merged.items():
+            if key not in _PROMPT_KEYS and isinstance(value, torch.Tensor) and value.dim() == 2:
+                merged[key] = value[:, :width]
+        return merged
+
+    def _mask_untrained_groups(self, output, trained_groups: torch.Tensor, group_size: int) -> None:
+        """Groups the loss must not see (uniform ones) leave it and its token count: their
+        advantages are 0, but under a token-mean loss their tokens would dilute the others."""
+        keep = trained_groups.to(output["completion_mask"].device).repeat_interleave(group_size)
+        output["completion_mask"] = output["completion_mask"] * keep.to(output["completion_mask"].dtype).unsqueeze(1)
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        self._metrics[mode]["dapo/frac_groups_kept"].append(informative.view(-1, group_size)[:, 0].float().mean().item())
 
     def _rcc_reference_logps(self, output, rollout_logps):
         if self.rcc.reference == "old":
@@ -745,3 +908,38 @@ class BiccGRPOTrainer(GRPOTrainer):
             self._grad_variance_pending = gradient_variance(stats["sum"], stats["sumsq"], stats["n"])
             self._grad_stats = None
         return output
+
+
+# ---------------------------------------------------------------------- dynamic sampling helpers
+def refill_prompt_indices(dataset_size: int, count: int, *, seed: int, step: int, round_number: int) -> list[int]:
+    """``count`` training-set indices for a refill round, a pure function of its arguments:
+    a random permutation per (seed, step, round), repeated when the set is smaller than ``count``."""
+    if dataset_size < 1:
+        raise ValueError("dynamic sampling needs a non-empty training set to draw refill prompts from")
+    digest = hashlib.sha256(f"dapo-refill:{seed}:{step}:{round_number}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    draws = [torch.randperm(dataset_size, generator=generator) for _ in range(-(-count // dataset_size))]
+    return torch.cat(draws)[:count].tolist()
+
+
+def _select_rows(values: list[torch.Tensor], selection: GroupSelection, group_size: int, rows: int) -> torch.Tensor:
+    """Rows of equal-width per-round tensors, in slot order."""
+    out = values[0].new_zeros((rows, *values[0].shape[1:]))
+    for round_number, value in enumerate(values):
+        batch_rows, round_rows = selection.rows_of_round(round_number, group_size)
+        out[batch_rows.to(out.device)] = value[round_rows.to(value.device)]
+    return out
+
+
+def _merge_completion_aligned(values, selection, group_size, rows, pad_value) -> torch.Tensor:
+    """Right-padded (B, L_r) tensors of several rounds -> (B, max L_r), right-padded."""
+    width = max(v.size(1) for v in values)
+    padded = [torch.nn.functional.pad(v, (0, width - v.size(1)), value=pad_value) for v in values]
+    return _select_rows(padded, selection, group_size, rows)
+
+
+def _merge_prompt_aligned(values, selection, group_size, rows, pad_value) -> torch.Tensor:
+    """Left-padded (B, P_r) prompt tensors of several rounds -> (B, max P_r), left-padded."""
+    width = max(v.size(1) for v in values)
+    padded = [torch.nn.functional.pad(v, (width - v.size(1), 0), value=pad_value) for v in values]
+    return _select_rows(padded, selection, group_size, rows)
