@@ -93,18 +93,32 @@ def main() -> None:
               f"context_templates {cfg.get('context_templates')}; this call's model resolution {build_s:.1f} s")
     print(f"BICC: template {bicc.template}, budget {budget} tokens, packing {pack_options}, "
           f"G = {train.num_generations}, T = {train.temperature}, {len(rows)} test problems\n")
-    print("| seed | group acc | logp shift correct | logp shift incorrect | acc plain | acc wrong ctx | diff (pts) | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("Shifts: log pi(o | q + opposite traces) - log pi(o | q), in nats, over the n completions of "
+          "mixed groups on that side; [95% interval of the mean]\n")
+    print("| seed | side | n | per sequence: mean [95% CI] | median | per token: mean [95% CI] |")
+    print("|---|---|--:|---|--:|---|")
     for p in probes:
-        print(f"| {p['seed']} | {p['group_accuracy']:.3f} | {p['logp_shift_correct']:+.3f} (n={p['n_correct_scored']}) "
-              f"| {p['logp_shift_incorrect']:+.3f} (n={p['n_incorrect_scored']}) | {100 * p['accuracy_plain']:.1f} "
+        for side, label in (("correct", "right under wrong traces"), ("incorrect", "wrong under right traces")):
+            s = p[f"shift_{side}"]
+            if s is None:
+                print(f"| {p['seed']} | {label} | 0 | | | |")
+                continue
+            print(f"| {p['seed']} | {label} | {s['n']} | {s['per_sequence_mean']:+.3f} "
+                  f"[{s['per_sequence_ci95'][0]:+.3f}, {s['per_sequence_ci95'][1]:+.3f}] "
+                  f"| {s['per_sequence_median']:+.3f} | {s['per_token_mean']:+.3f} "
+                  f"[{s['per_token_ci95'][0]:+.3f}, {s['per_token_ci95'][1]:+.3f}] |")
+    print("\n| seed | group acc | mixed problems | acc plain | acc wrong ctx | diff (pts) +- se | seconds |")
+    print("|---|---|--:|---|---|---|---|")
+    for p in probes:
+        print(f"| {p['seed']} | {p['group_accuracy']:.3f} | {p['mixed_groups']} | {100 * p['accuracy_plain']:.1f} "
               f"| {100 * p['accuracy_wrong_context']:.1f} | {100 * p['accuracy_delta']:+.1f} +- "
               f"{100 * p['accuracy_delta_se']:.1f} | {p['seconds']} |")
     shift = statistics.mean(p["logp_shift_correct"] for p in probes)
     delta = statistics.mean(p["accuracy_delta"] for p in probes)
-    print(f"\nmean over seeds: logp_shift_correct {shift:+.3f} nats/seq (target |.| <= 1: "
-          f"{'OK' if abs(shift) <= 1 else 'MISSED'}); accuracy difference {100 * delta:+.1f} points "
-          f"(target within +-3: {'OK' if abs(delta) <= 0.03 else 'MISSED'})")
+    n = sum(p["n_correct_scored"] for p in probes)
+    print(f"\nmean over {len(probes)} seeds: logp_shift_correct {shift:+.3f} nats/seq over {n} completions "
+          f"(target |.| <= 1: {'OK' if abs(shift) <= 1 else 'MISSED'}); accuracy difference "
+          f"{100 * delta:+.1f} points (target within +-3: {'OK' if abs(delta) <= 0.03 else 'MISSED'})")
     if args.out:
         args.out.write_text(json.dumps({"model": str(model_dir), "probes": probes}, indent=2) + "\n")
 

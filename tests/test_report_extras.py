@@ -243,3 +243,20 @@ def test_intervals_of_two_seed_cells_come_from_the_bootstrap(run_set):
     t_half = 12.706204736 * (0.125 / math.sqrt(2)) / math.sqrt(2)
     assert cell.stat.high - cell.stat.low < t_half
     assert np.isfinite(cell.stat.std)
+
+
+def test_a_report_names_the_tiny_build_by_its_weights(tmp_path):
+    """Two machines compare their quickstart reports by the line naming the tiny model's
+    weights: the cache key, the weights hash and how it was built."""
+    from bicc_lab.models.tiny import build_tiny_model, cache_key, read_record
+    from bicc_lab.report.start import tiny_provenance
+
+    tiny = {"layers": 1, "hidden": 16, "heads": 2, "kv_heads": 1, "intermediate": 32, "target_accuracy": 0.0}
+    config = ExperimentConfig(name="ext", model={"name": "tiny", "tiny": tiny})
+    assert tiny_provenance(config, tmp_path) is None  # not built: nothing to name
+    path = build_tiny_model(config.model.tiny, tmp_path, progress=False)
+    weights = read_record(path)["weights_sha256"]
+    line = tiny_provenance(config, tmp_path)
+    assert line.startswith(f"model tiny: tiny build {cache_key(config.model.tiny)}, weights sha256 {weights[:16]}")
+    assert "1 torch thread" in line
+    assert tiny_provenance(ExperimentConfig(name="ext", model={"name": "org/some-7b"}), tmp_path) is None

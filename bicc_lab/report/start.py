@@ -130,6 +130,31 @@ def start_result(
     return payload, True
 
 
+def tiny_provenance(config: ExperimentConfig, cache_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """One line that identifies a built tiny model by its weights, so that a report made on
+    another machine can be checked against this one; None for other models or unbuilt ones."""
+    if not _is_tiny(config):
+        return None
+    from bicc_lab.models.tiny import cache_key, is_built, read_record, tiny_model_dir
+
+    directory = tiny_model_dir(config.model.tiny, cache_dir)
+    if not is_built(directory):
+        return None
+    try:
+        record = read_record(directory)
+    except (OSError, json.JSONDecodeError):
+        return None
+    weights = record.get("weights_sha256")
+    if not weights:
+        return None
+    return (
+        f"model {config.model.name}: tiny build {cache_key(config.model.tiny)}, weights sha256 {weights[:16]}, "
+        f"{record.get('steps')} warm-start steps to held-out accuracy {record.get('accuracy')}, "
+        f"{record.get('build_threads')} torch thread, CPU {record.get('cpu_capability')}, "
+        f"torch {record.get('torch_version')}"
+    )
+
+
 class StartUnavailable(Exception):
     """The starting model cannot be evaluated here (e.g. a tiny model that is not built)."""
 
@@ -230,8 +255,13 @@ def start_scores(
         out.notes.append("start: no run config for " + ", ".join(" / ".join(r) for r in missing)
                          + " (no config.yaml artifact), so no starting score")
     results: dict[str, dict[str, Any] | None] = {}
+    described: set[str] = set()
     for row, config in sorted(configs.items()):
         key = start_key(config)
+        provenance = tiny_provenance(config, cache_dir)
+        if provenance and provenance not in described:
+            described.add(provenance)
+            out.notes.append(provenance)
         if key not in results:
             try:
                 allowed = compute == "all" or (compute == "tiny" and _is_tiny(config))
