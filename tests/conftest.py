@@ -44,6 +44,29 @@ def untrained_tiny_dir(tmp_path_factory) -> Path:
     return out
 
 
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def float32_sum_tolerance(expected, n_terms: int) -> float:
+    """How far two float32 computations of the same sum of ``n_terms`` terms may differ
+    when they add the terms in another order (another batch shape, another forward path,
+    another process count): each is within n·u·Σ|terms| of the exact sum. The
+    terms are not known here, so the result's own scale max|expected| stands in for their
+    size: the bound is 2·n·u·max|expected|, plus a floor for an all-zero tensor. A tensor
+    computed from the wrong rows (a wrong gather) is off by O(max|expected|), far outside."""
+    scale = float(expected.detach().abs().max()) if expected.numel() else 0.0
+    return 2 * n_terms * FLOAT32_UNIT_ROUNDOFF * scale + 1e-12
+
+
+def assert_float32_sums_close(actual, expected, n_terms: int, what: str = "") -> None:
+    """``actual`` equals ``expected`` within :func:`float32_sum_tolerance` (and no closer
+    check: a tensor that is a different sum, e.g. from a wrong gather, is off by O(scale))."""
+    import torch
+
+    tolerance = float32_sum_tolerance(expected, n_terms)
+    torch.testing.assert_close(actual, expected, atol=tolerance, rtol=0, msg=lambda m: f"{what}: {m}")
+
+
 def subprocess_env(cache: Path) -> dict[str, str]:
     """Environment for CLI subprocesses in end-to-end tests: offline, a private tiny-model
     cache, fast heartbeats, and one thread per worker (tiny models; two threads per
