@@ -66,6 +66,10 @@ def _root(
     ),
 ) -> None:
     """Ablation harness for GRPO-family RL with BICC and RCC."""
+    from bicc_lab.envvars import check_environment
+
+    # Every environment variable bicc-lab reads, before any command does its work.
+    check_environment()
 
 
 app.add_typer(sweep_cmd.app, name="sweep")

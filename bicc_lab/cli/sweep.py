@@ -107,11 +107,15 @@ def run(
     kind = launcher or ctx.sweep.spec.launch.kind
     if detach and kind != "slurm":
         fail(f"--detach needs the slurm launcher ({sweep} runs its cells locally; they stop with `sweep run`)")
-    from bicc_lab.preflight import preflight, sweep_checks
+    from bicc_lab.preflight import preflight, sweep_checks, sweep_writes
 
     try:
-        # Every cell and the store, before any cell, cell directory or MLflow run exists.
-        preflight(sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True)
+        # Every cell, where it writes and the store, before any cell, cell directory or
+        # MLflow run exists.
+        preflight(
+            sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True,
+            writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None),
+        )
         outcome = run_sweep(
             ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,

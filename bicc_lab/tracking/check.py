@@ -64,13 +64,12 @@ def quiet_store_logs() -> None:
 
 def store_wait_s() -> float:
     """``$BICC_LAB_STORE_WAIT_S`` (seconds a locked store is waited for), default 60."""
-    raw = os.environ.get(STORE_WAIT_ENV, "")
+    from bicc_lab.envvars import EnvError, env_seconds
+
     try:
-        return max(0.0, float(raw)) if raw.strip() else STORE_WAIT_S
-    except ValueError:
-        raise StoreError(
-            f"{STORE_WAIT_ENV}={raw!r}: expected a number of seconds, e.g. {STORE_WAIT_ENV}=60"
-        ) from None
+        return env_seconds(STORE_WAIT_ENV, STORE_WAIT_S, allow_zero=True)
+    except EnvError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def check_tracking_uri(uri: str, *, create: bool, what: str = "tracking URI") -> None:

@@ -86,11 +86,17 @@ class Tag:
 
 
 def heartbeat_interval() -> float:
-    return float(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S))
+    """``$BICC_LAB_HEARTBEAT_S`` (> 0), default 15."""
+    from bicc_lab.envvars import env_seconds
+
+    return env_seconds(HEARTBEAT_ENV, HEARTBEAT_S)
 
 
 def stale_after() -> float:
-    return float(os.environ.get(STALE_ENV, STALE_AFTER_S))
+    """``$BICC_LAB_STALE_AFTER_S`` (> 0), default 60."""
+    from bicc_lab.envvars import env_seconds
+
+    return env_seconds(STALE_ENV, STALE_AFTER_S)
 
 
 # --------------------------------------------------------------------------- metric names
