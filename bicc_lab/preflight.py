@@ -27,12 +27,15 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bicc_lab.errors import UserError
 from bicc_lab.spec.errors import Loc, SpecError
 from bicc_lab.spec.models import ExperimentConfig
 from bicc_lab.spec.yamlio import KeyLoc, LocMap
+
+if TYPE_CHECKING:
+    from bicc_lab.tracking.naming import StoreURI
 
 __all__ = ["EvalCheck", "RunCheck", "Write", "preflight", "study_checks", "sweep_checks", "sweep_writes"]
 
@@ -87,7 +90,7 @@ class Write:
 def preflight(
     checks: RunCheck | EvalCheck | Iterable[RunCheck | EvalCheck],
     *,
-    tracking_uri: str | None = None,
+    tracking_uri: str | StoreURI | None = None,
     create_store: bool = False,
     writes: Iterable[Write] = (),
 ) -> None:

@@ -113,7 +113,7 @@ def run(
         # Every cell, where it writes and the store, before any cell, cell directory or
         # MLflow run exists.
         preflight(
-            sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True,
+            sweep_checks(ctx.sweep), tracking_uri=ctx.store, create_store=True,
             writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None),
         )
         outcome = run_sweep(

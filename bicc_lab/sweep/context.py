@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bicc_lab.launch import layout
 from bicc_lab.tracking.check import StoreError, check_server, check_tracking_uri, store_initialised
-from bicc_lab.tracking.naming import project_root, resolve_tracking_uri
+from bicc_lab.tracking.naming import StoreURI, project_root, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from bicc_lab.spec import Sweep
@@ -24,10 +24,18 @@ class TrackingUnavailable(StoreError):
 
 @dataclass
 class SweepContext:
+    """``uri`` is parsed once, into ``store`` (a :class:`StoreURI`), which every step of
+    the sweep's start (preflight, store check, tracker) is given instead of the string."""
+
     sweep: Sweep
     uri: str
     experiment: str
     runs_dir: Path
+    store: StoreURI = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.store = StoreURI.parse(self.uri)
+        self.uri = self.store.uri
 
     @classmethod
     def of(cls, sweep: Sweep, runs_dir: str | os.PathLike[str] | None = None) -> SweepContext:
@@ -44,11 +52,11 @@ class SweepContext:
 
     @property
     def is_http(self) -> bool:
-        return self.uri.startswith(("http://", "https://"))
+        return self.store.is_http
 
     def store_exists(self) -> bool:
         """False for a SQLite file that does not exist yet or is empty (nothing was tracked)."""
-        return store_initialised(self.uri)
+        return store_initialised(self.store)
 
     def check_reachable(self, timeout: float = 10.0) -> None:
         """For http(s) URIs: GET /health, so that a wrong URI fails in seconds, not minutes."""
@@ -62,14 +70,14 @@ class SweepContext:
     def check_store(self, *, create: bool) -> None:
         """The preflight of the store (see :func:`bicc_lab.tracking.check.check_tracking_uri`)."""
         self.check_reachable()
-        check_tracking_uri(self.uri, create=create)
+        check_tracking_uri(self.store, create=create)
 
     def tracker(self, *, create: bool = True) -> Tracker:
         """A client of the store; ``create`` makes a missing SQLite store (call it under the
         sweep lock), without it nothing is created or migrated."""
         from bicc_lab.tracking.store import Tracker
 
-        return Tracker(self.uri, create=create)
+        return Tracker(self.store, create=create)
 
     def read_runs(self) -> list[CellRun] | None:
         """Child runs of this sweep's experiment, or None when nothing is tracked yet.
