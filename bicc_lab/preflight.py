@@ -93,6 +93,7 @@ def preflight(
     tracking_uri: str | StoreURI | None = None,
     create_store: bool = False,
     writes: Iterable[Write] = (),
+    available: bool = True,
 ) -> None:
     """Raise the first problem of any of ``checks`` as one SpecError line; return if none.
 
@@ -101,6 +102,10 @@ def preflight(
     check the MLflow store (``create_store``: the caller will write, so the SQLite file's
     folder must be creatable). The store is checked last, after every run, so that a bad
     cell is reported before anything is created for the store.
+
+    ``available=False`` (``sweep plan``): every check of the config itself, but not whether
+    this machine can fetch what it names (a hub model or dataset in the HF cache or on the
+    hub, a benchmark's file): a plan is made offline, e.g. before the models are downloaded.
     """
     from bicc_lab.envvars import check_environment
 
@@ -113,7 +118,7 @@ def preflight(
         if isinstance(item, EvalCheck):
             _check_eval(item)
         else:
-            _check_run(item)
+            _check_run(item, available=available)
     # The backend's train.extra check imports TRL (seconds): after every cheap check.
     from bicc_lab.backends.trl.preflight import check_extra
 
@@ -126,15 +131,15 @@ def preflight(
         check_tracking_uri(tracking_uri, create=create_store, what="tracking.uri")
 
 
-def _check_run(run: RunCheck) -> None:
+def _check_run(run: RunCheck, *, available: bool = True) -> None:
     from bicc_lab.backends.trl.preflight import check_variant, check_vllm
-    from bicc_lab.eval.data import check_benchmark
-    from bicc_lab.models.loading import check_model_available
+    from bicc_lab.eval.data import check_benchmark, get_benchmark
+    from bicc_lab.models.loading import check_model_available, check_model_reference
     from bicc_lab.tasks.math import check_task_records
 
     config = run.config
     with _located(run, ("model", "name")):
-        check_model_available(config.model.name)
+        (check_model_available if available else check_model_reference)(config.model.name)
     with _located(run, ("data", "train")):
         kind = check_task_records(
             config.data.train,
@@ -142,11 +147,15 @@ def _check_run(run: RunCheck) -> None:
             problem_field=config.data.problem_field,
             answer_field=config.data.answer_field,
         )
-        _check_hub_dataset(config.data.train, kind, config.data.data_dir)
+        if available:
+            _check_hub_dataset(config.data.train, kind, config.data.data_dir)
     if run.evaluate and config.eval.enabled:
         for index, name in enumerate(config.eval.benchmarks):
             with _located(run, ("eval", "benchmarks", index)):
-                check_benchmark(name, config.eval.data_dir)
+                if available:
+                    check_benchmark(name, config.eval.data_dir)
+                else:
+                    get_benchmark(name)
     with _located(run, None):
         check_variant(config)
         check_vllm(config)

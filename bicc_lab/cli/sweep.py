@@ -58,9 +58,15 @@ def plan(
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
+    from bicc_lab.preflight import preflight, sweep_checks, sweep_writes
     from bicc_lab.sweep.views import plan_view, print_view
 
     ctx = _load(sweep, set_, runs_dir)
+    # The checks of `sweep run` (a cell `run` would refuse is refused here too), except
+    # whether this machine can fetch the models and data: a plan is made offline.
+    preflight(
+        sweep_checks(ctx.sweep), writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None), available=False
+    )
     statuses, tracked = _statuses(ctx)
     print_view(_console(), plan_view(ctx, statuses, tracked), as_json=as_json)
 
