@@ -12,6 +12,7 @@ traceback after the work is done.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -41,9 +42,18 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
 # --------------------------------------------------------------------------- where a command writes
 
 
+def _stat_mode(path: Path) -> int | None:
+    """``st_mode`` of ``path``, or None when it cannot be seen (missing, or a name too long:
+    ``Path.exists`` raises for that one on Python 3.11)."""
+    try:
+        return path.stat().st_mode
+    except (OSError, ValueError):
+        return None
+
+
 def _nearest_existing(path: Path) -> Path:
     existing = path
-    while not existing.exists() and existing.parent != existing:
+    while _stat_mode(existing) is None and existing.parent != existing:
         existing = existing.parent
     return existing
 
@@ -76,7 +86,7 @@ def check_writable_dir(directory: str | os.PathLike[str], what: str) -> None:
     target = Path(directory).expanduser()
     absolute = target.absolute()
     existing = _nearest_existing(absolute)
-    if not existing.is_dir():
+    if not stat.S_ISDIR(_stat_mode(existing) or 0):
         raise UserError(f"{what}: {existing} is a file, not a directory")
     missing = list(absolute.relative_to(existing).parts)
     check_name_lengths(existing, missing, what)
@@ -100,7 +110,7 @@ def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
     """``path`` can be written as a file: it is not a directory, and its folder is (or can
     be made) writable. Creates nothing."""
     target = Path(path).expanduser()
-    if target.is_dir():
+    if stat.S_ISDIR(_stat_mode(target) or 0):
         raise UserError(f"{what}: is a directory; expected a file name")
     check_name_lengths(target.parent, [target.name], what)
     check_writable_dir(target.parent, what)
