@@ -250,6 +250,21 @@ def test_mlflow_file_store_is_refused_in_one_line_and_leaves_nothing(project, fo
     assert _entries(project) == before  # no runs/s/.sweep.lock, no mlruns/
 
 
+def test_a_store_mlflow_refuses_late_leaves_no_sweep_folder(project):
+    """databricks passes the preflight (its SDK is installed) and fails when MLflow reads
+    the credentials, under the sweep's lock: one line, and the folders made for it go."""
+    import importlib.util
+
+    if importlib.util.find_spec("databricks.sdk") is None:
+        pytest.skip("databricks-sdk is not installed (the preflight refuses databricks then)")
+    before = _entries(project)
+    proc = _cli(["sweep", "run", "s.yaml", "--set", "tracking.uri=databricks"], project,
+                drop=("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"),
+                env={"DATABRICKS_CONFIG_FILE": str(project / "no-databrickscfg")})
+    _one_line(proc, "MLflow store databricks: Databricks authentication is not configured")
+    assert _entries(project) == before
+
+
 def test_mlflow_file_store_works_when_mlflow_allows_it(tmp_path, monkeypatch):
     from mlflow.entities import Metric
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,11 +17,40 @@ if TYPE_CHECKING:
     from bicc_lab.spec import Sweep
     from bicc_lab.tracking.store import CellRun, Tracker
 
-__all__ = ["SweepContext", "TrackingUnavailable"]
+__all__ = ["SweepContext", "TrackingUnavailable", "store_start_lock"]
 
 
 class TrackingUnavailable(StoreError):
     """The tracking server cannot be reached (a one-line user-facing message)."""
+
+
+@contextlib.contextmanager
+def store_start_lock(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.sweep.lock`` (made with its folders) while a sweep or study opens
+    its store; when the store fails there (:class:`StoreError`), the folders this call made
+    are removed again, so a store MLflow refuses leaves nothing behind."""
+    from bicc_lab.launch.locks import blocking_lock
+
+    directory = Path(directory)
+    made = []
+    missing = directory
+    while not missing.exists() and missing.parent != missing:
+        made.append(missing)
+        missing = missing.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with blocking_lock(directory / layout.SWEEP_LOCK):
+            yield
+    except StoreError:
+        if made:
+            with contextlib.suppress(OSError):
+                (directory / layout.SWEEP_LOCK).unlink()
+            for folder in made:  # deepest first; one another process uses is not empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
 
 
 @dataclass

@@ -58,6 +58,8 @@ def quiet_store_logs() -> None:
     import logging
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # (a Databricks store without credentials warns before the error that says so)
+    logging.getLogger("mlflow.utils.databricks_utils").setLevel(logging.ERROR)
 
 
 def store_wait_s() -> float:
