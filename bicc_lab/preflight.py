@@ -94,6 +94,7 @@ def preflight(
     create_store: bool = False,
     writes: Iterable[Write] = (),
     available: bool = True,
+    tracking_from: str = "tracking.uri",
 ) -> None:
     """Raise the first problem of any of ``checks`` as one SpecError line; return if none.
 
@@ -102,6 +103,9 @@ def preflight(
     check the MLflow store (``create_store``: the caller will write, so the SQLite file's
     folder must be creatable). The store is checked last, after every run, so that a bad
     cell is reported before anything is created for the store.
+
+    ``tracking_from``: where the URI came from (``tracking.uri``, ``--tracking-uri``,
+    ``MLFLOW_TRACKING_URI``), as the message names it.
 
     ``available=False`` (``sweep plan``): every check of the config itself, but not whether
     this machine can fetch what it names (a hub model or dataset in the HF cache or on the
@@ -128,7 +132,7 @@ def preflight(
     if tracking_uri is not None:
         from bicc_lab.tracking.check import check_tracking_uri
 
-        check_tracking_uri(tracking_uri, create=create_store, what="tracking.uri")
+        check_tracking_uri(tracking_uri, create=create_store, what=tracking_from)
 
 
 def _check_run(run: RunCheck, *, available: bool = True) -> None:

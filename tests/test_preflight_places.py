@@ -357,6 +357,13 @@ def test_a_bad_environment_variable_is_one_line(project, name, value, said):
     _one_line(proc, said)
 
 
+def test_a_bad_mlflow_tracking_uri_is_named_as_the_variable(project):
+    for command in (["sweep", "plan", "s.yaml"], ["train", "base.yaml"]):
+        proc = _cli(command, project, env={"MLFLOW_TRACKING_URI": "foo://x"})
+        _one_line(proc, "MLFLOW_TRACKING_URI 'foo://x': unknown scheme 'foo://'")
+    assert not (project / "runs").exists()
+
+
 def test_help_still_works_with_a_bad_environment_variable(project):
     for args in (["sweep", "plan", "-h"], ["--help"]):
         proc = _cli(args, project, env={"BICC_LAB_HEARTBEAT_S": "fast"})

@@ -119,7 +119,7 @@ def run(
         # Every cell, where it writes and the store, before any cell, cell directory or
         # MLflow run exists.
         preflight(
-            sweep_checks(ctx.sweep), tracking_uri=ctx.store, create_store=True,
+            sweep_checks(ctx.sweep), tracking_uri=ctx.store, create_store=True, tracking_from=ctx.uri_from,
             writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None),
         )
         outcome = run_sweep(

@@ -51,11 +51,17 @@ def train(
 
     main_process = env_int("RANK", 0) == 0  # torchrun: the main process tracks
     uri = None
+    uri_from = "tracking.uri"
     if main_process and not no_tracking:
-        from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
+        from bicc_lab.tracking.naming import (
+            normalize_uri,
+            resolve_tracking_uri,
+            tracking_uri_source,
+        )
 
         # As a sweep: tracking.uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
         uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(experiment.tracking.uri)
+        uri_from = "--tracking-uri" if tracking_uri else tracking_uri_source(experiment.tracking.uri)
     out = output_dir or Path(experiment.train.output_dir or default_output_dir(experiment))
     # Everything a user can get wrong (model, data, benchmarks, train.extra, the output
     # directory, the store) is checked before the output directory, its config.yaml, an
@@ -66,6 +72,7 @@ def train(
         tracking_uri=uri,
         create_store=True,
         writes=[Write(out, flag)],
+        tracking_from=uri_from,
     )
     if out.exists() and no_resume:
         fail(f"--no-resume given but {out} already exists; pick another --output-dir")

@@ -66,7 +66,7 @@ def run(
     # are written, and the store: before the study, a trial directory or an MLflow run exists.
     writes = sweep_writes(setup.ctx, str(runs_dir) if runs_dir else None, setup.study_name)
     writes.append(Write(setup.reports_dir, f"--reports-dir {reports_dir}" if reports_dir else f"reports directory {setup.reports_dir}"))
-    preflight(study_checks(setup.sweep), tracking_uri=setup.ctx.store, create_store=True, writes=writes)
+    preflight(study_checks(setup.sweep), tracking_uri=setup.ctx.store, create_store=True, tracking_from=setup.ctx.uri_from, writes=writes)
     try:
         outcome = run_study(setup, n_jobs=n_jobs, console=_console(), grace_s=grace, launcher_kind=launcher)
     except (TrackingUnavailable, TuneError) as exc:

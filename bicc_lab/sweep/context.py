@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 
 from bicc_lab.launch import layout
 from bicc_lab.tracking.check import StoreError, check_server, check_tracking_uri, store_initialised
-from bicc_lab.tracking.naming import StoreURI, project_root, resolve_tracking_uri
+from bicc_lab.tracking.naming import (
+    StoreURI,
+    project_root,
+    resolve_tracking_uri,
+    tracking_uri_source,
+)
 
 if TYPE_CHECKING:
     from bicc_lab.spec import Sweep
@@ -62,6 +67,7 @@ class SweepContext:
     uri: str
     experiment: str
     runs_dir: Path
+    uri_from: str = "tracking.uri"  # where the URI came from, as messages name it
     store: StoreURI = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +81,10 @@ class SweepContext:
         uri = resolve_tracking_uri(tracking.uri or base.uri)
         experiment = tracking.experiment or base.experiment or sweep.name
         root = Path(runs_dir) if runs_dir else project_root() / "runs"
-        return cls(sweep=sweep, uri=uri, experiment=experiment, runs_dir=root.resolve())
+        return cls(
+            sweep=sweep, uri=uri, experiment=experiment, runs_dir=root.resolve(),
+            uri_from=tracking_uri_source(tracking.uri or base.uri),
+        )
 
     @property
     def sweep_dir(self) -> Path:
@@ -101,7 +110,7 @@ class SweepContext:
     def check_store(self, *, create: bool) -> None:
         """The preflight of the store (see :func:`bicc_lab.tracking.check.check_tracking_uri`)."""
         self.check_reachable()
-        check_tracking_uri(self.store, create=create)
+        check_tracking_uri(self.store, create=create, what=self.uri_from)
 
     def tracker(self, *, create: bool = True) -> Tracker:
         """A client of the store; ``create`` makes a missing SQLite store (call it under the

@@ -45,6 +45,7 @@ __all__ = [
     "project_root",
     "resolve_tracking_uri",
     "stale_after",
+    "tracking_uri_source",
 ]
 
 DEFAULT_DB_NAME = "mlflow.db"
@@ -258,6 +259,17 @@ def resolve_tracking_uri(configured: str | None, root: str | os.PathLike[str] | 
     """The sweep's ``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else :func:`default_tracking_uri`."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(root)
     return normalize_uri(uri)
+
+
+def tracking_uri_source(configured: str | None, flag: str = "tracking.uri") -> str:
+    """Where :func:`resolve_tracking_uri` takes the URI from, as error messages name it:
+    ``flag`` (the config key or option) when given, else ``MLFLOW_TRACKING_URI`` when set,
+    else the default store."""
+    if configured:
+        return flag
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "MLFLOW_TRACKING_URI"
+    return "the default tracking store"
 
 
 def sqlite_path(uri: str | StoreURI) -> Path | None:

@@ -135,7 +135,7 @@ def prepare(
     base_ctx = SweepContext.of(sweep, runs_dir)
     name = search.study_name or sweep.name
     experiment = sweep.spec.tracking.experiment or sweep.base_config.tracking.experiment or name
-    ctx = SweepContext(sweep=sweep, uri=base_ctx.uri, experiment=experiment, runs_dir=base_ctx.runs_dir)
+    ctx = SweepContext(sweep=sweep, uri=base_ctx.uri, experiment=experiment, runs_dir=base_ctx.runs_dir, uri_from=base_ctx.uri_from)
     study_dir = layout.sweep_dir(ctx.runs_dir, name)
     reports_root = Path(reports_dir) if reports_dir else project_root() / "reports"
     return TuneSetup(
