@@ -8,13 +8,19 @@ the key, where it is written and the cell::
 
     data.train: /data/train.jsonl: file not found at sweeps/s.yaml:7:31 (in cell tiny/grpo/base/s1)
 
-What is checked, per run: the model reference (``tiny`` names, hub id syntax, a local
-path that exists and holds a model; a hub id while the hub is off must be cached); the
-training data (the file exists, its first records parse with the fields training reads);
-``eval.benchmarks`` (known names; their files, when a data dir is set or the hub is off);
-the backend's own checks (variant overrides, vLLM settings, ``train.extra`` keys against
-TRL's GRPOConfig fields, none replacing a field set from the config). Then, once, the
-tracking store (scheme, SQLite location writable, server reachable).
+What is checked, first: every environment variable bicc-lab reads
+(:func:`bicc_lab.envvars.check_environment`) and every place the command will write
+(:class:`Write`: a folder under a file, a read-only place, a name over NAME_MAX; nothing is
+created). Per run: the model reference (``tiny`` names, hub id syntax, a local path that
+exists and holds a model; a hub id must be cached, or with the hub on known to it by one
+short probe); the training data (the file exists, its first records parse with the
+fields training reads); ``eval.benchmarks`` (known names; their files, when a data dir is
+set or the hub is off); the backend's own checks (variant overrides, vLLM settings,
+``train.extra`` keys against TRL's GRPOConfig fields, none replacing a field set from the
+config). ``sweep plan`` runs the same checks but for what can be fetched. Then, once, the
+tracking store (every URI form MLflow accepts: scheme, SQLite location writable, server
+reachable, file store allowed, SQL driver installed). An ``eval`` also has its sampling
+flags (the bounds of ``eval.*``), its backend (vLLM installed) and device (CUDA) checked.
 
 Layering: this module sits with sweep/tune/eval (the CLI calls it); it imports the
 checks of models, tasks, eval data, the backend and tracking, and nothing imports it
