@@ -133,13 +133,17 @@ def report(
     if open_browser and "html" not in fmts:
         fail(f"--open shows report.html, but --format {formats} writes no html; add html")
     out_dir = out_dir or out_alias
-    if out_dir is not None:  # before MLflow is read and the statistics computed
-        from bicc_lab.fileio import check_writable_dir
+    # Where the report goes, before MLflow is read and the statistics computed.
+    from bicc_lab.fileio import check_writable_dir
+    from bicc_lab.tracking.naming import project_root
 
-        try:
+    try:
+        if out_dir is not None:
             check_writable_dir(out_dir, f"--out-dir {out_dir}")
-        except UserError as exc:
-            fail(str(exc))
+        else:
+            check_writable_dir(project_root() / "reports", f"reports directory {project_root() / 'reports'}")
+    except UserError as exc:
+        fail(str(exc))
     experiment, uri, sweep_name, sweep_configs = _resolve(sweep, tracking_uri)
     _check_server(uri, experiment)
 
