@@ -8,13 +8,19 @@ the key, where it is written and the cell::
 
     data.train: /data/train.jsonl: file not found at sweeps/s.yaml:7:31 (in cell tiny/grpo/base/s1)
 
-What is checked, per run: the model reference (``tiny`` names, hub id syntax, a local
-path that exists and holds a model; a hub id while the hub is off must be cached); the
-training data (the file exists, its first records parse with the fields training reads);
-``eval.benchmarks`` (known names; their files, when a data dir is set or the hub is off);
-the backend's own checks (variant overrides, vLLM settings, ``train.extra`` keys against
-TRL's GRPOConfig fields, none replacing a field set from the config). Then, once, the
-tracking store (scheme, SQLite location writable, server reachable).
+What is checked, first: every environment variable bicc-lab reads
+(:func:`bicc_lab.envvars.check_environment`) and every place the command will write
+(:class:`Write`: a folder under a file, a read-only place, a name over NAME_MAX; nothing is
+created). Per run: the model reference (``tiny`` names, hub id syntax, a local path that
+exists and holds a model; a hub id must be cached, or with the hub on known to it by one
+short probe); the training data (the file exists, its first records parse with the
+fields training reads); ``eval.benchmarks`` (known names; their files, when a data dir is
+set or the hub is off); the backend's own checks (variant overrides, vLLM settings,
+``train.extra`` keys against TRL's GRPOConfig fields, none replacing a field set from the
+config). ``sweep plan`` runs the same checks but for what can be fetched. Then, once, the
+tracking store (every URI form MLflow accepts: scheme, SQLite location writable, server
+reachable, file store allowed, SQL driver installed). An ``eval`` also has its sampling
+flags (the bounds of ``eval.*``), its backend (vLLM installed) and device (CUDA) checked.
 
 Layering: this module sits with sweep/tune/eval (the CLI calls it); it imports the
 checks of models, tasks, eval data, the backend and tracking, and nothing imports it
@@ -27,14 +33,17 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bicc_lab.errors import UserError
 from bicc_lab.spec.errors import Loc, SpecError
 from bicc_lab.spec.models import ExperimentConfig
 from bicc_lab.spec.yamlio import KeyLoc, LocMap
 
-__all__ = ["EvalCheck", "RunCheck", "preflight", "study_checks", "sweep_checks"]
+if TYPE_CHECKING:
+    from bicc_lab.tracking.naming import StoreURI
+
+__all__ = ["EvalCheck", "RunCheck", "Write", "preflight", "study_checks", "sweep_checks", "sweep_writes"]
 
 
 @dataclass(frozen=True)
@@ -56,32 +65,70 @@ class RunCheck:
 
 @dataclass(frozen=True)
 class EvalCheck:
-    """One ``bicc-lab eval``: a model reference and the benchmarks to score it on."""
+    """One ``bicc-lab eval``: a model reference, the benchmarks to score it on, and the
+    generation settings and machine it asks for (each named by its flag when wrong)."""
 
     model: str
     benchmarks: str | Sequence[str]
     data_dir: str | os.PathLike[str] | None = None
+    backend: str = "hf"
+    device: str | None = None
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Write:
+    """A place a command will write: ``kind`` "dir" (made if missing) or "file".
+
+    ``what`` names it in the message (``--runs-dir runs``); ``names``: ``(what, name)`` of
+    folders to be made inside a "dir" (a sweep's folder, its cells' folders), each checked
+    against the filesystem's NAME_MAX.
+    """
+
+    path: str | os.PathLike[str]
+    what: str
+    kind: str = "dir"
+    names: tuple[tuple[str, str], ...] = ()
 
 
 def preflight(
     checks: RunCheck | EvalCheck | Iterable[RunCheck | EvalCheck],
     *,
-    tracking_uri: str | None = None,
+    tracking_uri: str | StoreURI | None = None,
     create_store: bool = False,
+    writes: Iterable[Write] = (),
+    available: bool = True,
+    tracking_from: str = "tracking.uri",
 ) -> None:
     """Raise the first problem of any of ``checks`` as one SpecError line; return if none.
 
-    ``tracking_uri``: also check the MLflow store (``create_store``: the caller will write,
-    so the SQLite file's folder must be creatable). The store is checked last, after every
-    run, so that a bad cell is reported before anything is created for the store.
+    First the environment variables and every place in ``writes`` (exists or can be made,
+    takes a probe file, names fit NAME_MAX; nothing is created). ``tracking_uri``: also
+    check the MLflow store (``create_store``: the caller will write, so the SQLite file's
+    folder must be creatable). The store is checked last, after every run, so that a bad
+    cell is reported before anything is created for the store.
+
+    ``tracking_from``: where the URI came from (``tracking.uri``, ``--tracking-uri``,
+    ``MLFLOW_TRACKING_URI``), as the message names it.
+
+    ``available=False`` (``sweep plan``): every check of the config itself, but not whether
+    this machine can fetch what it names (a hub model or dataset in the HF cache or on the
+    hub, a benchmark's file): a plan is made offline, e.g. before the models are downloaded.
     """
+    from bicc_lab.envvars import check_environment
+
+    check_environment()
+    for write in writes:
+        _check_write(write)
     items = [checks] if isinstance(checks, (RunCheck, EvalCheck)) else list(checks)
     runs = [item for item in items if isinstance(item, RunCheck)]
     for item in items:
         if isinstance(item, EvalCheck):
             _check_eval(item)
         else:
-            _check_run(item)
+            _check_run(item, available=available)
     # The backend's train.extra check imports TRL (seconds): after every cheap check.
     from bicc_lab.backends.trl.preflight import check_extra
 
@@ -91,18 +138,18 @@ def preflight(
     if tracking_uri is not None:
         from bicc_lab.tracking.check import check_tracking_uri
 
-        check_tracking_uri(tracking_uri, create=create_store, what="tracking.uri")
+        check_tracking_uri(tracking_uri, create=create_store, what=tracking_from)
 
 
-def _check_run(run: RunCheck) -> None:
+def _check_run(run: RunCheck, *, available: bool = True) -> None:
     from bicc_lab.backends.trl.preflight import check_variant, check_vllm
-    from bicc_lab.eval.data import check_benchmark
-    from bicc_lab.models.loading import check_model_available
+    from bicc_lab.eval.data import check_benchmark, get_benchmark
+    from bicc_lab.models.loading import check_model_available, check_model_reference
     from bicc_lab.tasks.math import check_task_records
 
     config = run.config
     with _located(run, ("model", "name")):
-        check_model_available(config.model.name)
+        (check_model_available if available else check_model_reference)(config.model.name)
     with _located(run, ("data", "train")):
         kind = check_task_records(
             config.data.train,
@@ -110,11 +157,15 @@ def _check_run(run: RunCheck) -> None:
             problem_field=config.data.problem_field,
             answer_field=config.data.answer_field,
         )
-        _check_hub_dataset(config.data.train, kind, config.data.data_dir)
+        if available:
+            _check_hub_dataset(config.data.train, kind, config.data.data_dir)
     if run.evaluate and config.eval.enabled:
         for index, name in enumerate(config.eval.benchmarks):
             with _located(run, ("eval", "benchmarks", index)):
-                check_benchmark(name, config.eval.data_dir)
+                if available:
+                    check_benchmark(name, config.eval.data_dir)
+                else:
+                    get_benchmark(name)
     with _located(run, None):
         check_variant(config)
         check_vllm(config)
@@ -139,10 +190,38 @@ def _check_hub_dataset(name: str, kind: str, data_dir: str | None) -> None:
         )
 
 
+def _check_write(write: Write) -> None:
+    from bicc_lab.fileio import check_name_lengths, check_writable_dir, check_writable_file
+
+    if write.kind == "file":
+        check_writable_file(write.path, write.what)
+        return
+    check_writable_dir(write.path, write.what)
+    for what, name in write.names:
+        check_name_lengths(write.path, [name], what)
+
+
+def sweep_writes(ctx: Any, runs_flag: str | None, name: str | None = None) -> list[Write]:
+    """Where ``sweep run`` / ``tune run`` write: the runs directory, the sweep's (study's)
+    folder in it and, for a sweep, each cell's folder (names within NAME_MAX)."""
+    from bicc_lab.launch import layout
+
+    sweep = ctx.sweep
+    name = name or sweep.name
+    names = [(f"the name of {sweep.path}", layout.safe_name(name))]
+    if name == sweep.name:
+        for cell in sweep.cells:
+            folder = layout.cell_dir(ctx.runs_dir, sweep.name, cell.name, cell.cell_id).name
+            names.append((f"cell {cell.name}: its folder", folder))
+    what = f"--runs-dir {runs_flag}" if runs_flag else f"runs directory {ctx.runs_dir}"
+    return [Write(ctx.runs_dir, what, names=tuple(names))]
+
+
 def _check_eval(item: EvalCheck) -> None:
     from bicc_lab.eval.data import check_benchmarks
     from bicc_lab.models.loading import check_model_available
 
+    _check_generation(item)
     try:
         check_model_available(item.model)
     except (UserError, ValueError) as exc:
@@ -151,6 +230,78 @@ def _check_eval(item: EvalCheck) -> None:
         check_benchmarks(item.benchmarks, item.data_dir)
     except (UserError, ValueError) as exc:
         raise SpecError(f"--benchmarks: {_one_line(exc)}", key="eval.benchmarks") from None
+    _check_machine(item)
+
+
+def _check_generation(item: EvalCheck) -> None:
+    """The sampling flags, with the bounds of ``eval.*`` in the config (one source: EvalConfig)."""
+    import math
+
+    from bicc_lab.spec.models import EvalConfig
+
+    fields = EvalConfig.model_fields
+    for flag, name, value in (
+        ("--temperature", "temperature", item.temperature),
+        ("--top-p", "top_p", item.top_p),
+        ("--max-new-tokens", "max_new_tokens", item.max_new_tokens),
+    ):
+        if value is None:
+            continue
+        bounds = _bounds(fields[name])
+        ok = math.isfinite(value) and all(test(value) for _, test in bounds)
+        if not ok:
+            expected = " and ".join(text for text, _ in bounds)
+            raise SpecError(f"{flag} {value:g}: expected a number {expected}", key=f"eval.{name}")
+
+
+def _bounds(field_info: Any) -> list[tuple[str, Any]]:
+    """``[(">= 0", test)]`` of a pydantic field's ge/gt/le/lt constraints."""
+    import annotated_types as at
+
+    out: list[tuple[str, Any]] = []
+    for meta in field_info.metadata:
+        if isinstance(meta, at.Ge):
+            out.append((f">= {meta.ge}", lambda v, b=meta.ge: v >= b))
+        elif isinstance(meta, at.Gt):
+            out.append((f"> {meta.gt}", lambda v, b=meta.gt: v > b))
+        elif isinstance(meta, at.Le):
+            out.append((f"<= {meta.le}", lambda v, b=meta.le: v <= b))
+        elif isinstance(meta, at.Lt):
+            out.append((f"< {meta.lt}", lambda v, b=meta.lt: v < b))
+    return out
+
+
+def _check_machine(item: EvalCheck) -> None:
+    """The backend is installed and the device exists (torch is imported only for a GPU device)."""
+    import importlib.util
+
+    if item.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise SpecError(
+            "--model vllm / --backend vllm: vLLM is not installed in this environment; "
+            "pip install vllm (a CUDA machine), or evaluate with --backend hf",
+            key="eval.backend",
+        )
+    device = (item.device or "").strip().lower()
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
+            raise SpecError(
+                f"--device {item.device}: CUDA is not available ({build}); use --device cpu",
+                key="eval.device",
+            )
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise SpecError(
+                f"--device {item.device}: no such CUDA device ({torch.cuda.device_count()} visible)",
+                key="eval.device",
+            )
+    elif device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise SpecError(f"--device {item.device}: MPS is not available here; use --device cpu", key="eval.device")
 
 
 @contextlib.contextmanager

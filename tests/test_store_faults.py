@@ -118,7 +118,7 @@ def test_a_half_created_store_is_named_incomplete(fresh_store):
         check_tracking_uri(f"sqlite:///{db}", create=False)
 
 
-def test_good_stores_pass_and_reading_creates_nothing(tmp_path):
+def test_good_stores_pass_and_reading_creates_nothing(tmp_path, monkeypatch):
     missing = tmp_path / "new" / "deeper" / "mlflow.db"
     check_tracking_uri(f"sqlite:///{missing}", create=False)
     assert not (tmp_path / "new").exists()
@@ -128,7 +128,10 @@ def test_good_stores_pass_and_reading_creates_nothing(tmp_path):
     (tmp_path / "empty.db").touch()  # an empty database: MLflow fills it in on first write
     check_tracking_uri(f"sqlite:///{tmp_path / 'empty.db'}", create=True)
     assert (tmp_path / "empty.db").stat().st_size == 0
-    check_tracking_uri(str(tmp_path / "mlruns"), create=True)  # MLflow's file store
+    # MLflow's file store: MLflow refuses it unless MLFLOW_ALLOW_FILE_STORE=true
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_tracking_uri(str(tmp_path / "mlruns"), create=True)
+    assert not (tmp_path / "mlruns").exists()  # checked, not made
 
 
 def test_a_real_store_passes(fresh_store):

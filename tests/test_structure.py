@@ -15,7 +15,7 @@ PACKAGE = ROOT / "bicc_lab"
 # Rank of each part of the package (a subpackage, or a top-level module): a module may import
 # from a part of lower rank, or from its own part; never up or sideways. The order is
 # cli -> tune -> sweep/report/preflight -> launch -> tracking -> eval/backends -> models ->
-# spec -> tasks/algorithms -> console/fileio/progress -> errors. ``eval`` sits below
+# spec -> tasks/algorithms/envvars -> console/fileio/progress -> errors. ``eval`` sits below
 # ``launch`` because a sweep cell's worker evaluates the model it trained; ``models`` above
 # ``spec`` because the tiny model is built from the config's ``model.tiny`` block; ``spec``
 # above ``algorithms`` because config validation reads the torch-free variant registry.
@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "algorithms": 2,
     "console": 1,
     "fileio": 1,
+    "envvars": 2,
     "progress": 1,
     "errors": 0,
     "__init__": 0,

@@ -142,10 +142,27 @@ def evaluate(
     if log_samples and out is None:
         fail("--log_samples needs --output_path (as in lm-eval), or --run RUN_DIR")
 
-    from bicc_lab.preflight import EvalCheck, preflight
+    from bicc_lab.preflight import EvalCheck, Write, preflight
 
-    # The model reference and every benchmark file, before lm-eval, torch or a model loads.
-    preflight(EvalCheck(model, benchmarks, data_dir))
+    # The sampling flags, the model reference, every benchmark file, the backend, the device
+    # and where the results go, before lm-eval or a model loads (not after the evaluation).
+    writes = []
+    if out is not None:
+        flag = f"--output-path {out}" if output_path or out_alias else f"--run {run} (its eval.json)"
+        writes.append(Write(out, flag, kind="file" if Path(out).suffix == ".json" else "dir"))
+    preflight(
+        EvalCheck(
+            model,
+            benchmarks,
+            data_dir,
+            backend=backend,
+            device=device,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+        ),
+        writes=writes,
+    )
     from bicc_lab.models.loading import resolve_model_path
 
     model_ref = resolve_model_path(model)  # `tiny` / `tiny:<variant>`: built once, then cached

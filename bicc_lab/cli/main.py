@@ -78,8 +78,20 @@ app.command("doctor", help=doctor_cmd.HELP)(doctor_cmd.doctor)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: user mistakes become one line on stderr and exit code 2."""
+    """Console-script entry: user mistakes become one line on stderr and exit code 2.
+
+    Every environment variable bicc-lab reads is checked first, before any command does
+    its work (``preflight`` checks them again for callers of the library); help and shell
+    completion work whatever the environment holds.
+    """
+    import os
+
+    args = sys.argv[1:] if argv is None else argv
     try:
+        if not any(a in ("-h", "--help", "--version") for a in args) and "_BICC_LAB_COMPLETE" not in os.environ:
+            from bicc_lab.envvars import check_environment
+
+            check_environment()
         app(args=argv, standalone_mode=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

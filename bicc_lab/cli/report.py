@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
+from bicc_lab.cli._common import UserError, fail
 from bicc_lab.cli._common import console as _console
-from bicc_lab.cli._common import fail
 
 HELP = (
     "Ablation tables (mean ± 95% CI, Δ vs baseline, the model before training, paired tests) and plots.\n\n"
@@ -133,6 +133,17 @@ def report(
     if open_browser and "html" not in fmts:
         fail(f"--open shows report.html, but --format {formats} writes no html; add html")
     out_dir = out_dir or out_alias
+    # Where the report goes, before MLflow is read and the statistics computed.
+    from bicc_lab.fileio import check_writable_dir
+    from bicc_lab.tracking.naming import project_root
+
+    try:
+        if out_dir is not None:
+            check_writable_dir(out_dir, f"--out-dir {out_dir}")
+        else:
+            check_writable_dir(project_root() / "reports", f"reports directory {project_root() / 'reports'}")
+    except UserError as exc:
+        fail(str(exc))
     experiment, uri, sweep_name, sweep_configs = _resolve(sweep, tracking_uri)
     _check_server(uri, experiment)
 

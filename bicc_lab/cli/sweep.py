@@ -58,9 +58,15 @@ def plan(
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
+    from bicc_lab.preflight import preflight, sweep_checks, sweep_writes
     from bicc_lab.sweep.views import plan_view, print_view
 
     ctx = _load(sweep, set_, runs_dir)
+    # The checks of `sweep run` (a cell `run` would refuse is refused here too), except
+    # whether this machine can fetch the models and data: a plan is made offline.
+    preflight(
+        sweep_checks(ctx.sweep), writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None), available=False
+    )
     statuses, tracked = _statuses(ctx)
     print_view(_console(), plan_view(ctx, statuses, tracked), as_json=as_json)
 
@@ -107,11 +113,15 @@ def run(
     kind = launcher or ctx.sweep.spec.launch.kind
     if detach and kind != "slurm":
         fail(f"--detach needs the slurm launcher ({sweep} runs its cells locally; they stop with `sweep run`)")
-    from bicc_lab.preflight import preflight, sweep_checks
+    from bicc_lab.preflight import preflight, sweep_checks, sweep_writes
 
     try:
-        # Every cell and the store, before any cell, cell directory or MLflow run exists.
-        preflight(sweep_checks(ctx.sweep), tracking_uri=ctx.uri, create_store=True)
+        # Every cell, where it writes and the store, before any cell, cell directory or
+        # MLflow run exists.
+        preflight(
+            sweep_checks(ctx.sweep), tracking_uri=ctx.store, create_store=True, tracking_from=ctx.uri_from,
+            writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None),
+        )
         outcome = run_sweep(
             ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,

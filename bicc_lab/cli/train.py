@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -44,21 +43,37 @@ def train(
     no_tracking: bool = typer.Option(False, "--no-tracking", help="Log nothing to MLflow."),
 ) -> None:
     """Train one run from an experiment config."""
-    from bicc_lab.preflight import RunCheck, preflight
+    from bicc_lab.preflight import RunCheck, Write, preflight
     from bicc_lab.spec.load import load_experiment_located
 
     experiment, locs = load_experiment_located(config, set_)
-    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: the main process tracks
+    from bicc_lab.envvars import env_int
+
+    main_process = env_int("RANK", 0) == 0  # torchrun: the main process tracks
     uri = None
+    uri_from = "tracking.uri"
     if main_process and not no_tracking:
-        from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
+        from bicc_lab.tracking.naming import (
+            normalize_uri,
+            resolve_tracking_uri,
+            tracking_uri_source,
+        )
 
         # As a sweep: tracking.uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
         uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(experiment.tracking.uri)
-    # Everything a user can get wrong (model, data, benchmarks, train.extra, the store) is
-    # checked before the output directory, its config.yaml, an MLflow run or any model exists.
-    preflight(RunCheck(experiment, locs, evaluate=not no_eval), tracking_uri=uri, create_store=True)
+        uri_from = "--tracking-uri" if tracking_uri else tracking_uri_source(experiment.tracking.uri)
     out = output_dir or Path(experiment.train.output_dir or default_output_dir(experiment))
+    # Everything a user can get wrong (model, data, benchmarks, train.extra, the output
+    # directory, the store) is checked before the output directory, its config.yaml, an
+    # MLflow run or any model exists.
+    flag = f"--output-dir {output_dir}" if output_dir else f"output directory {out}"
+    preflight(
+        RunCheck(experiment, locs, evaluate=not no_eval),
+        tracking_uri=uri,
+        create_store=True,
+        writes=[Write(out, flag)],
+        tracking_from=uri_from,
+    )
     if out.exists() and no_resume:
         fail(f"--no-resume given but {out} already exists; pick another --output-dir")
     if out.exists() and not out.is_dir():
@@ -94,7 +109,9 @@ def _train_and_evaluate(experiment, out: Path, *, no_resume: bool, no_eval: bool
         on_log=tracked.on_log if tracked else None,
         callbacks=tracked.callbacks() if tracked else (),
     )
-    if int(os.environ.get("RANK", "0")) != 0:
+    from bicc_lab.envvars import env_int
+
+    if env_int("RANK", 0) != 0:
         return  # torchrun / accelerate launch: the main process reports and evaluates
     if tracked:
         tracked.trained(result)

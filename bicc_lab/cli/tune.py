@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from bicc_lab.cli._common import UserError, fail
 from bicc_lab.cli._common import console as _console
-from bicc_lab.cli._common import fail
 
 app = typer.Typer(
     help="Optuna search over RCC coefficients or any config key.\n\nExample: bicc-lab tune run sweeps/rcc_tune.yaml",
@@ -60,11 +60,13 @@ def run(
     if n_jobs is not None and n_jobs < 1:
         fail(f"--max-parallel must be >= 1, got {n_jobs}")
     setup = _setup(study, set_, set_file, runs_dir, reports_dir)
-    from bicc_lab.preflight import preflight, study_checks
+    from bicc_lab.preflight import Write, preflight, study_checks, sweep_writes
 
-    # The base config, every categorical choice and enqueued set, and the store: before
-    # the study, a trial directory or an MLflow run exists.
-    preflight(study_checks(setup.sweep), tracking_uri=setup.ctx.uri, create_store=True)
+    # The base config, every categorical choice and enqueued set, where trials and plots
+    # are written, and the store: before the study, a trial directory or an MLflow run exists.
+    writes = sweep_writes(setup.ctx, str(runs_dir) if runs_dir else None, setup.study_name)
+    writes.append(Write(setup.reports_dir, f"--reports-dir {reports_dir}" if reports_dir else f"reports directory {setup.reports_dir}"))
+    preflight(study_checks(setup.sweep), tracking_uri=setup.ctx.store, create_store=True, tracking_from=setup.ctx.uri_from, writes=writes)
     try:
         outcome = run_study(setup, n_jobs=n_jobs, console=_console(), grace_s=grace, launcher_kind=launcher)
     except (TrackingUnavailable, TuneError) as exc:
@@ -99,6 +101,13 @@ def best(
     from bicc_lab.tune.views import best_json, write_best
 
     out = output_path or out_alias
+    if out is not None:  # before the study is opened
+        from bicc_lab.fileio import check_writable_file
+
+        try:
+            check_writable_file(out, f"--output-path {out}")
+        except UserError as exc:
+            fail(str(exc))
     setup = _setup(study, set_, None, runs_dir, None)
     try:
         text = write_best(setup, out)

@@ -10,6 +10,7 @@ imported inside functions only.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -124,17 +125,87 @@ def hub_dataset_cached(repo_id: str) -> bool:
         return False
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the one probe of a hub id not in the HF cache may take (seconds)."""
+
+
+def _offline_advice(name: str) -> str:
+    return (
+        f"to use it offline: download it where the hub is reachable (`hf download {name}`, "
+        "then copy the HF cache or set HF_HOME), or point model.name / --model to a local "
+        "model directory; set HF_HUB_OFFLINE=1 to use only the HF cache"
+    )
+
+
 def check_model_available(name: str) -> ModelReference:
-    """:func:`check_model_reference`, and for a hub id while the hub is off
-    (``HF_HUB_OFFLINE``): the model must be in the HF cache, else a one-line error now
-    instead of a connection error after the other checks and the data have loaded."""
+    """:func:`check_model_reference`, and a hub id must be loadable: in the HF cache, else
+    (hub on) known to the hub by ONE probe of at most :data:`HUB_PROBE_TIMEOUT_S` seconds.
+
+    A one-line :class:`ModelNotFoundError` now, instead of 45 s of retries and a long
+    traceback once the model loads: the hub is off (``HF_HUB_OFFLINE``) and the model is
+    not cached, the hub cannot be reached, or it has no such model (or it is gated).
+    """
     ref = check_model_reference(name)
-    if ref.kind == "hub" and hub_offline() and not in_hub_cache(ref.name):
+    if ref.kind != "hub" or in_hub_cache(ref.name):
+        return ref
+    if hub_offline():
         raise ModelNotFoundError(
             f"{name}: a hub id, but the hub is off (HF_HUB_OFFLINE) and the model is not in "
             f"the HF cache {hf_cache_dirs()[0]}; download it first or give a local directory"
         )
+    state, detail = probe_hub_model(ref.name)
+    if state == "missing":
+        raise ModelNotFoundError(
+            f"{name}: no such model on the hub, or it is private ({detail}); check the id, "
+            "or log in (`hf auth login`) for a private model"
+        )
+    if state == "gated":
+        raise ModelNotFoundError(
+            f"{name}: a gated model on the hub ({detail}); accept its terms on its hub page "
+            "and log in (`hf auth login`), or " + _offline_advice(name).removeprefix("to use it offline: ")
+        )
+    if state == "unreachable":
+        raise ModelNotFoundError(
+            f"{name}: not in the HF cache {hf_cache_dirs()[0]} and the hub cannot be reached "
+            f"({detail}); " + _offline_advice(name)
+        )
     return ref
+
+
+@functools.lru_cache(maxsize=64)
+def probe_hub_model(repo_id: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[str, str]:
+    """One request for the hub's model info of ``repo_id``: ``(state, detail)`` with state
+    ``ok``, ``missing``, ``gated`` or ``unreachable``. Bounded by ``timeout`` in all
+    (name resolution included: the request runs in a daemon thread); asked once per
+    process and id (a sweep's cells share the answer)."""
+    import threading
+
+    outcome: dict[str, tuple[str, str]] = {}
+
+    def ask() -> None:
+        try:
+            from huggingface_hub import HfApi
+            from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+            try:
+                HfApi().model_info(repo_id, timeout=timeout)
+                outcome["answer"] = ("ok", "")
+            except GatedRepoError as exc:
+                outcome["answer"] = ("gated", _first_line(exc))
+            except RepositoryNotFoundError as exc:
+                outcome["answer"] = ("missing", _first_line(exc))
+        except Exception as exc:  # noqa: BLE001 - any other failure: the hub is not usable
+            outcome["answer"] = ("unreachable", f"{type(exc).__name__}: {_first_line(exc)}")
+
+    thread = threading.Thread(target=ask, name=f"hub-probe-{repo_id}", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return outcome.get("answer", ("unreachable", f"no answer within {timeout:g} s"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return (text[:157] + "...") if len(text) > 160 else text
 
 
 def resolve_model_path(

@@ -89,6 +89,9 @@ def _reject_bool(value: Any) -> Any:
 
 
 # Floats: lax (ints and "1e-3"-style strings are fine), but never booleans.
+SEED_MAX = 2**32 - 1
+"""The largest seed numpy's RandomState (seeded by transformers.set_seed) accepts."""
+
 Float = Annotated[float, Strict(False), AllowInfNan(False), BeforeValidator(_reject_bool)]
 
 
@@ -471,7 +474,7 @@ class BiccConfig(_Section):
         "sampling and the outcome diagnostics.",
     )
     seed: int | None = Field(
-        None, description="Seed of trace selection/order; null: the experiment seed."
+        None, ge=0, le=SEED_MAX, description="Seed of trace selection/order (0..2**32-1); null: the experiment seed."
     )
     truncate: Literal["whole", "cut"] = Field(
         "whole",
@@ -563,7 +566,9 @@ class ExperimentConfig(_Section):
     name: PathName = Field(
         ..., min_length=1, description="Experiment name (a label; not part of the run id)."
     )
-    seed: int = Field(0, description="Seed of everything (data order, sampling, init).")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="Seed of everything (data order, sampling, init); 0..2**32-1 (numpy's range)."
+    )
     plugins: list[str] = Field(
         default_factory=list,
         description="Python modules imported before the rest is validated, e.g. one that adds a "

@@ -35,10 +35,10 @@ from bicc_lab.launch.base import (
     Job,
     first_error_line,
 )
-from bicc_lab.launch.locks import LOCK_NAME, blocking_lock, is_locked
+from bicc_lab.launch.locks import LOCK_NAME, is_locked
 from bicc_lab.launch.schedule import DETACHED, INTERRUPTED, LEFT_RUNNING, run_jobs
 from bicc_lab.sweep import state as st
-from bicc_lab.sweep.context import SweepContext
+from bicc_lab.sweep.context import SweepContext, store_start_lock
 from bicc_lab.sweep.display import Row, fmt_duration, make_display
 
 __all__ = ["SweepOutcome", "run_sweep"]
@@ -151,8 +151,7 @@ def run_sweep(
 
     ctx.check_store(create=True)
     commit = git_commit()
-    ctx.sweep_dir.mkdir(parents=True, exist_ok=True)
-    with blocking_lock(ctx.sweep_dir / layout.SWEEP_LOCK):
+    with store_start_lock(ctx.sweep_dir):
         # Store creation too: a second `sweep run` started at once waits here, then finds it.
         tracker = ctx.tracker(create=True)
         experiment_id = tracker.ensure_experiment(ctx.experiment)

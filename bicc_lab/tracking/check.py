@@ -13,6 +13,7 @@ seconds (default :data:`STORE_WAIT_S`); then the error names the process holding
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 import tempfile
@@ -23,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from bicc_lab.errors import UserError
-from bicc_lab.tracking.naming import sqlite_path
+from bicc_lab.tracking.naming import DEFAULT_DB_NAME, StoreURI, sqlite_path
 
 __all__ = [
     "STORE_WAIT_ENV",
@@ -42,9 +43,6 @@ STORE_WAIT_ENV = "BICC_LAB_STORE_WAIT_S"
 STORE_WAIT_S = 60.0
 """How long a locked SQLite store is waited for before giving up (seconds)."""
 
-# Schemes MLflow has a tracking store for; "" is a plain path (MLflow's file store).
-_SQLALCHEMY_SCHEMES = ("postgresql", "mysql", "mssql")
-_OTHER_SCHEMES = ("", "file", "databricks", "http", "https", "sqlite")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Tables every MLflow tracking database has, whatever its schema version.
 _MLFLOW_TABLES = {"experiments", "runs", "metrics", "params", "tags"}
@@ -60,54 +58,151 @@ def quiet_store_logs() -> None:
     import logging
 
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # (a Databricks store without credentials warns before the error that says so)
+    logging.getLogger("mlflow.utils.databricks_utils").setLevel(logging.ERROR)
 
 
 def store_wait_s() -> float:
     """``$BICC_LAB_STORE_WAIT_S`` (seconds a locked store is waited for), default 60."""
-    raw = os.environ.get(STORE_WAIT_ENV, "")
+    from bicc_lab.envvars import EnvError, env_seconds
+
     try:
-        return max(0.0, float(raw)) if raw.strip() else STORE_WAIT_S
-    except ValueError:
-        raise StoreError(
-            f"{STORE_WAIT_ENV}={raw!r}: expected a number of seconds, e.g. {STORE_WAIT_ENV}=60"
-        ) from None
+        return env_seconds(STORE_WAIT_ENV, STORE_WAIT_S, allow_zero=True)
+    except EnvError as exc:
+        raise StoreError(str(exc)) from None
 
 
-def check_tracking_uri(uri: str, *, create: bool, what: str = "tracking URI") -> None:
-    """Raise :class:`StoreError` unless ``uri`` names an MLflow store that can be used.
+def check_tracking_uri(uri: str | StoreURI, *, create: bool, what: str = "tracking URI") -> StoreURI:
+    """Raise :class:`StoreError` unless ``uri`` names an MLflow store that can be used;
+    return it parsed (:class:`StoreURI`, to pass on instead of the string).
+
+    Every form MLflow accepts either passes or is one line: ``sqlite:///`` files, http(s)
+    servers (``/health`` answers), MLflow's file store (``file:`` or a plain path; MLflow
+    refuses it unless ``MLFLOW_ALLOW_FILE_STORE=true``), SQL servers (the driver is
+    installed, the port answers), Databricks (its SDK is installed), a plugin's scheme.
 
     ``create``: the caller will write (and may create the SQLite file and its folders):
     the location must be writable or creatable. Without it a missing SQLite file is fine
     (nothing was tracked yet) and nothing is created. ``what`` names where the URI came
     from in the message (``tracking.uri``, ``--tracking-uri``).
     """
-    scheme = urllib.parse.urlsplit(uri).scheme.lower().split("+", 1)[0]
-    if len(scheme) == 1:  # a Windows drive letter, i.e. a plain path
-        scheme = ""
-    if scheme not in _OTHER_SCHEMES and scheme not in _SQLALCHEMY_SCHEMES:
+    store = StoreURI.parse(uri)
+    shown = str(uri)
+    if store.kind == "other" and store.scheme not in _plugin_schemes():
         raise StoreError(
-            f"{what} {uri!r}: unknown scheme {scheme + '://'!r}; expected sqlite:///<file>.db "
-            "or http(s)://<host>:<port> of an MLflow server"
+            f"{what} {shown!r}: unknown scheme {store.scheme + '://'!r}; expected sqlite:///<file>.db "
+            "or http(s)://<host>:<port> of an MLflow server (or postgresql://, mysql://, "
+            "mssql://, databricks)"
         )
-    if scheme in ("http", "https"):
-        check_server(uri, what=what)
-    elif scheme == "sqlite":
-        db = sqlite_path(uri)
-        if db is None:
+    if store.kind == "http":
+        check_server(store.uri, what=what)
+    elif store.kind == "sqlite":
+        if store.path is None:
             raise StoreError(
-                f"{what} {uri!r}: not a database file; expected sqlite:///relative/path.db or "
+                f"{what} {shown!r}: not a database file; expected sqlite:///relative/path.db or "
                 "sqlite:////absolute/path.db (an in-memory store is lost when its process ends)"
             )
-        check_sqlite_store(db, create=create)
-    elif scheme in ("", "file"):
-        path = Path(urllib.parse.urlsplit(uri).path if scheme else uri).expanduser()
-        if path.exists() and not path.is_dir():
+        check_sqlite_store(store.path, create=create)
+    elif store.kind == "file":
+        _check_file_store(store, shown, create=create, what=what)
+    elif store.kind == "sql":
+        _check_sql_server(store, shown, what=what)
+    elif store.kind == "databricks" and importlib.util.find_spec("databricks.sdk") is None:
+        raise StoreError(
+            f"{what} {shown!r}: MLflow needs the databricks-sdk package for a Databricks store "
+            "(pip install databricks-sdk)"
+        )
+    return store
+
+
+def _truthy(name: str) -> bool:
+    """An MLflow boolean environment variable: true/1 or false/0 (MLflow refuses others)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw and raw not in ("true", "false", "1", "0"):
+        raise StoreError(f"{name}={raw!r}: expected true or false (MLflow accepts true, false, 1, 0)")
+    return raw in ("true", "1")
+
+
+def _check_file_store(store: StoreURI, shown: str, *, create: bool, what: str) -> None:
+    """MLflow's file store: refused by MLflow itself unless MLFLOW_ALLOW_FILE_STORE=true;
+    then a directory that can be written. Creates nothing."""
+    path = store.path
+    if path is None:
+        raise StoreError(f"{what} {shown!r}: no path; expected sqlite:///<file>.db")
+    db = f"sqlite:///{path.parent / DEFAULT_DB_NAME}"
+    if not _truthy("MLFLOW_ALLOW_FILE_STORE"):
+        raise StoreError(
+            f"{what} {shown!r}: an MLflow file store, which MLflow refuses (maintenance mode) "
+            f"unless MLFLOW_ALLOW_FILE_STORE=true; use an SQLite store, e.g. {db} "
+            "(`mlflow migrate-filestore` moves existing runs there)"
+        )
+    if path.exists() and not path.is_dir():
+        raise StoreError(
+            f"{what} {shown!r}: {path} is a file, but an MLflow file store is a directory; "
+            "for an SQLite store write sqlite:///" + str(path)
+        )
+    if create:
+        from bicc_lab.fileio import check_writable_dir
+
+        try:
+            check_writable_dir(path, f"MLflow file store {path}")
+        except UserError as exc:
+            raise StoreError(str(exc)) from None
+
+
+# The Python driver SQLAlchemy loads for each database (default first) and its pip name.
+_SQL_DRIVERS = {
+    "postgresql": ("psycopg2", "psycopg2-binary", 5432),
+    "mysql": ("MySQLdb", "mysqlclient", 3306),
+    "mssql": ("pyodbc", "pyodbc", 1433),
+}
+_SQL_DRIVER_MODULES = {
+    "psycopg2": "psycopg2", "psycopg": "psycopg", "pg8000": "pg8000", "asyncpg": "asyncpg",
+    "psycopg2cffi": "psycopg2cffi", "pymysql": "pymysql", "mysqldb": "MySQLdb",
+    "mysqlconnector": "mysql.connector", "mariadbconnector": "mariadb", "pyodbc": "pyodbc",
+    "pymssql": "pymssql", "aiomysql": "aiomysql", "asyncmy": "asyncmy",
+}
+
+
+def _check_sql_server(store: StoreURI, shown: str, *, what: str, timeout: float = 5.0) -> None:
+    """A PostgreSQL / MySQL / SQL Server store: SQLAlchemy and the URI's driver are installed
+    and the server's port answers (one TCP connect, ``timeout`` seconds)."""
+    import socket
+
+    parts = urllib.parse.urlsplit(store.uri)
+    default_module, pip_name, port = _SQL_DRIVERS[store.scheme]
+    driver = parts.scheme.lower().partition("+")[2]
+    module = _SQL_DRIVER_MODULES.get(driver, driver) if driver else default_module
+    for needed, package in (("sqlalchemy", "sqlalchemy"), (module, pip_name if not driver else driver)):
+        if importlib.util.find_spec(needed.split(".")[0]) is None:
             raise StoreError(
-                f"{what} {uri!r}: {path} is a file, but an MLflow file store is a directory; "
-                "for an SQLite store write sqlite:///" + str(path)
+                f"{what} {shown!r}: the Python package {needed} is not installed "
+                f"(pip install {package}), which MLflow needs for a {store.scheme} store"
             )
-        if create:
-            _check_creatable_dir(path, f"MLflow store {path}")
+    host = parts.hostname
+    if not host:
+        return  # a socket path or a DSN in the query: the driver knows
+    try:
+        port = parts.port or port
+    except ValueError:
+        raise StoreError(f"{what} {shown!r}: the port is not a number") from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise StoreError(
+            f"cannot reach the {store.scheme} server of {what} at {host}:{port} ({exc.strerror or exc})"
+        ) from None
+
+
+def _plugin_schemes() -> set[str]:
+    """Tracking-store schemes MLflow plugins register (entry point group mlflow.tracking_store)."""
+    from importlib.metadata import entry_points
+
+    try:
+        return {ep.name.lower() for ep in entry_points(group="mlflow.tracking_store")}
+    except Exception:  # noqa: BLE001 - a broken distribution's metadata: no plugins
+        return set()
 
 
 def check_server(uri: str, *, what: str = "tracking URI", timeout: float = 10.0) -> None:
@@ -193,7 +288,7 @@ def check_optuna_storage(url: str, *, create: bool) -> None:
         )
 
 
-def store_initialised(uri: str) -> bool:
+def store_initialised(uri: str | StoreURI) -> bool:
     """False for an SQLite store that does not exist yet or is empty (nothing tracked there);
     True for every other URI. Never creates anything."""
     db = sqlite_path(uri)

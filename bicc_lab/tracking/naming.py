@@ -20,7 +20,9 @@ import json
 import os
 import re
 import subprocess
+import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ __all__ = [
     "HEARTBEAT_ENV",
     "STALE_AFTER_S",
     "STATUSES",
+    "StoreURI",
     "Tag",
     "default_tracking_uri",
     "eval_metric_key",
@@ -42,6 +45,7 @@ __all__ = [
     "project_root",
     "resolve_tracking_uri",
     "stale_after",
+    "tracking_uri_source",
 ]
 
 DEFAULT_DB_NAME = "mlflow.db"
@@ -86,11 +90,17 @@ class Tag:
 
 
 def heartbeat_interval() -> float:
-    return float(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S))
+    """``$BICC_LAB_HEARTBEAT_S`` (> 0), default 15."""
+    from bicc_lab.envvars import env_seconds
+
+    return env_seconds(HEARTBEAT_ENV, HEARTBEAT_S)
 
 
 def stale_after() -> float:
-    return float(os.environ.get(STALE_ENV, STALE_AFTER_S))
+    """``$BICC_LAB_STALE_AFTER_S`` (> 0), default 60."""
+    from bicc_lab.envvars import env_seconds
+
+    return env_seconds(STALE_ENV, STALE_AFTER_S)
 
 
 # --------------------------------------------------------------------------- metric names
@@ -161,13 +171,88 @@ def default_tracking_uri(root: str | os.PathLike[str] | None = None) -> str:
 
 
 def normalize_uri(uri: str, base: str | os.PathLike[str] | None = None) -> str:
-    """Make a relative ``sqlite:///x.db`` absolute (so every worker process opens the same file)."""
+    """Make a relative ``sqlite:///x.db``, ``file:x`` or plain path absolute (so every
+    worker process opens the same store, whatever its working directory)."""
     uri = uri.strip()
+    here = Path(base or os.getcwd())
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = uri[len("sqlite:///") :]
         if path and path != ":memory:" and not path.startswith("/"):
-            return f"sqlite:///{(Path(base or os.getcwd()) / path).resolve()}"
+            return f"sqlite:///{(here / path).resolve()}"
+        return uri
+    scheme = _scheme(uri)
+    if uri.lower() in DATABRICKS_SCHEMES:  # MLflow reads these bare names as schemes
+        return uri
+    if scheme == "":
+        return str((here / Path(uri).expanduser()).resolve()) if uri else uri
+    if scheme == "file":
+        parts = urllib.parse.urlsplit(uri)
+        if parts.netloc in ("", "localhost") and parts.path:
+            return Path(here / urllib.parse.unquote(parts.path)).resolve().as_uri()
     return uri
+
+
+def _scheme(uri: str) -> str:
+    """The URI's scheme, lower case, without ``+driver``; "" for a plain path (a Windows
+    drive letter included)."""
+    scheme = urllib.parse.urlsplit(uri).scheme.lower().split("+", 1)[0]
+    return "" if len(scheme) == 1 else scheme
+
+
+# The kinds of MLflow tracking store (MLflow's own registry; plugins add schemes).
+SQLALCHEMY_SCHEMES = ("postgresql", "mysql", "mssql")
+DATABRICKS_SCHEMES = ("databricks", "databricks-uc", "uc")
+
+
+@dataclass(frozen=True)
+class StoreURI:
+    """A tracking URI parsed once: what it is and where it points, passed instead of the
+    string (which every step of a sweep's start used to parse again).
+
+    Attributes:
+        uri: the URI as MLflow is given it (relative paths made absolute).
+        kind: ``sqlite``, ``file`` (MLflow's file store: ``file:`` or a plain path),
+            ``http`` (``http``/``https``), ``sql`` (PostgreSQL, MySQL, SQL Server),
+            ``databricks`` or ``other`` (a scheme some MLflow plugin may register).
+        scheme: the URI's scheme without ``+driver`` ("" for a plain path).
+        path: the SQLite file (None for an in-memory database), or the file store's folder.
+    """
+
+    uri: str
+    kind: str
+    scheme: str
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, uri: str | StoreURI, base: str | os.PathLike[str] | None = None) -> StoreURI:
+        if isinstance(uri, StoreURI):
+            return uri
+        text = normalize_uri(str(uri), base)
+        scheme = text.lower() if text.lower() in DATABRICKS_SCHEMES else _scheme(text)
+        if scheme == "sqlite":
+            return cls(text, "sqlite", scheme, sqlite_path(text))
+        if scheme in ("", "file"):
+            raw = urllib.parse.unquote(urllib.parse.urlsplit(text).path) if scheme else text
+            return cls(text, "file", scheme, Path(raw).expanduser() if raw else None)
+        if scheme in ("http", "https"):
+            return cls(text, "http", scheme)
+        if scheme in SQLALCHEMY_SCHEMES:
+            return cls(text, "sql", scheme)
+        if scheme in DATABRICKS_SCHEMES:
+            return cls(text, "databricks", scheme)
+        return cls(text, "other", scheme)
+
+    @property
+    def is_http(self) -> bool:
+        return self.kind == "http"
+
+    @property
+    def sqlite(self) -> Path | None:
+        """The SQLite file of a ``sqlite:///`` URI, else None."""
+        return self.path if self.kind == "sqlite" else None
+
+    def __str__(self) -> str:
+        return self.uri
 
 
 def resolve_tracking_uri(configured: str | None, root: str | os.PathLike[str] | None = None) -> str:
@@ -176,8 +261,21 @@ def resolve_tracking_uri(configured: str | None, root: str | os.PathLike[str] | 
     return normalize_uri(uri)
 
 
-def sqlite_path(uri: str) -> Path | None:
+def tracking_uri_source(configured: str | None, flag: str = "tracking.uri") -> str:
+    """Where :func:`resolve_tracking_uri` takes the URI from, as error messages name it:
+    ``flag`` (the config key or option) when given, else ``MLFLOW_TRACKING_URI`` when set,
+    else the default store."""
+    if configured:
+        return flag
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "MLFLOW_TRACKING_URI"
+    return "the default tracking store"
+
+
+def sqlite_path(uri: str | StoreURI) -> Path | None:
     """The database file of a ``sqlite:///`` URI, else None."""
+    if isinstance(uri, StoreURI):
+        return uri.sqlite
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]
         if path and path != ":memory:":

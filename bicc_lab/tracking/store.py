@@ -36,7 +36,7 @@ from bicc_lab.tracking.check import (
     store_initialised,
     store_wait_s,
 )
-from bicc_lab.tracking.naming import Tag, metric_key, sqlite_path, stale_after
+from bicc_lab.tracking.naming import StoreURI, Tag, metric_key, sqlite_path, stale_after
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ _STORE_FAULTS = {
 }
 
 
-def _fault(exc: BaseException, uri: str) -> StoreError | None:
+def _fault(exc: BaseException, uri: str | StoreURI) -> StoreError | None:
     """The one-line :class:`StoreError` of a store fault, or None for any other error."""
     text = str(exc)
     lower = text.lower()
@@ -69,12 +69,17 @@ def _fault(exc: BaseException, uri: str) -> StoreError | None:
                 return StoreError(f"MLflow store {where} {meaning}")
             first = " ".join(text.split())[:400]
             return StoreError(f"MLflow store {where}: {first}")
+    if "databricks credential" in lower:
+        return StoreError(
+            f"MLflow store {uri}: Databricks authentication is not configured (DATABRICKS_HOST and "
+            "DATABRICKS_TOKEN, or a profile in ~/.databrickscfg via DATABRICKS_CONFIG_PROFILE)"
+        )
     if any(p in lower for p in ("connection refused", "max retries exceeded", "name or service not known")):
         return StoreError(f"cannot reach the MLflow tracking server at {uri} ({text.splitlines()[0][:200]})")
     return None
 
 
-def _retry(fn: Callable[[], T], uri: str = "") -> T:
+def _retry(fn: Callable[[], T], uri: str | StoreURI = "") -> T:
     """``fn()``, retried with back-off while the SQLite store is locked (up to
     ``$BICC_LAB_STORE_WAIT_S`` seconds); store faults become a one-line :class:`StoreError`."""
     wait = store_wait_s()
@@ -186,26 +191,39 @@ class CellRun:
 class Tracker:
     """A thin, retrying wrapper of :class:`MlflowClient` for one tracking URI."""
 
-    def __init__(self, uri: str, *, create: bool = True) -> None:
-        """``create``: make a missing SQLite store (atomically); without it a missing or
+    def __init__(self, uri: str | StoreURI, *, create: bool = True) -> None:
+        """``uri``: the tracking URI, parsed once here unless already a :class:`StoreURI`.
+        ``create``: make a missing SQLite store (atomically); without it a missing or
         empty store is a :class:`StoreError` and nothing is created or migrated."""
         # MLflow prints "View run ... at URL" on every terminated run of an http store.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         quiet_store_logs()  # `_retry` makes its errors one line
-        self.uri = uri
-        db = sqlite_path(uri)
+        self.store = store = StoreURI.parse(uri)
+        self.uri = store.uri
+        db = store.sqlite
         if db is not None:
             if create:
-                _retry(lambda: create_sqlite_store(db), uri)
-            elif not store_initialised(uri):
+                _retry(lambda: create_sqlite_store(db), store)
+            elif not store_initialised(store):
                 raise StoreError(f"no MLflow store at {db} (nothing was tracked there yet)")
+
+        def connect() -> MlflowClient:
+            client = MlflowClient(tracking_uri=store.uri)
+            client._tracking_client.store  # noqa: B018 - builds the store: its faults surface here
+            return client
+
         # MlflowClient reads the store's tables as it is built: a locked store waits here too.
-        self.client = _retry(lambda: MlflowClient(tracking_uri=uri), uri)
+        try:
+            self.client = _retry(connect, store)
+        except (MlflowException, ImportError) as exc:
+            # Any store MLflow cannot build (a form it refuses, a missing package): one line.
+            first = " ".join(str(exc).split("\n")[0].split())[:300]
+            raise StoreError(f"MLflow cannot use the tracking store {store.uri}: {first}") from None
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` (a use of ``self.client``), retried while the store is locked; store
         faults as one-line :class:`StoreError`."""
-        return _retry(fn, self.uri)
+        return _retry(fn, self.store)
 
     @property
     def can_rewrite_metrics(self) -> bool:
@@ -238,7 +256,7 @@ class Tracker:
         if existing is not None:
             return existing
         artifact_location = None
-        db = sqlite_path(self.uri)
+        db = self.store.sqlite
         if db is not None:  # artifacts next to the database, not in whatever the cwd is
             artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
         try:

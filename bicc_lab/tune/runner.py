@@ -32,7 +32,7 @@ from bicc_lab.errors import UserError
 from bicc_lab.launch import layout
 from bicc_lab.spec import Sweep, config_hash, config_id, load_sweep
 from bicc_lab.spec.grid import Cell
-from bicc_lab.sweep.context import SweepContext
+from bicc_lab.sweep.context import SweepContext, store_start_lock
 from bicc_lab.tracking.naming import eval_metric_key, metric_key, project_root, stale_after
 from bicc_lab.tune import study as st
 
@@ -135,7 +135,7 @@ def prepare(
     base_ctx = SweepContext.of(sweep, runs_dir)
     name = search.study_name or sweep.name
     experiment = sweep.spec.tracking.experiment or sweep.base_config.tracking.experiment or name
-    ctx = SweepContext(sweep=sweep, uri=base_ctx.uri, experiment=experiment, runs_dir=base_ctx.runs_dir)
+    ctx = SweepContext(sweep=sweep, uri=base_ctx.uri, experiment=experiment, runs_dir=base_ctx.runs_dir, uri_from=base_ctx.uri_from)
     study_dir = layout.sweep_dir(ctx.runs_dir, name)
     reports_root = Path(reports_dir) if reports_dir else project_root() / "reports"
     return TuneSetup(
@@ -234,7 +234,7 @@ def run_study(
     from bicc_lab.console import console as default_console
     from bicc_lab.launch import make_launcher
     from bicc_lab.launch.base import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, Job, first_error_line
-    from bicc_lab.launch.locks import LOCK_NAME, blocking_lock, is_locked
+    from bicc_lab.launch.locks import LOCK_NAME, is_locked
     from bicc_lab.launch.schedule import INTERRUPTED, run_jobs
     from bicc_lab.spec import SpecError, with_overrides
     from bicc_lab.sweep.runner import cell_spec, launch_config, prebuild_models
@@ -265,9 +265,7 @@ def run_study(
     check_optuna_storage(setup.storage_url, create=True)
     ctx.check_store(create=True)
     commit = git_commit()
-    setup.study_dir.mkdir(parents=True, exist_ok=True)
-
-    with blocking_lock(setup.study_dir / layout.SWEEP_LOCK):
+    with store_start_lock(setup.study_dir):
         # the MLflow store is created under the lock too (see `sweep run`)
         tracker = ctx.tracker(create=True)
         experiment_id = tracker.ensure_experiment(ctx.experiment)
