@@ -20,11 +20,14 @@
   how much a block of the model's own wrong answers moves log p(correct answer) and the
   sampled accuracy; the build prints it and ``warmstart.json`` records it.
 - Reproducible: the build is a function of its config and of the library versions
-  only. It runs at a fixed torch thread count (``BUILD_THREADS``), whatever the host
-  has, because float32 reductions split across another number of threads round
-  differently, and over ~1,000 warm-start steps that was a different model (1,300 vs
-  975 steps to the target, measured on a machine at one thread). ``weights_sha256``
-  in ``warmstart.json`` fingerprints the result, so two machines can compare builds.
+  only. It runs in a child process with a pinned numeric environment
+  (``BUILD_ENVIRONMENT``: one thread, ATen's AVX2 kernels, MKL's conditional numerical
+  reproducibility), whatever the host has: float32 kernels of another instruction set
+  round differently, and over ~1,000 warm-start steps that is another model (measured
+  here: 150 steps with ATen at AVX2 instead of AVX-512, or MKL in its compatible mode,
+  gave other weights; another machine of this kind built a model that needed 1,300
+  steps instead of 975). ``weights_sha256`` in ``warmstart.json`` fingerprints the
+  result, so two machines can compare builds.
 - Cache: ``<cache root>/tiny/<hash of config and versions>/``, built in a temporary directory
   and moved into place with ``os.replace``; a file lock keeps parallel
   processes from building the same model twice. ``warmstart.json`` records
@@ -59,6 +62,20 @@ RECORD_FILE = "warmstart.json"
 # oversubscribes a busy machine (two OpenMP threads beside other work ran 4x slower here).
 BUILD_THREADS = 1
 
+
+def build_environment() -> dict[str, str]:
+    """The environment the build's child process runs in. The kernel choices must be made
+    before torch starts, hence a child. On x86-64: ATen's AVX2 kernels (every x86-64
+    machine of the last decade has them; AVX-512 ones round otherwise), MKL's COMPATIBLE
+    mode (the one MKL promises equal results in across Intel and other CPUs) and oneDNN
+    capped at AVX2. Elsewhere only the thread count is pinned, and the cache key says so."""
+    import platform
+
+    env = {"OMP_NUM_THREADS": str(BUILD_THREADS), "MKL_NUM_THREADS": str(BUILD_THREADS)}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        env.update(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="COMPATIBLE", ONEDNN_MAX_CPU_ISA="AVX2")
+    return env
+
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
 EOS_TOKEN = "<|im_end|>"
@@ -89,10 +106,10 @@ def _library_versions() -> dict[str, str]:
 
 def cache_key(config: TinyModelConfig) -> str:
     """16 hex characters of the hash of everything that decides the weights: the build
-    recipe's version, its thread count, the torch and transformers versions, and every
-    config field."""
+    recipe's version, its pinned numeric environment, the torch and transformers versions,
+    and every config field."""
     payload = json.dumps(
-        {"build_version": BUILD_VERSION, "build_threads": BUILD_THREADS, **_library_versions(),
+        {"build_version": BUILD_VERSION, "build_environment": build_environment(), **_library_versions(),
          **config.to_dict()},
         sort_keys=True,
     )
@@ -110,21 +127,6 @@ def weights_sha256(model: Any) -> str:
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
-
-
-class _FixedThreads:
-    """Run a block at ``BUILD_THREADS`` torch threads and give the caller's count back."""
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(BUILD_THREADS)
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.set_num_threads(self.previous)
 
 
 TINY_VARIANTS: dict[str, TinyModelConfig] = {name: TinyModelConfig(**fields) for name, fields in TINY_PRESETS.items()}
@@ -824,8 +826,7 @@ def build_tiny_model(
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
         try:
-            with _FixedThreads():
-                _build_into(tmp, config, progress=progress)
+            _build_in_child(tmp, config, progress=progress)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -848,6 +849,57 @@ def max_answer(config: TinyModelConfig) -> int:
     """The largest answer of the warm-start task (sizes the probe's completions)."""
     largest = 10**config.digits - 1
     return largest * largest if "*" in config.ops else 2 * largest
+
+
+BUILD_ERROR_FILE = "build-error.txt"  # the child's one-line reason, read by the parent
+
+
+def _build_in_child(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
+    """Run :func:`_build_into` in a child process with :func:`build_environment`.
+
+    The child's progress goes to this process's stderr. A warm-start below its target
+    comes back as :class:`TinyWarmStartError` with the child's message; Ctrl-C or a
+    signal here stops the child before the caller cleans up."""
+    import subprocess
+
+    env = {**os.environ, **build_environment()}
+    args = [sys.executable, "-m", "bicc_lab.models.tiny_build", json.dumps(config.to_dict()), str(out)]
+    if progress:
+        args.append("--progress")
+    child = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
+    try:
+        code = child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
+    error_file = out / BUILD_ERROR_FILE
+    if error_file.is_file():
+        raise TinyWarmStartError(error_file.read_text().strip())
+    if code != 0 or not is_built(out):
+        raise RuntimeError(
+            f"building the tiny model failed in its build process (exit code {code}); its output is above"
+        )
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m bicc_lab.models.tiny_build CONFIG_JSON OUT_DIR [--progress]``: the build's child."""
+    import torch
+
+    config = TinyModelConfig.model_validate(json.loads(argv[0]))
+    out = Path(argv[1])
+    torch.set_num_threads(BUILD_THREADS)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        _build_into(out, config, progress="--progress" in argv[2:])
+    except TinyWarmStartError as exc:
+        (out / BUILD_ERROR_FILE).write_text(f"{exc}\n")
+        return 3
+    return 0
 
 
 def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
@@ -885,7 +937,8 @@ def _build_into(out: Path, config: TinyModelConfig, *, progress: bool) -> None:
         config=config.to_dict(),
         cache_key=cache_key(config),
         build_version=BUILD_VERSION,
-        build_threads=BUILD_THREADS,
+        build_threads=torch.get_num_threads(),
+        build_environment={k: os.environ.get(k) for k in build_environment()},
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         weights_sha256=weights_sha256(model),
         parameters=sum(p.numel() for p in model.parameters()),
