@@ -463,7 +463,10 @@ def check_task(name: str, *, data_dir: str | os.PathLike[str] | None = None) -> 
             where = (
                 f" (nor in data dir {root})" if root is not None and not path.is_absolute() else ""
             )
-            raise DataError(f"{name}: file not found{where} (expected a JSONL file of problems)")
+            from bicc_lab.fileio import missing_reason
+
+            state = missing_reason(path).replace("not found", "file not found")
+            raise DataError(f"{name}: {state}{where} (expected a JSONL file of problems)")
     return kind
 
 
