@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 from typer.testing import CliRunner
 
 from bicc_lab.cli.main import app
@@ -147,3 +150,96 @@ def test_a_set_file_mistake_names_the_file_and_line(project):
     _write(project / "best.yaml", "train.max_steps: abc\n")
     text = _one_line_exit_2(_cli("sweep", "run", "s.yaml", "--set-file", "best.yaml"))
     assert "at best.yaml:1:1" in text and "--set" not in text, text
+
+
+# --------------------------------------------------------------------------- runs that train less than asked
+
+
+def test_too_few_records_and_null_answers_are_refused_before_a_model_loads(project):
+    rows = [{"problem": f"{i}+1=", "answer": str(i + 1)} for i in range(3)]
+    (project / "three.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # 16 completions per generation batch / 4 per group = 4 prompts
+    text = _one_line_exit_2(_cli("train", "base.yaml", "--set", "data.train=three.jsonl",
+                                 "--set", "train.per_device_train_batch_size=16"))
+    assert text == (
+        "error: data.train: 3 training record(s), fewer than one generation batch of 4 prompts "
+        "(train.per_device_train_batch_size 16 x steps_per_generation 1 / num_generations 4): it would train "
+        "0 of 2 steps at --set data.train; add records, or lower train.per_device_train_batch_size"
+    )
+    text = _one_line_exit_2(_cli("train", "base.yaml", "--set", "data.num_train=1"))
+    assert text.startswith("error: data.num_train: 1 training record(s) (data.num_train = 1), fewer than one")
+    # null answers, anywhere in the file (past the first records), by line number
+    body = [json.dumps(r) for r in rows * 3]
+    body[1] = json.dumps({"problem": "x", "answer": None})
+    body[7] = json.dumps({"problem": "y", "answer": [None]})
+    (project / "nulls.jsonl").write_text("\n".join(body[:4]) + "\n\n" + "\n".join(body[4:]) + "\n")
+    text = _one_line_exit_2(_cli("sweep", "run", "s.yaml", "--set", "data.train=nulls.jsonl"))
+    assert text == (
+        "error: data.train: nulls.jsonl: 'answer' is null on lines 2, 9 (every record needs an answer to be "
+        "rewarded) at --set data.train (in cell tiny/grpo/base/s0)"
+    )
+    assert not (project / "runs").exists() and not (project / "mlflow.db").exists()
+
+
+def _bicc_lab(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = subprocess_env(cwd / "cache")
+    env.pop("BICC_LAB_DATA_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "bicc_lab.cli.main", *args], capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_a_run_that_trains_fewer_steps_than_asked_fails_and_is_not_finished(tmp_path, untrained_tiny_dir):
+    # DAPO rows repeat each problem; training keeps one of each, so the preflight cannot count them:
+    # 3 distinct prompts, and a generation batch of 4 prompts trains 0 steps.
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"prompt": [{"role": "user", "content": f"{i}+1="}], "reward_model": {"ground_truth": str(i + 1)}}
+            for _ in range(4) for i in range(3)]
+    (data / "dapo_math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _write(tmp_path / "exp.yaml", f"""
+        name: short
+        model: {{name: {untrained_tiny_dir}}}
+        data: {{train: dapo_math, data_dir: {data}}}
+        train: {{max_steps: 2, num_generations: 4, per_device_train_batch_size: 16, max_completion_length: 4}}
+        eval: {{enabled: false}}
+        """)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _bicc_lab(["train", "exp.yaml", "--output-dir", "out", "--tracking-uri", uri], tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: trained 0 of 2 steps: 3 training prompts, one generation batch takes 4 (TRL uses full batches "
+        "only); the run is not finished"
+    )
+    assert not (tmp_path / "out" / "train_result.json").exists() and not (tmp_path / "out" / "final").exists()
+    from bicc_lab.tracking.store import Tracker
+
+    record = json.loads((tmp_path / "out" / "tracking.json").read_text())
+    run = Tracker(uri).get(record["run_id"])
+    assert run.status == "FAILED" and "trained 0 of 2 steps" in run.tags["error"]
+
+
+def test_report_leaves_out_a_finished_run_that_trained_less_than_asked(project):
+    tmp_path = project
+    from mlflow import MlflowClient
+
+    from bicc_lab.report.synthetic import SyntheticCell, fill_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    correct = {"arith": [[True, False]] * 4}
+    cells = [SyntheticCell("tiny", "grpo", arm, seed, correct=correct) for arm in ("base", "bicc") for seed in (0, 1)]
+    fill_store(uri, "short", cells, sweep="short")
+    client = MlflowClient(uri)
+    runs = {r.data.tags["cell_name"]: r for r in client.search_runs([client.get_experiment_by_name("short").experiment_id])
+            if "cell_name" in r.data.tags}
+    for name, run in runs.items():  # what the worker writes when it finishes: progress steps/max_steps
+        client.set_tag(run.info.run_id, "progress", "0/2" if name == "tiny/grpo/bicc/s1" else "2/2")
+    result = _cli("report", "short", "--tracking-uri", uri, "--format", "md", "--no-plots", "--no-log",
+                  "--no-start", "--out-dir", "rep", "--resamples", "100")
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "rep" / "ablation.md").read_text()
+    assert "1 run(s) marked FINISHED trained fewer steps than asked: left out of the tables, listed as failed" in md
+    assert "## Failed runs" in md and "trained 0 of 2 steps" in md
+    assert "seed 1 FAILED (the other seeds are shown)" in md

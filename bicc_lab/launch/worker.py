@@ -323,6 +323,7 @@ def run_cell(directory: Path) -> int:
                 progress=False,
                 on_log=on_log,
                 callbacks=callbacks,
+                stopped=hook.stop_reason if hook is not None else None,
             )
         else:
             _log(f"training already complete ({result.steps} steps); skipping it")
