@@ -243,3 +243,70 @@ def test_report_leaves_out_a_finished_run_that_trained_less_than_asked(project):
     assert "1 run(s) marked FINISHED trained fewer steps than asked: left out of the tables, listed as failed" in md
     assert "## Failed runs" in md and "trained 0 of 2 steps" in md
     assert "seed 1 FAILED (the other seeds are shown)" in md
+
+
+# --------------------------------------------------------------------------- finished runs, torn checkpoints
+
+
+@pytest.mark.slow
+def test_a_finished_train_is_never_overwritten_and_a_torn_checkpoint_is_set_aside(tmp_path, untrained_tiny_dir):
+    from bicc_lab.tracking.store import Tracker
+
+    _write(tmp_path / "exp.yaml", f"""
+        name: fin
+        model: {{name: {untrained_tiny_dir}}}
+        train: {{max_steps: 2, num_generations: 4, per_device_train_batch_size: 8, max_completion_length: 4,
+                 save_steps: 1}}
+        eval: {{benchmarks: [arith_test], samples: 2, limit: 2, max_new_tokens: 4}}
+        """)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    train = ["train", "exp.yaml", "--output-dir", "out", "--tracking-uri", uri]
+    proc = _bicc_lab(train, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = json.loads((out / "tracking.json").read_text())["run_id"]
+    written = {name: (out / name).stat().st_mtime_ns for name in ("train_result.json", "eval.json")}
+
+    # 1. a rerun of the finished train touches nothing (file, MLflow run)
+    proc = _bicc_lab(train, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "already holds this finished run (trained and evaluated); nothing to do, nothing overwritten" in proc.stdout
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == written
+    tracker = Tracker(uri)
+    assert tracker.get(run_id).status == "FINISHED" and tracker.get(run_id).tags["attempts"] == "1"
+    # ... and another config in the same directory is refused
+    proc = _bicc_lab([*train, "--set", "seed=1"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: out holds a finished run of another config (its config.yaml differs); "
+        "pass --force to replace it, or give another --output-dir"
+    ), proc.stderr
+
+    # 2. eval --run writes a new evaluation beside the old one; MLflow keeps both
+    proc = _bicc_lab(["eval", "--run", "out", "--benchmarks", "arith_test", "--samples", "2", "--limit", "2",
+                      "--max-new-tokens", "4"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    new = sorted(out.glob("eval-*.json"))
+    assert len(new) == 1 and (out / "eval.json").stat().st_mtime_ns == written["eval.json"]
+    artifacts = {a.path for a in tracker.client.list_artifacts(run_id)}
+    assert {"eval.json", new[0].name} <= artifacts, artifacts
+
+    # 3. killed while checkpoint-2 was written: its weights are cut short
+    for name in ("train_result.json", "eval.json", new[0].name):
+        (out / name).unlink()
+    weights = out / "checkpoint-2" / "model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    proc = _bicc_lab([*train, "--no-eval"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning: checkpoint out/checkpoint-2 cannot be resumed (model.safetensors: truncated: " in proc.stderr
+    assert "; set aside as torn-checkpoint-2; trying the one before it" in proc.stderr
+    assert "(resumed from out/checkpoint-1)" in proc.stdout
+    assert (out / "torn-checkpoint-2" / "model.safetensors").exists()
+    assert json.loads((out / "train_result.json").read_text())["steps"] == 2
+
+    # 4. --force trains again, in a new MLflow run; the old one stays
+    proc = _bicc_lab([*train, "--no-eval", "--force"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--force: removed " in proc.stdout and not (out / "torn-checkpoint-2").exists()
+    assert json.loads((out / "tracking.json").read_text())["run_id"] != run_id
+    assert tracker.get(run_id).status == "FINISHED"
