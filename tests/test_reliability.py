@@ -310,3 +310,58 @@ def test_a_finished_train_is_never_overwritten_and_a_torn_checkpoint_is_set_asid
     assert "--force: removed " in proc.stdout and not (out / "torn-checkpoint-2").exists()
     assert json.loads((out / "tracking.json").read_text())["run_id"] != run_id
     assert tracker.get(run_id).status == "FINISHED"
+
+
+# --------------------------------------------------------------------------- killed workers
+
+
+@pytest.mark.slow
+def test_a_worker_killed_by_a_signal_is_resumed_by_a_plain_rerun_a_failed_cell_is_not(tmp_path, untrained_tiny_dir):
+    import signal
+    import time
+
+    from conftest import late_bad_jsonl
+
+    from bicc_lab.tracking.store import Tracker
+
+    bad = late_bad_jsonl(tmp_path)
+    _write(tmp_path / "base.yaml", f"""
+        name: k
+        model: {{name: {untrained_tiny_dir}}}
+        train: {{max_steps: 40, num_generations: 4, per_device_train_batch_size: 8, max_completion_length: 8,
+                 save_steps: 5}}
+        eval: {{enabled: false}}
+        """)
+    _write(tmp_path / "k.yaml", f"""
+        base: base.yaml
+        grid:
+          data.train: [synthetic_arithmetic, {bad}]
+        """)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [sys.executable, "-m", "bicc_lab.cli.main", "sweep", "run", "k.yaml", "--set", f"tracking.uri={uri}"]
+    env = subprocess_env(tmp_path / "cache")
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cell = None
+    deadline = time.time() + 240
+    while time.time() < deadline and cell is None:  # the good cell, once it has trained a step
+        for metrics in (tmp_path / "runs" / "k").glob("*/metrics.jsonl"):
+            if "late_bad" not in metrics.parent.name and metrics.read_text().count("\n") >= 1:
+                cell = metrics.parent
+        time.sleep(0.05)
+    assert cell is not None, "the cell never trained a step"
+    os.kill(int((cell / "worker.pid").read_text()), signal.SIGKILL)  # as the OOM killer does
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    name = json.loads((cell / "cell.json").read_text())["name"]
+    assert f"KILLED {name}: worker killed by signal SIGKILL (out of memory?); not a failure: the same command resumes it" in out
+    assert "1 killed (the same command resumes them)" in out and "1 failed" in out
+    assert "a failed cell is rerun only with --retry-failed" in out
+
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1, again.stdout + again.stderr  # the failed cell stays failed
+    assert "1/2 finished (1 now, 0 before), 1 failed before (rerun with --retry-failed)" in again.stdout
+    tracker = Tracker(uri)
+    runs = {r.tags["cell_name"]: r for r in tracker.cell_runs(tracker.experiment_id("k"))}
+    assert runs[name].status == "FINISHED" and runs[name].tags["attempts"] == "2"
+    assert "killed_by" not in runs[name].tags
+    assert [r.status for n, r in runs.items() if n != name] == ["FAILED"]
