@@ -191,10 +191,9 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return "no readable trainer_state.json: its save did not finish"
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights and not any(path.glob("pytorch_model*.bin")):
-        return "no model weights"
-    for file in weights:
+    # (Only the files that are there: a DeepSpeed or FSDP checkpoint keeps its weights in
+    # subfolders of its own format, which the Trainer checks when it loads them.)
+    for file in sorted(path.glob("*.safetensors")):
         problem = safetensors_problem(file)
         if problem is not None:
             return f"{file.name}: {problem}"
