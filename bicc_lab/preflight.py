@@ -95,7 +95,7 @@ def preflight(
 
 
 def _check_run(run: RunCheck) -> None:
-    from bicc_lab.backends.trl.preflight import check_data_size, check_variant, check_vllm
+    from bicc_lab.backends.trl.preflight import check_variant, check_vllm
     from bicc_lab.eval.data import check_benchmark
     from bicc_lab.models.loading import check_model_available
     from bicc_lab.tasks.math import check_task_records
@@ -118,6 +118,8 @@ def _check_run(run: RunCheck) -> None:
     with _located(run, None):
         check_variant(config)
         check_vllm(config)
+        from bicc_lab.backends.trl.preflight import check_data_size
+
         check_data_size(config)  # records against one generation batch
 
 

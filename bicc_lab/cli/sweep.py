@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import check_grace, fail
 from bicc_lab.cli._common import console as _console
+from bicc_lab.cli._common import fail
 
 app = typer.Typer(
     help="Grids over model × variant × BICC × RCC × seed.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
@@ -99,6 +99,8 @@ def run(
 
     if launcher is not None and launcher not in ("local", "slurm"):
         fail(f"--launcher must be local or slurm, got {launcher!r}")
+    from bicc_lab.cli._common import check_grace
+
     check_grace(grace)
 
     ctx = _load(sweep, set_, runs_dir, set_file)

@@ -65,10 +65,10 @@ def train(
     # checked before the output directory, its config.yaml, an MLflow run or any model exists.
     preflight(RunCheck(experiment, locs, evaluate=not no_eval), tracking_uri=uri, create_store=True)
     out = output_dir or Path(experiment.train.output_dir or default_output_dir(experiment))
+    if out.exists() and no_resume:
+        fail(f"--no-resume given but {out} already exists; pick another --output-dir")
     if out.exists() and not out.is_dir():
         fail(f"--output-dir {out} is a file, not a directory")
-    if out.exists() and no_resume and not force:
-        fail(f"--no-resume given but {out} already exists; pick another --output-dir (or --force)")
     if not force and _finished(experiment, out, evaluate=experiment.eval.enabled and not no_eval):
         return
     if uri is None:
@@ -97,19 +97,15 @@ def train(
 def _train_and_evaluate(experiment, out: Path, *, no_resume: bool, no_eval: bool, tracked) -> None:
     """Train, report, evaluate (``eval.enabled``); ``tracked`` (a ``TrackedTrain``, or
     None) logs each part to MLflow as a sweep cell would."""
-    from bicc_lab.backends.trl.run import read_train_result, train_run
+    from bicc_lab.backends.trl.run import train_run
 
-    result = read_train_result(out)  # trained before, not evaluated yet: evaluate it only
-    if result is not None:
-        typer.echo(f"{out} is trained ({result.steps} steps); evaluating it")
-    else:
-        result = train_run(
-            experiment,
-            out,
-            resume=not no_resume,
-            on_log=tracked.on_log if tracked else None,
-            callbacks=tracked.callbacks() if tracked else (),
-        )
+    result = train_run(
+        experiment,
+        out,
+        resume=not no_resume,
+        on_log=tracked.on_log if tracked else None,
+        callbacks=tracked.callbacks() if tracked else (),
+    )
     if int(os.environ.get("RANK", "0")) != 0:
         return  # torchrun / accelerate launch: the main process reports and evaluates
     if tracked:

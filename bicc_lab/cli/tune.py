@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import check_grace, fail
 from bicc_lab.cli._common import console as _console
+from bicc_lab.cli._common import fail
 
 app = typer.Typer(
     help="Optuna search over RCC coefficients or any config key.\n\nExample: bicc-lab tune run sweeps/rcc_tune.yaml",
@@ -59,6 +59,8 @@ def run(
     n_jobs = max_parallel if max_parallel is not None else n_jobs_alias
     if n_jobs is not None and n_jobs < 1:
         fail(f"--max-parallel must be >= 1, got {n_jobs}")
+    from bicc_lab.cli._common import check_grace
+
     check_grace(grace)
     setup = _setup(study, set_, set_file, runs_dir, reports_dir)
     from bicc_lab.preflight import preflight, study_checks

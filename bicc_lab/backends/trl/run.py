@@ -297,6 +297,7 @@ def train_run(
     stopped: Callable[[], str | None] | None = None,
 ) -> TrainResult:
     """Train one run; resume from the newest checkpoint in ``output_dir`` when there is one.
+    With ``resume``, a run that finished (``train_result.json``) is returned as it is.
 
     A run that ends below ``train.max_steps`` raises :class:`ShortTrainingError` (no final
     model, no ``train_result.json``: it is not finished), unless ``stopped()`` says why a
@@ -306,6 +307,10 @@ def train_run(
     from bicc_lab.backends.trl.callbacks import MetricsFileCallback, RichProgressCallback
 
     output_dir = Path(output_dir)
+    done = read_train_result(output_dir) if resume else None
+    if done is not None:  # trained before (e.g. not evaluated yet): never trained, nor written, again
+        print(f"{output_dir} is trained already ({done.steps} steps, train_result.json); not training it again")
+        return done
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     checkpoint = last_checkpoint(output_dir) if resume else None
