@@ -44,4 +44,3 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
             pass
         raise
     return p
-
