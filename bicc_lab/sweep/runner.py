@@ -220,6 +220,8 @@ def run_sweep(
                 row.note = "locked by another process"
             else:
                 row.state = "queued" if s.state == st.PENDING else s.state
+                if s.state == st.KILLED and s.note:  # e.g. its worker was OOM-killed: resumed now
+                    row.note = f"{s.note}; resuming"
             queue.append(cell)
 
     n_total = len(sweep.cells)
