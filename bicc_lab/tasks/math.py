@@ -139,13 +139,36 @@ SCAN_BYTES = 64 * 2**20
 
 def scan_null_answers(path: str | os.PathLike[str], field: str) -> None:
     """Raise :class:`DataError` naming every line of the JSONL ``path`` whose ``field`` (dotted)
-    is null; lines that are not JSON objects or lack the field are left to the other checks."""
-    p = Path(path)
+    is null; lines that are not JSON objects or lack the field are left to the other checks.
+    A file is read once per process while it is unchanged (a sweep's cells share it)."""
+    nulls = _null_lines(*_file_key(path), field) if _file_key(path) else ()
+    if nulls:
+        raise DataError(_null_message(str(path), field, list(nulls)))
+
+
+def count_records(path: str | os.PathLike[str]) -> int | None:
+    """Non-blank lines of a local JSONL file (records training can read); None for a file
+    above :data:`SCAN_BYTES` or one that cannot be read."""
+    key = _file_key(path)
+    return _count_lines(*key) if key else None
+
+
+def _file_key(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    """(path, size, mtime) of a file small enough to scan, else None."""
     try:
-        if p.stat().st_size > SCAN_BYTES:
-            return
-        nulls = []
-        with p.open(encoding="utf-8") as fh:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    if stat.st_size > SCAN_BYTES:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _null_lines(path: str, size: int, mtime: int, field: str) -> tuple[int, ...]:
+    nulls = []
+    try:
+        with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -159,19 +182,14 @@ def scan_null_answers(path: str | os.PathLike[str], field: str) -> None:
                 if value is not ... and _is_null(value):
                     nulls.append(lineno)
     except (OSError, UnicodeDecodeError):
-        return
-    if nulls:
-        raise DataError(_null_message(str(path), field, nulls))
+        return ()
+    return tuple(nulls)
 
 
-def count_records(path: str | os.PathLike[str]) -> int | None:
-    """Non-blank lines of a local JSONL file (records training can read); None for a file
-    above :data:`SCAN_BYTES` or one that cannot be read."""
-    p = Path(path)
+@functools.lru_cache(maxsize=64)
+def _count_lines(path: str, size: int, mtime: int) -> int | None:
     try:
-        if p.stat().st_size > SCAN_BYTES:
-            return None
-        with p.open("rb") as fh:
+        with open(path, "rb") as fh:
             return sum(1 for line in fh if line.strip())
     except OSError:
         return None
