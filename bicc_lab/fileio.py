@@ -19,6 +19,21 @@ from pathlib import Path
 from bicc_lab.errors import UserError
 
 
+def missing_reason(path: str | os.PathLike[str]) -> str:
+    """Why ``path`` (for which ``exists()`` is False) cannot be opened: ``is a symlink loop``,
+    ``is a broken symlink (to X)``, or plainly ``not found``."""
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if os.path.islink(path):
+            return f"is a broken symlink (to {os.readlink(path)})"
+    return "not found"
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
     p = Path(path)

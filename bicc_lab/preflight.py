@@ -169,6 +169,9 @@ def _check_run(run: RunCheck, *, available: bool = True) -> None:
     with _located(run, None):
         check_variant(config)
         check_vllm(config)
+        from bicc_lab.backends.trl.preflight import check_data_size
+
+        check_data_size(config)  # records against one generation batch
 
 
 def _check_hub_dataset(name: str, kind: str, data_dir: str | None) -> None:

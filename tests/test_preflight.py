@@ -154,14 +154,14 @@ def test_model_references(experiment):
 
 
 def test_training_data_first_records_parse_with_the_fields_training_reads(experiment, tmp_path):
-    good = _write(tmp_path / "good.jsonl", '{"problem": "1+1", "answer": 2}\n' * 3)
+    good = _write(tmp_path / "good.jsonl", '{"problem": "1+1", "answer": 2}\n' * 8)  # one generation batch: 64 / 8
     config, locs = load_experiment_located(experiment, [f"data.train={good}"])
     preflight(RunCheck(config, locs))
     _write(tmp_path / "broken.jsonl", '{"problem": "1+1", "answer": 2}\n{"problem": \n')
     assert _check(experiment, "data.train=broken.jsonl") == (
         "data.train: broken.jsonl:2: not valid JSON (Expecting value) at --set data.train"
     )
-    _write(tmp_path / "q.jsonl", '{"question": "1+1", "answer": 2}\n')
+    _write(tmp_path / "q.jsonl", '{"question": "1+1", "answer": 2}\n' * 8)
     assert _check(experiment, "data.train=q.jsonl") == (
         "data.train: q.jsonl:1: missing field 'problem' (fields: ['answer', 'question']) at --set data.train"
     )

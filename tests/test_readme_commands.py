@@ -172,7 +172,13 @@ def test_train_then_resume(project, trained):
     assert evaluation["benchmarks"]["arith"]["n"] == 4 and evaluation["benchmarks"]["arith"]["k"] == 4
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 2
-    # "a killed run resumes from its last checkpoint": the same command again starts from it
+    # "a finished one is left as it is": the same command again touches nothing
+    again = _ok(bicc_lab(project, *trained["args"]))
+    assert "already holds this finished run (trained and evaluated); nothing to do, nothing overwritten" in again
+    # "a killed run resumes from its last checkpoint": killed before it finished (no final/,
+    # no train_result.json), the same command starts from it
+    shutil.rmtree(run / "final")
+    (run / "train_result.json").unlink()
     again = _ok(bicc_lab(project, *trained["args"], "--no-eval"))
     assert re.search(r"trained 2 steps in [\d.]+ s \(resumed from \S+checkpoint-2\)", again), again
 

@@ -404,5 +404,5 @@ def test_failing_and_pruned_trials_in_a_journal_study(project):
     bad = _cli(["sweep", "run", "plain.yaml", "--set-file", "bad.yaml", *common], env, project)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: unknown key 'train.learning_rat' at --set train.learning_rat; did you mean 'train.learning_rate'?"
+        "error: unknown key 'train.learning_rat' at bad.yaml:1:1; did you mean 'train.learning_rate'?"
     ]

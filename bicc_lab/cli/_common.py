@@ -9,7 +9,7 @@ import typer
 from bicc_lab.console import PIPE_WIDTH, console
 from bicc_lab.errors import USER_ERROR_EXIT, UserError
 
-__all__ = ["PIPE_WIDTH", "USER_ERROR_EXIT", "UserError", "console", "fail"]
+__all__ = ["PIPE_WIDTH", "USER_ERROR_EXIT", "UserError", "check_grace", "console", "fail"]
 
 
 def fail(message: str) -> NoReturn:
@@ -17,3 +17,11 @@ def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(USER_ERROR_EXIT)
 
+
+
+def check_grace(grace: float) -> None:
+    """``--grace``: a finite number of seconds >= 0 (a negative one would SIGKILL at once)."""
+    import math
+
+    if not math.isfinite(grace) or grace < 0:
+        fail(f"--grace must be a number of seconds >= 0, got {grace:g}")

@@ -139,6 +139,14 @@ def evaluate(
         fail("give --model PATH (or --model_args pretrained=PATH), or --run RUN_DIR")
     if out is None and run_dir is not None:
         out = run_dir / "eval.json"
+        if out.exists():  # the run's own evaluation stays: a new one goes beside it
+            from datetime import datetime
+
+            out = run_dir / f"eval-{datetime.now().strftime('%Y%m%dT%H%M%S')}.json"
+            n = 1
+            while out.exists():
+                n += 1
+                out = out.with_name(f"{out.stem.split('~')[0]}~{n}.json")
     if log_samples and out is None:
         fail("--log_samples needs --output_path (as in lm-eval), or --run RUN_DIR")
 

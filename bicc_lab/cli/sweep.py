@@ -26,9 +26,9 @@ def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | 
 
     try:
         if set_file is not None:  # e.g. `bicc-lab tune best --out`; --set wins over it
-            from bicc_lab.spec.search import read_set_file, set_items
+            from bicc_lab.spec.search import read_set_file_located
 
-            set_ = set_items(read_set_file(set_file)) + list(set_)
+            set_ = read_set_file_located(set_file) + list(set_)
         loaded = load_sweep(sweep, set_)
     except SpecError as exc:
         fail(str(exc))
@@ -105,6 +105,9 @@ def run(
 
     if launcher is not None and launcher not in ("local", "slurm"):
         fail(f"--launcher must be local or slurm, got {launcher!r}")
+    from bicc_lab.cli._common import check_grace
+
+    check_grace(grace)
 
     ctx = _load(sweep, set_, runs_dir, set_file)
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel

@@ -41,6 +41,12 @@ def train(
         None, "--experiment", help="MLflow experiment (default: tracking.experiment, else the config's name)."
     ),
     no_tracking: bool = typer.Option(False, "--no-tracking", help="Log nothing to MLflow."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Train again over a finished run in the output directory (its checkpoints, final model and "
+        "results are replaced; a new MLflow run). Without it a finished run is never overwritten.",
+    ),
 ) -> None:
     """Train one run from an experiment config."""
     from bicc_lab.preflight import RunCheck, Write, preflight
@@ -78,7 +84,11 @@ def train(
         fail(f"--no-resume given but {out} already exists; pick another --output-dir")
     if out.exists() and not out.is_dir():
         fail(f"--output-dir {out} is a file, not a directory")
+    if not force and _finished(experiment, out, evaluate=experiment.eval.enabled and not no_eval):
+        return
     if uri is None:
+        if force:
+            _clear_outputs(out)
         _train_and_evaluate(experiment, out, no_resume=no_resume, no_eval=no_eval, tracked=None)
         return
 
@@ -90,6 +100,8 @@ def train(
     if not lock.acquire():
         fail(f"{out} is being trained by another process (its {LOCK_NAME} is held)")
     try:
+        if force:
+            _clear_outputs(out)
         with TrackedTrain(experiment, out, uri, mlflow_experiment) as tracked:
             _train_and_evaluate(experiment, out, no_resume=no_resume, no_eval=no_eval, tracked=tracked)
         typer.echo(f"logged to MLflow run {tracked.run_id} (experiment {tracked.experiment!r}) in {uri}")
@@ -132,3 +144,59 @@ def _train_and_evaluate(experiment, out: Path, *, no_resume: bool, no_eval: bool
             tracked.evaluated(evaluation, out / "eval.json", step=result.steps)
     if tracked:
         tracked.finished(result.steps)
+
+
+# What a finished run left in its output directory; --force removes it all (a new run).
+_OUTPUTS = ("final", "train_result.json", "eval.json", "metrics.jsonl", "tracking.json", "mlflow_run_id")
+
+
+def _finished(experiment, out: Path, *, evaluate: bool) -> bool:
+    """True (after saying so) when ``out`` already holds this config's finished run, evaluated
+    if ``evaluate``: nothing to do, and nothing it wrote is touched. A finished run of another
+    config there is a mistake (exit 2). Trained but not evaluated: False (evaluate only)."""
+    if not (out / "train_result.json").is_file():
+        return False
+    from bicc_lab.spec import config_hash
+
+    if _saved_hash(out) != config_hash(experiment):
+        fail(
+            f"{out} holds a finished run of another config (its config.yaml differs); "
+            "pass --force to replace it, or give another --output-dir"
+        )
+    if evaluate and not (out / "eval.json").is_file():
+        return False
+    what = "trained and evaluated" if (out / "eval.json").is_file() else "trained"
+    typer.echo(
+        f"{out} already holds this finished run ({what}); nothing to do, nothing overwritten "
+        f"(--force trains it again; `bicc-lab eval --run {out}` adds an evaluation)"
+    )
+    return True
+
+
+def _saved_hash(out: Path) -> str | None:
+    import yaml
+
+    from bicc_lab.spec import config_hash
+    from bicc_lab.spec.load import validate_experiment
+
+    try:
+        return config_hash(validate_experiment(yaml.safe_load((out / "config.yaml").read_text())))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _clear_outputs(out: Path) -> None:
+    """``--force``: remove what an earlier run wrote in ``out`` (its MLflow run stays in the
+    store, and this one gets a new run)."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    removed = []
+    for path in sorted(out.iterdir()):
+        name = path.name
+        if name in _OUTPUTS or name.startswith(("checkpoint-", "torn")):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(name)
+    if removed:
+        typer.echo(f"--force: removed {', '.join(removed)} from {out}")

@@ -25,11 +25,11 @@ JSON_HELP = "Print one JSON object (for scripts) instead of the text."
 def _setup(study: Path, set_: list[str], set_file: Path | None, runs_dir: Path | None, reports_dir: Path | None):
     """Load the study file; user mistakes end here with one line and exit 2."""
     from bicc_lab.spec import SpecError
-    from bicc_lab.spec.search import read_set_file, set_items
+    from bicc_lab.spec.search import read_set_file_located
     from bicc_lab.tune.runner import TuneError, prepare
 
     try:
-        items = set_items(read_set_file(set_file)) if set_file is not None else []
+        items = read_set_file_located(set_file) if set_file is not None else []
         return prepare(study, items + list(set_), runs_dir=runs_dir, reports_dir=reports_dir)
     except (SpecError, TuneError) as exc:
         fail(str(exc))
@@ -59,6 +59,9 @@ def run(
     n_jobs = max_parallel if max_parallel is not None else n_jobs_alias
     if n_jobs is not None and n_jobs < 1:
         fail(f"--max-parallel must be >= 1, got {n_jobs}")
+    from bicc_lab.cli._common import check_grace
+
+    check_grace(grace)
     setup = _setup(study, set_, set_file, runs_dir, reports_dir)
     from bicc_lab.preflight import Write, preflight, study_checks, sweep_writes
 

@@ -60,6 +60,7 @@ from bicc_lab.launch.locks import LOCK_NAME, CellLock
 
 ERROR_LINES = 30
 STOP_REASON_TAG = "stop_reason"  # why a cell hook stopped training (tune's pruning)
+KILLED_BY_TAG = "killed_by"  # the signal that killed a worker from outside (set by `sweep run`)
 
 
 class Terminated(BaseException):
@@ -248,7 +249,7 @@ def run_cell(directory: Path) -> int:
     client_lock = threading.Lock()  # the heartbeat thread and the trainer share the client
     with client_lock:
         if not new:  # a retried or resumed attempt: nothing of the failed one remains
-            dropped = tracker.delete_tags(run_id, [Tag.ERROR, STOP_REASON_TAG])
+            dropped = tracker.delete_tags(run_id, [Tag.ERROR, STOP_REASON_TAG, KILLED_BY_TAG])
             if (directory / layout.ERROR_FILE).exists():
                 (directory / layout.ERROR_FILE).unlink()
             if tracker.delete_artifact(run_id, layout.ERROR_FILE):
@@ -323,6 +324,7 @@ def run_cell(directory: Path) -> int:
                 progress=False,
                 on_log=on_log,
                 callbacks=callbacks,
+                stopped=hook.stop_reason if hook is not None else None,
             )
         else:
             _log(f"training already complete ({result.steps} steps); skipping it")

@@ -351,6 +351,15 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
         status = tags.get(Tag.STATUS, run.info.status)
         if sweep is not None and tags.get(Tag.SWEEP, sweep) != sweep:
             continue
+        short = _short_of(tags) if status == FINISHED else None
+        if short is not None:  # marked FINISHED by an older bicc-lab, but trained less than asked
+            skipped["SHORT"] = skipped.get("SHORT", 0) + 1
+            record, axes = _failed_record(run, "FAILED")
+            record["error"] = short
+            key = record["config_hash"] or record["run_id"]
+            if key not in failed_by_key or failed_by_key[key][0] < record["start_time"]:
+                failed_by_key[key] = (record["start_time"], record, axes)
+            continue
         if status != FINISHED:
             skipped[status] = skipped.get(status, 0) + 1
             if status in FAILED_STATUSES:
@@ -473,6 +482,11 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
     sweep_name = sweep if sweep is not None else (max(sweeps, key=sweeps.get) if sweeps else "")
     if len([s for s in sweeps if s]) > 1 and sweep is None:
         notes.append(f"runs of several sweeps in this experiment: {', '.join(sorted(s for s in sweeps if s))}")
+    if skipped.get("SHORT"):
+        notes.append(
+            f"{skipped['SHORT']} run(s) marked FINISHED trained fewer steps than asked: left out of the "
+            "tables, listed as failed"
+        )
     if skipped.get("DUPLICATE"):
         notes.append(f"{skipped['DUPLICATE']} older finished run(s) of the same cell ignored (the newest counts)")
     unknown = sorted(set(runs_df["arm"]) - set(ARMS)) if not runs_df.empty else []
@@ -494,6 +508,17 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
         artifact_uris=artifact_uris,
         failed=failed_df,
     )
+
+
+def _short_of(tags: Mapping[str, str]) -> str | None:
+    """``trained N of M steps`` when the run's ``progress`` tag says it stopped below
+    ``train.max_steps`` (a finished run always ends at ``M/M``); None otherwise."""
+    done, _, total = (tags.get(Tag.PROGRESS) or "").partition("/")
+    try:
+        steps, max_steps = int(done), int(total)
+    except ValueError:
+        return None
+    return f"trained {steps} of {max_steps} steps" if steps < max_steps else None
 
 
 def _failed_record(run: Any, status: str) -> tuple[dict[str, Any], dict[str, Any]]:

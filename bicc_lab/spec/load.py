@@ -30,7 +30,15 @@ from bicc_lab.spec.errors import Loc, SpecError, display_path, show_value
 from bicc_lab.spec.grid import Axis, Cell, build_cells, format_value, rule_matches
 from bicc_lab.spec.models import PATH_NAME_HINT, ExperimentConfig, SweepConfig, path_name_problem
 from bicc_lab.spec.schema import check_keys, resolve_key, validate_model
-from bicc_lab.spec.yamlio import KeyLoc, LocMap, parse_value, put, read_yaml, subtree
+from bicc_lab.spec.yamlio import (
+    KeyLoc,
+    LocMap,
+    missing_reason,
+    parse_value,
+    put,
+    read_yaml,
+    subtree,
+)
 
 __all__ = [
     "Override",
@@ -54,6 +62,7 @@ class Override:
 
     key: str
     value: Any
+    origin: Loc | None = None  # where it is written when not on the command line (--set-file)
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -61,11 +70,11 @@ class Override:
 
     @property
     def label(self) -> str:
-        return f"--set {self.key}"
+        return str(self.origin) if self.origin is not None else f"--set {self.key}"
 
     @property
     def loc(self) -> Loc:
-        return Loc(label=self.label)
+        return self.origin if self.origin is not None else Loc(label=self.label)
 
     def value_locs(self) -> dict[tuple[Any, ...], KeyLoc]:
         return {(): KeyLoc(self.loc, self.loc)}
@@ -93,9 +102,10 @@ def parse_override(item: str) -> Override:
     return Override(key=key, value=parse_value(text, label))
 
 
-def parse_overrides(items: Iterable[str] | None) -> list[Override]:
-    """Parse every ``--set`` item (see :func:`parse_override`)."""
-    return [parse_override(item) for item in (items or [])]
+def parse_overrides(items: Iterable[str | Override] | None) -> list[Override]:
+    """Parse every ``--set`` item (see :func:`parse_override`); an :class:`Override` (an
+    entry of a ``--set-file``, located in that file) is taken as it is."""
+    return [item if isinstance(item, Override) else parse_override(item) for item in (items or [])]
 
 
 def _check_key(parts: tuple[str, ...], loc: Loc, *, what: str = "key") -> None:
@@ -266,7 +276,28 @@ def _axes_from(
     return axes
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str] | None = None) -> Sweep:
+def _check_grid_size(axes: list[Axis], limit: int, locs: LocMap, fallback: Loc) -> None:
+    """The number of cells, from the axes' lengths alone (before any cell is built), against
+    ``max_cells``: a few short lines of axes can ask for millions of cells."""
+    lengths: dict[int, tuple[str, int]] = {}
+    for axis in axes:
+        lengths.setdefault(axis.group, (axis.key, len(axis.values)))
+    total = 1
+    for _, n in lengths.values():
+        total *= n
+    if total <= limit:
+        return
+    factors = " x ".join(f"{n} {key}" for key, n in lengths.values())
+    entry = locs.get(("max_cells",))
+    raise SpecError(
+        f"the grid has {total:,} cells ({factors}), more than max_cells = {limit:,}",
+        entry.value if entry else fallback,
+        key="max_cells",
+        hint=f"shrink an axis, or raise the limit with --set max_cells={total}",
+    )
+
+
+def load_sweep(path: str | Path, overrides: Iterable[str | Override] | None = None) -> Sweep:
     """Read a sweep, merge it over its base experiment, validate and expand every cell.
 
     Raises:
@@ -320,7 +351,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] | None = None) -> Swee
     base_loc = base_entry.value if base_entry else fallback
     base_path = Path(os.path.normpath(sweep_path.parent / spec.base))
     if not base_path.is_file():
-        state = "is a directory" if base_path.is_dir() else "not found"
+        state = "is a directory" if base_path.is_dir() else missing_reason(base_path)
         raise SpecError(
             f"base experiment file {state}: {display_path(base_path)}",
             base_loc,
@@ -438,6 +469,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] | None = None) -> Swee
 
         check_search(spec.search, base_config, locs, fallback)
 
+    _check_grid_size(axes, spec.max_cells, locs, fallback)
     tracking = {k: v for k, v in spec.tracking.model_dump().items() if v is not None}
     tracking_locs = {k: e for k in tracking if (e := locs.get(("tracking", k))) is not None}
     cells = build_cells(

@@ -952,6 +952,12 @@ class SweepConfig(_Section):
     )
     search: SearchConfig | None = Field(None, description="Optuna study block (bicc-lab tune).")
     max_parallel: int = Field(1, ge=1, description="Cells run at once.")
+    max_cells: int = Field(
+        10_000,
+        ge=1,
+        description="Refuse a grid of more cells than this (counted before expanding it); "
+        "raise it with --set max_cells=N.",
+    )
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="GPU ids to spread cells over."
     )

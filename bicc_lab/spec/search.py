@@ -152,6 +152,30 @@ def read_set_file(path: str | Path) -> dict[str, Any]:
     return _flatten(data)
 
 
+def read_set_file_located(path: str | Path) -> list[Any]:
+    """:func:`read_set_file` as ``Override`` entries located at their line in the file, so
+    that a mistake in one (an unknown key, a bad value) names the file, not ``--set``."""
+    from bicc_lab.spec.load import Override
+
+    data, locs, shown = read_yaml(path, what="overrides file")
+    read_set_file(path)  # the same checks (a mapping)
+    out: list[Any] = []
+
+    def walk(node: dict[str, Any], path: tuple[str, ...]) -> None:
+        for key, value in node.items():
+            here = path + (key,)
+            if isinstance(value, dict) and value:
+                walk(value, here)
+                continue
+            entry = locs.get(here)
+            where = (entry.key or entry.value) if entry is not None else Loc(file=shown)
+            out.append(Override(key=".".join(here), value=value, origin=where))
+
+    if isinstance(data, dict):
+        walk(data, ())
+    return out
+
+
 def set_items(overrides: dict[str, Any]) -> list[str]:
     """``{"rcc.coef": 0.5}`` -> ``["rcc.coef=0.5"]`` (values as JSON, which YAML reads back)."""
     import json

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from bicc_lab.fileio import missing_reason
 from bicc_lab.spec.errors import Loc, SpecError, display_path
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "LocMap",
     "SpecLoader",
     "parse_value",
+    "missing_reason",
     "put",
     "read_yaml",
     "read_yaml_text",
@@ -95,12 +97,54 @@ def read_yaml_text(text: str, file: str) -> tuple[Any, LocMap]:
         locs: LocMap = {}
         if node is None:
             return None, locs
+        _check_expanded_size(node, file)
         data = _build(loader, node, (), locs, file, set())
         return data, locs
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, file) from None
     finally:
         loader.dispose()
+
+
+MAX_NODES = 100_000
+"""The most values (scalars, lists, mappings) a config file may expand to once its aliases
+are resolved: a few hundred bytes of nested anchors ("billion laughs") expand to gigabytes."""
+
+
+def _check_expanded_size(root: yaml.Node, file: str) -> None:
+    """Refuse a document whose aliases would expand past :data:`MAX_NODES` values, before
+    expanding it: the expanded size of each node is counted once (the composed graph shares
+    aliased nodes), so this takes time in the file's size, not the expansion's."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in active:
+            raise SpecError("recursive YAML alias", _loc(file, node.start_mark))
+        total = 1
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            active.add(id(node))
+            children = (
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+            )
+            for child in children:
+                total += size(child)
+                if total > MAX_NODES:
+                    break
+            active.discard(id(node))
+        sizes[id(node)] = total
+        if total > MAX_NODES:
+            raise SpecError(
+                f"YAML aliases expand this document to more than {MAX_NODES:,} values",
+                _loc(file, node.start_mark),
+                hint="a config this large is almost surely nested anchors (*alias) repeating one another",
+            )
+        return total
+
+    size(root)
 
 
 def _shown_tag(tag: str) -> str:
@@ -172,7 +216,7 @@ def read_yaml(path: str | Path, *, what: str = "config file") -> tuple[Any, LocM
     shown = display_path(path)
     file = Path(path)
     if not file.exists():
-        raise SpecError(f"{what} not found: {shown}")
+        raise SpecError(f"{what} {missing_reason(file)}: {shown}")
     if file.is_dir():
         raise SpecError(f"{what} is a directory, expected a YAML file: {shown}")
     try:

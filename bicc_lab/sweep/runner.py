@@ -37,6 +37,7 @@ from bicc_lab.launch.base import (
 )
 from bicc_lab.launch.locks import LOCK_NAME, is_locked
 from bicc_lab.launch.schedule import DETACHED, INTERRUPTED, LEFT_RUNNING, run_jobs
+from bicc_lab.launch.worker import KILLED_BY_TAG
 from bicc_lab.sweep import state as st
 from bicc_lab.sweep.context import SweepContext, store_start_lock
 from bicc_lab.sweep.display import Row, fmt_duration, make_display
@@ -53,6 +54,7 @@ class SweepOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # name -> last error line
     failed_before: dict[str, str] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
+    killed_why: dict[str, str] = field(default_factory=dict)  # name -> "worker killed by signal SIGKILL ..."
     elsewhere: list[str] = field(default_factory=list)
     interrupted: bool = False
     left_running: int = 0  # SLURM jobs left in the queue (--detach, or Ctrl-C and "leave them")
@@ -217,6 +219,8 @@ def run_sweep(
                 row.note = "locked by another process"
             else:
                 row.state = "queued" if s.state == st.PENDING else s.state
+                if s.state == st.KILLED and s.note:  # e.g. its worker was OOM-killed: resumed now
+                    row.note = f"{s.note}; resuming"
             queue.append(cell)
 
     n_total = len(sweep.cells)
@@ -228,7 +232,7 @@ def run_sweep(
     )
     display = make_display(console, title, live)
 
-    def mark_if_running(job: Job, status: str, error: str | None) -> None:
+    def mark_if_running(job: Job, status: str, error: str | None, extra: dict[str, str] | None = None) -> None:
         """The worker could not record its end itself (SIGKILL, crash): do it here."""
         run_id = layout.read_text(job.directory / layout.RUN_ID_FILE)
         if not run_id:
@@ -236,7 +240,7 @@ def run_sweep(
         try:
             run = tracker.get(run_id)
             if run is not None and run.status == "RUNNING":
-                tags = {Tag.PHASE: status.lower()}
+                tags = {Tag.PHASE: status.lower(), **(extra or {})}
                 if error:
                     tags[Tag.ERROR] = error
                 tracker.set_tags(run_id, tags)
@@ -307,9 +311,17 @@ def run_sweep(
                 row.state = "killed"
                 outcome.killed.append(cell.name)
                 mark_if_running(job, "KILLED", None)
+            elif code < 0 and -code in _KILL_SIGNALS:
+                # The worker alone was killed from outside (the OOM killer sends SIGKILL): not an
+                # error of the cell, so it is KILLED, and the same command resumes it.
+                why = f"worker killed by signal {signal.Signals(-code).name} (out of memory?)"
+                row.state, row.note = "killed", f"{why}; the same command resumes it"
+                outcome.killed.append(cell.name)
+                outcome.killed_why[cell.name] = why
+                mark_if_running(job, "KILLED", None, {KILLED_BY_TAG: why})
             else:
                 how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                error = f"worker died ({how}); out of memory? see {launcher.logs(job)}"
+                error = f"worker died ({how}); see {launcher.logs(job)}"
                 row.state = "failed"
                 row.note = error
                 outcome.failed[cell.name] = error
@@ -385,6 +397,10 @@ def run_sweep(
     return outcome
 
 
+# Signals that kill a worker from outside (the OOM killer, a user's kill): the cell is not at
+# fault, and a plain rerun resumes it. A crash (SIGSEGV, SIGABRT, SIGBUS) is a failure.
+_KILL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
 # Row states of a cell whose SLURM job is still queued or running.
 _IN_QUEUE = frozenset({"starting", "training", "evaluating", "logging", "attached"})
 
@@ -427,7 +443,7 @@ def print_summary(console: Console, ctx: SweepContext, outcome: SweepOutcome, n_
     if outcome.failed_before:
         parts.append(f"{len(outcome.failed_before)} failed before (rerun with --retry-failed)")
     if outcome.killed:
-        parts.append(f"{len(outcome.killed)} killed (resume with the same command)")
+        parts.append(f"{len(outcome.killed)} killed (the same command resumes them)")
     if outcome.elsewhere:
         parts.append(f"{len(outcome.elsewhere)} running elsewhere")
     if outcome.left_running:
@@ -447,5 +463,9 @@ def print_summary(console: Console, ctx: SweepContext, outcome: SweepOutcome, n_
                 f", ... ({len(names) - 4} more)" if len(names) > 4 else ""
             )
             say(f"  FAILED {len(names)} cells ({shown}): {error}")
+    for name, why in outcome.killed_why.items():
+        say(f"  KILLED {name}: {why}; not a failure: the same command resumes it")
+    if outcome.failed or outcome.failed_before:
+        say("  a failed cell is rerun only with --retry-failed (after fixing what failed)")
     if outcome.failed:
         say(f"  logs: {ctx.sweep_dir}/<cell>/run.log")

@@ -8,7 +8,8 @@ States:
   not the run recorded in this runs directory (another machine / runs directory);
 - ``interrupted``: the last run is RUNNING but its worker is gone (lock free, or a stale
   heartbeat), or there is a checkpoint and no run; resumed by ``sweep run``;
-- ``killed``: stopped by Ctrl-C (``status=KILLED``); resumed by ``sweep run``;
+- ``killed``: stopped by Ctrl-C, or its worker alone killed by a signal (the OOM killer's
+  SIGKILL; tag ``killed_by``) (``status=KILLED``); resumed by a plain ``sweep run``;
 - ``failed``: ``status=FAILED``; rerun only with ``--retry-failed``;
 - ``pending``: nothing yet.
 """
@@ -131,6 +132,7 @@ def classify(
         status.note = _first_error_line(directory, run)
     elif run.status == "KILLED":
         status.state = KILLED
+        status.note = run.tags.get("killed_by", "")  # e.g. "worker killed by signal SIGKILL (out of memory?)"
     else:  # an unknown status tag: treat as not finished
         status.state = INTERRUPTED
     return status

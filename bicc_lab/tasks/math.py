@@ -12,6 +12,7 @@ otherwise. A missing local file raises :class:`DataError` with one line.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -116,6 +117,82 @@ def dapo_problem(prompt_content: str) -> str:
     if text.endswith(DAPO_SUFFIX):
         text = text[: -len(DAPO_SUFFIX)]
     return text.strip()
+
+
+def _is_null(value: Any) -> bool:
+    """An answer that is JSON null (or a list of one): training would reward the text "None"."""
+    if isinstance(value, list | tuple):
+        return bool(value) and value[0] is None
+    return value is None
+
+
+def _null_message(path: str, field: str, numbers: list[int], *, what: str = "line") -> str:
+    shown = ", ".join(map(str, numbers[:10])) + (f" and {len(numbers) - 10} more" if len(numbers) > 10 else "")
+    plural = "s" if len(numbers) > 1 else ""
+    return f"{path}: '{field}' is null on {what}{plural} {shown} (every record needs an answer to be rewarded)"
+
+
+#: Local training files up to this size are read whole by the preflight (null answers, record
+#: count); a larger one has its first records checked there, the rest when training reads it.
+SCAN_BYTES = 64 * 2**20
+
+
+def scan_null_answers(path: str | os.PathLike[str], field: str) -> None:
+    """Raise :class:`DataError` naming every line of the JSONL ``path`` whose ``field`` (dotted)
+    is null; lines that are not JSON objects or lack the field are left to the other checks.
+    A file is read once per process while it is unchanged (a sweep's cells share it)."""
+    nulls = _null_lines(*_file_key(path), field) if _file_key(path) else ()
+    if nulls:
+        raise DataError(_null_message(str(path), field, list(nulls)))
+
+
+def count_records(path: str | os.PathLike[str]) -> int | None:
+    """Non-blank lines of a local JSONL file (records training can read); None for a file
+    above :data:`SCAN_BYTES` or one that cannot be read."""
+    key = _file_key(path)
+    return _count_lines(*key) if key else None
+
+
+def _file_key(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    """(path, size, mtime) of a file small enough to scan, else None."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    if stat.st_size > SCAN_BYTES:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _null_lines(path: str, size: int, mtime: int, field: str) -> tuple[int, ...]:
+    nulls = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                value: Any = row
+                for part in field.split("."):
+                    value = value.get(part, ...) if isinstance(value, dict) else ...
+                if value is not ... and _is_null(value):
+                    nulls.append(lineno)
+    except (OSError, UnicodeDecodeError):
+        return ()
+    return tuple(nulls)
+
+
+@functools.lru_cache(maxsize=64)
+def _count_lines(path: str, size: int, mtime: int) -> int | None:
+    try:
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------- readers
@@ -266,14 +343,21 @@ def load_jsonl_task(
             problem = _field(row, problem_field, where)
             if isinstance(problem, list):  # chat messages: the last user turn
                 problem = problem[-1]["content"] if problem else ""
-            answer = convert[answer_format](_field(row, answer_field, where))
+            raw = _field(row, answer_field, where)
+            if _is_null(raw):
+                nulls.append(i)
+                continue
+            answer = convert[answer_format](raw)
             if not answer:  # e.g. two MATH train rows whose solution has an empty \boxed{}
                 skipped.append(i)
                 continue
             yield str(problem), answer
 
     skipped: list[int] = []
+    nulls: list[int] = []
     out = _finish(pairs(), chat=chat, template=template, system_prompt=system_prompt, limit=limit)
+    if nulls:
+        raise DataError(_null_message(str(p), answer_field, nulls, what="record"))
     if skipped:
         log.warning(
             "%s: skipped %d row(s) with an empty answer in %r (rows %s)",
@@ -463,7 +547,10 @@ def check_task(name: str, *, data_dir: str | os.PathLike[str] | None = None) -> 
             where = (
                 f" (nor in data dir {root})" if root is not None and not path.is_absolute() else ""
             )
-            raise DataError(f"{name}: file not found{where} (expected a JSONL file of problems)")
+            from bicc_lab.fileio import missing_reason
+
+            state = missing_reason(path).replace("not found", "file not found")
+            raise DataError(f"{name}: {state}{where} (expected a JSONL file of problems)")
     return kind
 
 
@@ -500,6 +587,7 @@ def check_task_records(
         for lineno, row in enumerate(rows, 1):
             _field(row, "prompt", f"{path}:{lineno}")
             answer_to_str(_field(row, "reward_model.ground_truth", f"{path}:{lineno}"))
+        scan_null_answers(path, "reward_model.ground_truth")
         return kind
     fields: dict[str, str] = {}
     if name == "gsm8k":
@@ -508,8 +596,47 @@ def check_task_records(
         fields["problem_field"] = problem_field
     if answer_field:
         fields["answer_field"] = answer_field
+    scan_null_answers(path, fields.get("answer_field", "answer"))  # every line, not the first few
     load_jsonl_task(path, rows=rows, **fields)
     return kind
+
+
+@functools.lru_cache(maxsize=16)
+def _arithmetic_count(digits: int) -> int | None:
+    from bicc_lab.tasks import arithmetic
+
+    try:
+        return len(arithmetic.arithmetic_problems("train", digits=digits))
+    except ValueError:  # training reports it itself
+        return None
+
+
+def count_task_records(
+    name: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    num_train: int | None = None,
+    digits: int = 2,
+) -> int | None:
+    """How many training prompts ``data.train`` gives (at most ``num_train``), without
+    loading a model or the hub: None when it cannot be known cheaply (a hub dataset, a
+    parquet file, a file above :data:`SCAN_BYTES`, DAPO's deduplicated rows)."""
+    kind = task_kind(name)
+    root = resolve_data_dir(data_dir)
+    count: int | None = None
+    if name == "synthetic_arithmetic":
+        count = _arithmetic_count(digits)
+    elif kind == "registry" and name in _LOCAL_FILES and name != "dapo_math" and root is not None:
+        path, _ = _local_or_hub(name, root)
+        count = count_records(path) if path.suffix == ".jsonl" else None
+    elif kind == "jsonl" and name.endswith(".jsonl"):
+        path = Path(name).expanduser()
+        if not path.is_file() and root is not None and not path.is_absolute():
+            path = root / path
+        count = count_records(path)
+    if count is not None and num_train is not None:
+        count = min(count, num_train)
+    return count
 
 
 def reward_kind(name: str) -> str:

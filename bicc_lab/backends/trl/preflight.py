@@ -13,7 +13,7 @@ from pathlib import Path
 from bicc_lab.spec.errors import SpecError
 from bicc_lab.spec.models import ExperimentConfig, TrainConfig
 
-__all__ = ["OVERRIDABLE", "check_config", "check_extra", "check_variant", "check_vllm"]
+__all__ = ["OVERRIDABLE", "check_config", "check_data_size", "check_extra", "check_variant", "check_vllm"]
 
 # GRPOConfig fields that bicc-lab sets from the machine or for its own display, not from a
 # config key: train.extra may replace them (e.g. report_to=wandb, gradient checkpointing
@@ -43,6 +43,34 @@ def check_config(config: ExperimentConfig) -> None:
     check_variant(config)
     check_vllm(config)
     check_extra(config)
+
+
+def prompts_per_generation(train: TrainConfig, processes: int = 1) -> int:
+    """Distinct prompts one generation batch takes: TRL's RepeatSampler yields only full
+    batches of ``generation_batch_size / num_generations`` prompts, so a data set smaller
+    than one trains 0 steps."""
+    return train.generation_batch_size * processes // train.num_generations
+
+
+def check_data_size(config: ExperimentConfig) -> None:
+    """The training data holds at least one generation batch of prompts (one process: more
+    processes need more, which ``train_run`` reports after training)."""
+    from bicc_lab.tasks.math import count_task_records
+
+    data, train = config.data, config.train
+    count = count_task_records(data.train, data_dir=data.data_dir, num_train=data.num_train, digits=data.digits)
+    need = prompts_per_generation(train)
+    if count is None or count >= need:
+        return
+    steps = train.steps_per_generation or train.gradient_accumulation_steps
+    limited = f" (data.num_train = {data.num_train})" if data.num_train is not None and data.num_train == count else ""
+    raise SpecError(
+        f"{count} training record(s){limited}, fewer than one generation batch of {need} prompts "
+        f"(train.per_device_train_batch_size {train.per_device_train_batch_size} x steps_per_generation {steps} "
+        f"/ num_generations {train.num_generations}): it would train 0 of {train.max_steps} steps",
+        key="data.num_train" if limited else "data.train",
+        hint="add records, or lower train.per_device_train_batch_size",
+    )
 
 
 def check_variant(config: ExperimentConfig) -> None:

@@ -23,10 +23,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bicc_lab.errors import UserError
 from bicc_lab.fileio import write_atomic
 from bicc_lab.spec.models import ExperimentConfig, tiny_preset
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+class ShortTrainingError(UserError):
+    """Training ended before ``train.max_steps`` without being asked to stop."""
 
 
 @dataclass
@@ -134,9 +139,12 @@ def train_dataset(config: ExperimentConfig):
     return build_dataset(data.train, **kwargs)
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest *complete* checkpoint: a kill during a save leaves a directory without a
-    readable ``trainer_state.json`` (the Trainer writes it last), which cannot be resumed."""
+def last_checkpoint(output_dir: Path, *, set_aside: bool = True, say: Callable[[str], None] | None = None) -> str | None:
+    """The newest checkpoint that can be resumed (see :func:`checkpoint_problem`).
+
+    A newer one that cannot (a kill during its save, a truncated weights file) is skipped
+    with a warning naming it and, with ``set_aside`` (main process only), renamed to
+    ``torn-checkpoint-N`` so that it is neither resumed nor retried, and stays for a look."""
     if not output_dir.is_dir():
         return None
     candidates = []
@@ -144,12 +152,89 @@ def last_checkpoint(output_dir: Path) -> str | None:
         suffix = path.name.rsplit("-", 1)[-1]
         if path.is_dir() and suffix.isdigit():
             candidates.append((int(suffix), path))
+    say = say or _warn
+    main = int(os.environ.get("RANK", "0")) == 0
     for _, path in sorted(candidates, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        moved = ""
+        if set_aside and main:
+            target = path.with_name(f"torn-{path.name}")
+            n = 1
+            while target.exists():
+                n += 1
+                target = path.with_name(f"torn{n}-{path.name}")
+            try:
+                path.rename(target)
+                moved = f"; set aside as {target.name}"
+            except OSError:
+                pass
+        say(f"warning: checkpoint {path} cannot be resumed ({problem}){moved}; trying the one before it")
+    return None
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint directory ``path`` cannot be resumed, or None. Cheap: no tensor
+    is read. The Trainer writes ``trainer_state.json`` last, so a save cut by a kill lacks
+    it; a file cut later (a full disk, a copy that stopped) is found by its size: a
+    ``.safetensors`` file must end where its header's last tensor ends, a torch file
+    (``optimizer.pt``, ``rng_state.pth``, ...) is a zip whose directory sits at its end."""
+    import zipfile
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no readable trainer_state.json: its save did not finish"
+    # (Only the files that are there: a DeepSpeed or FSDP checkpoint keeps its weights in
+    # subfolders of its own format, which the Trainer checks when it loads them.)
+    for file in sorted(path.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem is not None:
+            return f"{file.name}: {problem}"
+    for file in sorted([*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]):
         try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        return str(path)
+            with zipfile.ZipFile(file):
+                pass
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{file.name}: {exc}"
+    return None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` is not a whole safetensors file (8-byte header length, JSON header, data
+    up to the last tensor's end offset), or None."""
+    import struct
+
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"truncated ({size} bytes, no header)"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                return f"truncated: header length {length} runs past the end of the file ({size} bytes)"
+            header = json.loads(fh.read(length))
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    except ValueError:
+        return "header is not valid JSON"
+    if not isinstance(header, dict):
+        return "header is not a JSON object"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "header has no valid data_offsets"
+    expected = 8 + length + end
+    if size != expected:
+        return f"truncated: {size} bytes, its header describes {expected}"
     return None
 
 
@@ -171,6 +256,7 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
     quiet_transformers()
     from bicc_lab.models.loading import load_model_and_tokenizer
 
+    dataset = train_dataset(config)  # before the model: a bad record fails in seconds, not minutes
     model_ref = resolve_model(config, progress=progress)
     model, tokenizer = load_model_and_tokenizer(
         model_ref,
@@ -184,7 +270,7 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         model=model,
         reward_funcs=rewards,
         args=args,
-        train_dataset=train_dataset(config),
+        train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=list(callbacks),
         variant=variant_spec(config),
@@ -212,13 +298,23 @@ def train_run(
     progress: bool = True,
     on_log: MetricsCallback | None = None,
     callbacks: tuple | list = (),
+    stopped: Callable[[], str | None] | None = None,
 ) -> TrainResult:
-    """Train one run; resume from the newest checkpoint in ``output_dir`` when there is one."""
+    """Train one run; resume from the newest checkpoint in ``output_dir`` when there is one.
+    With ``resume``, a run that finished (``train_result.json``) is returned as it is.
+
+    A run that ends below ``train.max_steps`` raises :class:`ShortTrainingError` (no final
+    model, no ``train_result.json``: it is not finished), unless ``stopped()`` says why a
+    callback stopped it early on purpose (tune's pruning)."""
     import yaml
 
     from bicc_lab.backends.trl.callbacks import MetricsFileCallback, RichProgressCallback
 
     output_dir = Path(output_dir)
+    done = read_train_result(output_dir) if resume else None
+    if done is not None:  # trained before (e.g. not evaluated yet): never trained, nor written, again
+        print(f"{output_dir} is trained already ({done.steps} steps, train_result.json); not training it again")
+        return done
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     checkpoint = last_checkpoint(output_dir) if resume else None
@@ -239,6 +335,13 @@ def train_run(
     else:
         trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - start
+    steps = trainer.state.global_step
+    if steps < trainer.args.max_steps and not (stopped is not None and stopped()):
+        groups = trainer.args.generation_batch_size // trainer.args.num_generations
+        raise ShortTrainingError(
+            f"trained {steps} of {trainer.args.max_steps} steps: {len(trainer.train_dataset)} training prompts, "
+            f"one generation batch takes {groups} (TRL uses full batches only); the run is not finished"
+        )
 
     final_dir = output_dir / "final"
     trainer.save_model(str(final_dir))
