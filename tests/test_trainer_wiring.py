@@ -1,0 +1,153 @@
+"""Wiring of the trainer: what reaches the loss is what the algorithms are given.
+
+The pure functions (``bicc_lab.algorithms``) have their own hand-computed tests; these check
+the seams between them and TRL on a trainer step of the tiny model, each against a value
+computed outside the trainer: which π_old the BICC ratio divides by, which context the KL
+reference is scored under, Dr.GRPO's normaliser, the division by the gradient-accumulation
+steps, and where the BICC block sits in a chat prompt. Each was a mutation that no other
+test caught (``benchmarks/mutation.md``).
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+
+from trl import GRPOTrainer  # noqa: E402
+
+from bicc_lab.algorithms.variants import policy_loss  # noqa: E402
+from bicc_lab.backends.trl.run import build_trainer  # noqa: E402
+
+G = 4  # tiny_config's num_generations
+
+
+def make_trainer(untrained_tiny_dir, tmp_path, **overrides):
+    from test_trl_trainer import force_mixed_rewards, tiny_config
+
+    trainer = build_trainer(tiny_config(untrained_tiny_dir, **overrides), tmp_path, progress=False)
+    force_mixed_rewards(trainer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); these tests call the loss
+    return trainer
+
+
+def logps_under(trainer, model, prompt_ids, prompt_mask, out):
+    """Per-token log-probs of the batch's completions after ``prompt_ids``: TRL's plain forward."""
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            model, torch.cat([prompt_ids, out["completion_ids"]], 1),
+            torch.cat([prompt_mask, out["completion_mask"]], 1), out["completion_ids"].size(1))
+    return logps
+
+
+def perturb(model, scale=0.05, seed=0):
+    """Move a policy away from its reference (the same step for every model built from one dir)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+
+
+# ----------------------------------------------------------------------- BICC's importance ratio
+
+@pytest.mark.parametrize("ratio", ["paper", "conditioned"])
+@pytest.mark.parametrize("sampler_logps", [True, False], ids=["sampler-logps", "own-rollout-pass"])
+def test_bicc_ratio_divides_by_the_old_policy_its_setting_names(untrained_tiny_dir, tmp_path, ratio, sampler_logps):
+    """paper: π_θ(o|q⊕ctx) / π_old(o|q); conditioned: π_θ(o|q⊕ctx) / π_old(o|q⊕ctx) (= 1 on-policy).
+
+    The loss of one on-policy step equals ``policy_loss`` given those two log-probs, computed
+    here by plain forwards. Without π_old(o|q) in the batch TRL falls back to the loss
+    forward's own detached log-probs, i.e. the conditioned ratio: the paper case fails then.
+    Both ways π_old(o|q) reaches the batch are covered: read off the sampler, or the
+    trainer's own no-grad pass on the conditioned rows (TRL's generation, no sampler hook).
+    """
+    from test_trl_trainer import mixed_batch
+
+    trainer = make_trainer(untrained_tiny_dir, tmp_path, **{"bicc.enabled": True, "bicc.ratio": ratio})
+    if not sampler_logps:
+        trainer._generate = types.MethodType(GRPOTrainer._generate, trainer)
+    out = mixed_batch(trainer)
+    assert ("bicc_rollout_rows" in out) != sampler_logps  # the path this case is about
+    # A non-zero advantage on every row, so that the unconditioned rows (advantage 0 in a
+    # uniform group) count too: their π_old is the loss forward's own under q.
+    out["advantages"] = torch.linspace(-1.0, 1.0, out["advantages"].numel())
+    conditioned = out["bicc_conditioned"].bool()
+    mask = out["completion_mask"]
+    plain = logps_under(trainer, trainer.model, out["prompt_ids"], out["prompt_mask"], out)
+    with_context = logps_under(trainer, trainer.model, out["bicc_prompt_ids"], out["bicc_prompt_mask"], out)
+
+    def expected_loss(old):
+        loss, _ = policy_loss(trainer.variant, with_context, old, out["advantages"], mask,
+                              max_completion_length=trainer.max_completion_length)
+        return loss
+
+    paper, on_policy = expected_loss(plain), expected_loss(with_context)
+    # Not vacuous: the context moves the log-probs of the conditioned rows, and with them the loss.
+    assert (((with_context - plain).abs() * mask).sum(1)[conditioned] > 1e-3).all()
+    assert (paper - on_policy).abs() > 1e-3
+    loss = trainer._compute_loss(trainer.model, dict(out))
+    torch.testing.assert_close(loss.detach(), paper if ratio == "paper" else on_policy, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------- KL reference under BICC
+
+def test_bicc_kl_reference_is_scored_under_the_conditioned_prompt(untrained_tiny_dir, tmp_path):
+    """With beta > 0 the KL term compares π_θ(o|q⊕ctx) with π_ref(o|q⊕ctx), not π_ref(o|q).
+
+    At step 0 the policy is the reference, so under one context the per-token KL is 0 on every
+    row; scoring the reference under q leaves the context's own effect as a "KL" on every
+    conditioned row (the tiny model's log-probs move by nats under a context).
+    """
+    from test_trl_trainer import mixed_batch
+
+    trainer = make_trainer(untrained_tiny_dir, tmp_path, **{"bicc.enabled": True, "train.beta": 0.04})
+    assert trainer.ref_model is not None
+    out = mixed_batch(trainer)
+    conditioned = out["bicc_conditioned"].bool()
+    mask = out["completion_mask"].bool()
+    reference_conditioned = logps_under(trainer, trainer.ref_model, out["bicc_prompt_ids"], out["bicc_prompt_mask"], out)
+    reference_plain = logps_under(trainer, trainer.ref_model, out["prompt_ids"], out["prompt_mask"], out)
+    assert (((reference_conditioned - reference_plain).abs() * mask).sum(1)[conditioned] > 1e-3).all()
+    torch.testing.assert_close(out["ref_per_token_logps"] * mask, reference_conditioned * mask, atol=1e-5, rtol=0)
+
+    trainer._compute_loss(trainer.model, dict(out))
+    assert trainer._metrics["train"]["kl"][-1] == pytest.approx(0.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------- Dr.GRPO's normaliser
+
+def test_dr_grpo_divides_by_max_completion_length_not_the_batch_width(untrained_tiny_dir, tmp_path):
+    """Dr.GRPO: loss = Σ token losses / (B · max_completion_length), the configured budget.
+
+    The batch is cut to completions of at most 2 tokens (as if every one had ended early), so
+    its width (2) is not the budget (4). On-policy every ratio is 1: the policy term is
+    -Σ_i A_i |o_i| / (B · 4); with beta > 0 and a perturbed policy the KL term adds
+    beta · Σ k3 / (B · 4), k3 = exp(ref - logp) - (ref - logp) - 1.
+    """
+    trainer = make_trainer(untrained_tiny_dir, tmp_path, variant="dr_grpo", **{"train.beta": 0.04})
+    assert trainer.max_completion_length == 4
+    perturb(trainer.model)
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([dict(rows[i // G]) for i in range(2 * G)])
+    # Hand-chosen advantages with a non-zero sum: a group's own advantages sum to 0, so with
+    # completions of equal length the policy term would be 0 whatever it is divided by.
+    out["advantages"] = torch.linspace(-1.0, 2.0, 2 * G)
+    width = 2
+    out = {**out, "completion_ids": out["completion_ids"][:, :width], "completion_mask": out["completion_mask"][:, :width],
+           "ref_per_token_logps": out["ref_per_token_logps"][:, :width]}
+    mask = out["completion_mask"].float()
+    assert mask.sum() > 0
+    batch = mask.size(0)
+    policy_term = -(out["advantages"] * mask.sum(1)).sum() / (batch * 4)
+    policy = logps_under(trainer, trainer.model, out["prompt_ids"], out["prompt_mask"], out)
+    log_ratio = out["ref_per_token_logps"] - policy
+    k3 = torch.exp(log_ratio) - log_ratio - 1
+    kl_term = (k3 * mask).sum() / (batch * 4)
+    assert policy_term.abs() > 1e-3 and kl_term > 1e-4  # both terms live, so both normalisers count
+    loss = trainer._compute_loss(trainer.model, dict(out))
+    torch.testing.assert_close(loss.detach(), policy_term + 0.04 * kl_term, atol=1e-6, rtol=1e-5)
