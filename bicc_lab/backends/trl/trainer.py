@@ -545,7 +545,12 @@ class BiccGRPOTrainer(GRPOTrainer):
             # On-policy, π_old(o|q ⊕ ctx) is the loss forward itself: TRL's detached fallback.
             output.pop("old_per_token_logps", None)
         if self.beta != 0.0:
-            # The KL term compares policy and reference under the same conditioned context.
+            # The KL term compares policy and reference under the same conditioned context
+            # (DESIGN.md, "BICC"): it measures how far training moved the policy from the
+            # reference, so both score o after the same prompt, q ⊕ context (q on the rows
+            # without one). The reference under q would add the context's own effect on the
+            # log-probs to the "KL", non-zero from step 0 on, and penalise reading the context
+            # (tests/test_trainer_wiring.py).
             output["ref_per_token_logps"] = self._reference_logps(
                 conditioned_ids, conditioned_mask, completion_ids, completion_mask
             )
