@@ -151,3 +151,44 @@ def test_dr_grpo_divides_by_max_completion_length_not_the_batch_width(untrained_
     assert policy_term.abs() > 1e-3 and kl_term > 1e-4  # both terms live, so both normalisers count
     loss = trainer._compute_loss(trainer.model, dict(out))
     torch.testing.assert_close(loss.detach(), policy_term + 0.04 * kl_term, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------- gradient accumulation
+
+def accumulated_gradient(trainer, prompts, micro_steps):
+    """The gradient that ``micro_steps`` calls of ``training_step`` (Trainer's own loop body:
+    generation, the loss, its scaling, backward) leave on the parameters for one optimizer step."""
+    trainer.model.zero_grad()
+    trainer.current_gradient_accumulation_steps = micro_steps
+    torch.manual_seed(0)  # the same completions in both trainers
+    for _ in range(micro_steps):
+        trainer.training_step(trainer.model, [dict(p) for p in prompts], None)
+    return {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", ["grpo", "dapo"])
+def test_two_accumulated_micro_batches_give_the_one_batch_gradient(untrained_tiny_dir, tmp_path, variant):
+    """One generation batch of 8, trained as one micro-batch of 8 or two of 4 (gradient
+    accumulation 2): the optimizer sees the same gradient. TRL tells Trainer that the loss is
+    already scaled for accumulation, so a loss not divided by the accumulation steps doubles it.
+    beta > 0 on a perturbed policy, so the KL term's division counts too; ``dapo`` divides by
+    the generation batch's token count instead (``token_mean``)."""
+    common = {"variant": variant, "train.beta": 0.04}
+    whole = make_trainer(untrained_tiny_dir, tmp_path / "whole", **common)
+    split = make_trainer(untrained_tiny_dir, tmp_path / "split", **{
+        **common, "train.per_device_train_batch_size": 4, "train.gradient_accumulation_steps": 2})
+    assert split.args.steps_per_generation == 2  # one generation batch of 4 x 2 rows
+    for trainer in (whole, split):
+        perturb(trainer.model)
+    prompts = [whole.train_dataset[i // G] for i in range(2 * G)]
+    expected = accumulated_gradient(whole, prompts, micro_steps=1)
+    got = accumulated_gradient(split, prompts, micro_steps=2)
+    # Same completions, rewards and advantages on both sides, in whatever order the micro-batches took.
+    one = whole._buffered_inputs[0]
+    two = split._buffered_inputs
+    assert sorted(map(tuple, one["completion_ids"].tolist())) == sorted(
+        map(tuple, torch.cat([b["completion_ids"] for b in two]).tolist()))
+    assert one["advantages"].abs().max() > 0.1
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-4, msg=name)
