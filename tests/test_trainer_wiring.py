@@ -19,6 +19,7 @@ pytest.importorskip("trl")
 
 from trl import GRPOTrainer  # noqa: E402
 
+from bicc_lab.algorithms import bicc as bicc_alg  # noqa: E402
 from bicc_lab.algorithms.variants import policy_loss  # noqa: E402
 from bicc_lab.backends.trl.run import build_trainer  # noqa: E402
 
@@ -192,3 +193,61 @@ def test_two_accumulated_micro_batches_give_the_one_batch_gradient(untrained_tin
     assert expected.keys() == got.keys() and expected
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------- BICC block in a chat prompt
+
+def test_bicc_block_goes_inside_the_user_turn_of_a_chat_prompt(untrained_tiny_dir, tmp_path):
+    """Chat prompt ``head + q + tail`` (tail: end of the user turn and the assistant header):
+    the conditioned prompt is ``head + q + block + tail``, the block being the default
+    template's header, every opposite-outcome completion of the group as "Attempt k: ...",
+    and its footer. After the assistant header the block would read as the answer's start."""
+    from itertools import permutations
+
+    from test_trl_trainer import mixed_batch
+
+    from bicc_lab.tasks.grading import completion_text
+
+    trainer = make_trainer(untrained_tiny_dir, tmp_path, **{
+        "data.chat": True, "bicc.enabled": True, "bicc.template": "default",
+        "train.max_prompt_length": 256})  # a budget of 130 tokens: every opposite trace fits whole
+    assert isinstance(trainer.train_dataset[0]["prompt"], list)
+    # force_mixed_rewards' parity, on the text of chat completions (lists of messages).
+    trainer.reward_funcs = [lambda completions, **kw: [
+        float(sum(map(ord, completion_text(c))) % 2 == 0) for c in completions]]
+    tokenizer = trainer.processing_class
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    sentinel = "\u2063S\u2063"
+    head, tail = tokenizer.apply_chat_template(
+        [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True).split(sentinel)
+    out = mixed_batch(trainer)
+    rewards = out["bicc_rewards"]
+    strip = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    traces = [[t for t in row[m.bool()].tolist() if t not in strip]
+              for row, m in zip(out["completion_ids"], out["completion_mask"], strict=True)]
+    conditioned = out["bicc_conditioned"].bool()
+    assert conditioned.any()
+    for i in conditioned.nonzero().flatten().tolist():
+        prompt = out["prompt_ids"][i][out["prompt_mask"][i].bool()].tolist()
+        question = trainer.train_dataset[i // G]["prompt"][-1]["content"]
+        assert prompt == ids(head + question + tail)  # the plain chat prompt, for reference
+        correct = bool(rewards[i] > 0.5)
+        group = range(G * (i // G), G * (i // G + 1))
+        opposite = [traces[j] for j in group if bool(rewards[j] > 0.5) != correct]
+        header = ids(bicc_alg.DEFAULT_TEMPLATE.header.format(shown="incorrect" if correct else "correct"))
+        footer = ids(bicc_alg.DEFAULT_TEMPLATE.footer)
+
+        def block(order, header=header, footer=footer):
+            body = []
+            for k, trace in enumerate(order, start=1):
+                body += ids(bicc_alg.DEFAULT_TEMPLATE.trace_prefix.format(index=k)) + trace
+                body += ids(bicc_alg.DEFAULT_TEMPLATE.trace_suffix)
+            return header + body + footer
+
+        got = out["bicc_prompt_ids"][i][out["bicc_prompt_mask"][i].bool()].tolist()
+        # The packer shows the traces in a seeded random order: any order of them is right.
+        expected = [ids(head + question) + block(order) + ids(tail) for order in permutations(opposite)]
+        assert got in expected, tokenizer.decode(got)
