@@ -251,3 +251,75 @@ def test_bicc_block_goes_inside_the_user_turn_of_a_chat_prompt(untrained_tiny_di
         # The packer shows the traces in a seeded random order: any order of them is right.
         expected = [ids(head + question) + block(order) + ids(tail) for order in permutations(opposite)]
         assert got in expected, tokenizer.decode(got)
+
+    # A chat prompt that does not end with that tail (another rendering) takes the block at
+    # its end: rows whose last token is one below and one above the tail's.
+    prompt = out["prompt_ids"][0][out["prompt_mask"][0].bool()]
+    rows = torch.stack([prompt, torch.cat([prompt[:-1], prompt[-1:] - 1]), torch.cat([prompt[:-1], prompt[-1:] + 1])])
+    width = rows.size(1)
+    assert trainer._insert_positions(rows, torch.ones_like(rows), chat=True) == [width - len(ids(tail)), width, width]
+
+
+# ----------------------------------------------------------------------- two optimizer steps per generation
+
+def test_a_generation_batch_over_two_optimizer_steps_halves_dapos_token_count(untrained_tiny_dir, tmp_path):
+    """DAPO (token_mean) with steps_per_generation = 2 and no accumulation: the generation
+    batch's N active tokens are shared by two optimizer steps, so each step's loss is
+    Σ token losses / (N · accumulation / steps_per_generation) = Σ / (N / 2), as TRL 1.16.
+    On-policy every ratio is 1: the loss of the first micro-batch is -Σ_i A_i |o_i| / (N / 2)."""
+    from trl.trainer.utils import split_tensor_dict
+
+    trainer = make_trainer(untrained_tiny_dir, tmp_path, variant="dapo", **{
+        "train.per_device_train_batch_size": 4, "train.steps_per_generation": 2})
+    assert (trainer.args.gradient_accumulation_steps, trainer.args.steps_per_generation) == (1, 2)
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([dict(rows[i // G]) for i in range(2 * G)])
+    out["advantages"] = torch.linspace(-1.0, 2.0, 2 * G)  # non-zero sum (see the Dr.GRPO test)
+    out["completion_mask"] = torch.ones_like(out["completion_mask"])  # every row counts (no dynamic sampling)
+    out["num_items_in_batch"] = out["completion_mask"].sum()
+    first = split_tensor_dict(out, 2)[0]
+    tokens = float(out["num_items_in_batch"])
+    expected = -(first["advantages"] * first["completion_mask"].sum(1)).sum() / (tokens / 2)
+    loss = trainer._compute_loss(trainer.model, dict(first))
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------- RCC's δ
+
+def initial_weights_logps(model_dir, out, temperature):
+    """log π_ref(o|q) from a fresh load of the initial weights: plain logits / temperature."""
+    from transformers import AutoModelForCausalLM
+
+    fresh = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    with torch.no_grad():
+        logits = fresh(input_ids=ids, attention_mask=mask).logits[:, out["prompt_ids"].size(1) - 1 : -1]
+    logps = torch.log_softmax(logits.float() / temperature, -1)
+    return logps.gather(-1, out["completion_ids"].unsqueeze(-1)).squeeze(-1) * out["completion_mask"]
+
+
+@pytest.mark.parametrize("sampler_logps", [True, False], ids=["sampler-logps", "own-rollout-pass"])
+def test_rcc_delta_is_the_policy_against_the_initial_weights(untrained_tiny_dir, tmp_path, sampler_logps):
+    """δ = log π_θ(o|q) - log π_ref(o|q) with π_ref the initial weights, loaded afresh here,
+    and the advantages are RCC's on that δ. The reference is a deep copy of the policy; TRL's
+    fused LM head once left the copy's plain forward running the policy, so the shared-prefix
+    pass scored the prompt with the policy and the completion with the reference. Without
+    sampler log-probs (TRL's generation: continuous batching, tools) RCC runs π_old(o|q) itself."""
+    from bicc_lab.algorithms.rcc import rcc_advantages, sequence_delta
+
+    trainer = make_trainer(untrained_tiny_dir, tmp_path, **{"rcc.enabled": True, "rcc.coef": 3.0})
+    if not sampler_logps:
+        trainer._generate = types.MethodType(GRPOTrainer._generate, trainer)
+    perturb(trainer.model)
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions([dict(rows[i // G]) for i in range(2 * G)])
+    assert (trainer._token_totals["nograd_policy"] > 0) != sampler_logps  # who computed π_old(o|q)
+    policy = logps_under(trainer, trainer.model, out["prompt_ids"], out["prompt_mask"], out)
+    reference = initial_weights_logps(untrained_tiny_dir, out, trainer.temperature)
+    delta = sequence_delta(policy, reference, out["completion_mask"], reduction="sum")
+    assert delta.abs().max() > 1e-3
+    expected = rcc_advantages(out["bicc_rewards"], delta, G, coef=3.0, scale="group_std", std="unbiased")
+    torch.testing.assert_close(out["advantages"], expected.advantages, atol=1e-5, rtol=1e-5)
