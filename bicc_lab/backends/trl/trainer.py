@@ -560,7 +560,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             output.pop("old_per_token_logps", None)
         if self.beta != 0.0:
             # The KL term compares policy and reference under the same conditioned context
-            # (DESIGN.md, "BICC"): it measures how far training moved the policy from the
+            # (the design's choice): it measures how far training moved the policy from the
             # reference, so both score o after the same prompt, q ⊕ context (q on the rows
             # without one). The reference under q would add the context's own effect on the
             # log-probs to the "KL", non-zero from step 0 on, and penalise reading the context
