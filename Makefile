@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # is not a directory; an empty one is unset).
 export BICC_LAB_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 
-.PHONY: install test test-fast quickstart lint bench clean
+.PHONY: install test test-fast quickstart lint bench mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,12 @@ lint:
 bench: install
 	$(BIN)/python benchmarks/cli_startup.py
 
+# Mutation testing on a seeded sample of mutants per target (benchmarks/mutation.md); about
+# 40 minutes on two cores. MUTANTS=N sets the sample size of each target.
+MUTANTS ?= 40
+mutation: install
+	$(BIN)/pip install -e '.[mutation]'
+	for target in algorithms stats trainer; do PYTHON=$(BIN)/python benchmarks/mutation/run.sh $$target $(MUTANTS) || exit 1; done
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mutation

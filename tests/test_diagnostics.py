@@ -104,6 +104,12 @@ def test_outcome_gap_by_group_is_order_free_and_handles_partial_groups():
     assert partial["value"] == pytest.approx(-1.0) and partial["num_groups"] == 1
     none = outcome_gap_by_group(values[4:6], rewards[4:6], torch.tensor([1, 1]))
     assert none["value"] is None
+    # A reward equal to the threshold is a failure (success is reward > threshold), and an
+    # empty batch has no group.
+    at_threshold = outcome_gap_by_group(torch.tensor([1.0, 4.0]), torch.tensor([0.5, 1.0]), torch.tensor([0, 0]))
+    assert at_threshold == {"value": 3.0, "num_groups": 1}
+    empty = torch.zeros(0)
+    assert outcome_gap_by_group(empty, empty, torch.zeros(0, dtype=torch.long)) == {"value": None, "num_groups": 0}
 
 
 def test_gradient_variance_from_moments_by_hand():

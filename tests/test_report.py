@@ -316,3 +316,25 @@ def test_other_baseline_and_metric(store):
     # aime24 pass@2 of the baseline (1 of 2 right) is 1 as well; dapo has no +RCC run at all
     assert table.cell(DAPO, "aime24", "bicc").delta is None
     assert any("tiny / dapo: no +RCC run, so no Δ" in n for n in table.notes)
+
+
+def test_paired_bootstrap_pairs_each_problem_with_itself(store):
+    """Per-problem scores that differ from problem to problem, and arms that move every
+    problem by the same amount: only the right pairing makes every difference that amount.
+    Problem i (of 12) has i of 12 samples right in the baseline, i + 1 under +BICC and i under
+    +RCC, on both seeds, so the per-problem differences are all 1/12 and all 0 and every
+    resample has the same mean. A pairing in another order (reversed, shuffled) mixes
+    problems, the differences spread, and so does the interval."""
+    uri = store["uri"]
+    counts = {"base": list(range(12)), "bicc": [i + 1 for i in range(12)], "rcc": list(range(12))}
+    cells = [SyntheticCell("tiny", "grpo", arm, seed, correct={"arith": problems(c, 12)})
+             for arm, c in counts.items() for seed in (0, 1)]
+    fill_store(uri, "pairing", cells)
+    rs = load_runs("pairing", uri)
+    table = build_ablation(rs, problems=load_problem_scores(rs), n_resamples=2000)
+    shift = table.cell(GRPO, "arith", "bicc").test
+    assert shift.n_problems == 12
+    assert (shift.diff, shift.low, shift.high) == pytest.approx((1 / 12, 1 / 12, 1 / 12), abs=1e-12)
+    assert shift.p_value == pytest.approx(1 / 2001)
+    same = table.cell(GRPO, "arith", "rcc").test
+    assert (same.diff, same.low, same.high, same.p_value) == pytest.approx((0.0, 0.0, 0.0, 1.0), abs=1e-12)

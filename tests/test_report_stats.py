@@ -68,6 +68,10 @@ def test_bootstrap_p_matches_the_normal_approximation_on_a_large_sample():
     se = d.std(ddof=1) / math.sqrt(d.size)
     assert r.diff == pytest.approx(d.mean())
     assert (r.high - r.low) / 2 == pytest.approx(1.96 * se, rel=0.05)
+    # Each tail on its own: the 2.5% and 97.5% quantiles (a 1.67% lower quantile would put
+    # the low end 2.13 se away while the width above still passed).
+    assert r.diff - r.low == pytest.approx(1.96 * se, rel=0.04)
+    assert r.high - r.diff == pytest.approx(1.96 * se, rel=0.04)
     d2 = d - d.mean() + 1.5 * se  # z = 1.5 -> two-sided p = 0.1336
     r2 = paired_bootstrap(d2, b)
     assert r2.p_value == pytest.approx(2 * stats.norm.sf(1.5), abs=0.015)
@@ -155,5 +159,6 @@ def test_clip_ci_keeps_the_interval_in_the_metric_range():
     clipped = clip_ci(stat, 0.0, 1.0)
     assert (clipped.mean, clipped.low, clipped.high, clipped.n) == (0.5, 0.0, 1.0, 3)
     assert clipped.symmetric and not clip_ci(mean_ci([0.9, 1.0, 1.0]), 0.0, 1.0).symmetric
+    assert mean_ci([0.1, 0.2, 0.4]).symmetric  # a mean other than 0.5: mean - low is not mean + low
     assert clip_ci(MeanCI(0.5, math.nan, math.nan, 1, math.nan, ""), 0.0, 1.0).has_ci is False
     assert clip_ci(stat, None, None) == stat

@@ -7,6 +7,7 @@ aggregation in ``_compute_loss``) so that the tests do not import TRL.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -360,6 +361,12 @@ def test_aspo_differs_from_grpo_and_counts_dual_clips():
     # Only the A>0 token with 1/r = 4 is dual-clipped (r = 4 with A > 0 is masked instead).
     assert metrics["clip_ratio/dual_mean"].item() == pytest.approx(1 / 3)
     assert metrics["clip_ratio/high_mean"].item() == pytest.approx(1 / 3)
+    # The low clip counts A < 0 tokens below 1 - eps_low (0.8) only: r = 0.7 with A < 0 is
+    # clipped; r = 0.9 with A < 0 and r = 0.7 with A > 0 are not.
+    logps = [[math.log(0.7)], [math.log(0.9)], [math.log(0.7)]]
+    _, _, metrics = grad_of(get_variant("aspo"), logps, [[0.0]] * 3, [-1.0, -1.0, 1.0], [[1.0]] * 3)
+    assert metrics["clip_ratio/low_mean"].item() == pytest.approx(1 / 3)
+    assert metrics["clip_ratio/region_mean"].item() == pytest.approx(1 / 3)
     # Without the dual clip the flipped weight 1/r = 4 passes through.
     loss, grad, _ = one_token("aspo", math.log(0.25), 1.0, dual_clip_c=None)
     assert (loss, grad) == pytest.approx((-4.0, -4.0))
@@ -507,6 +514,14 @@ def test_overrides_replace_fields_and_reject_unknown_ones():
         get_variant("grpo", ratio="geo_mean")
     with pytest.raises(ValueError, match="aggregation must be one of"):
         get_variant("grpo", aggregation="mean")
+    # Clip widths are >= 0: zero (no trust region on that side) is allowed, a negative width not.
+    assert get_variant("grpo", epsilon_high=0.0).epsilon_high == 0.0
+    with pytest.raises(ValueError, match="epsilon_low must be >= 0, got -0.1"):
+        get_variant("grpo", epsilon_low=-0.1)
+    # Specs are frozen: the registered instance is shared by every run of a sweep process, so
+    # an override must be a copy (as above), never an edit of the registered one.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.epsilon_low = 0.3
 
 
 def test_register_variant_refuses_silent_redefinition():

@@ -28,6 +28,7 @@ from accelerate.utils import is_peft_model
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import (
+    add_fused_lm_head,
     split_pixel_values_by_grid,
     split_tensor_dict,
     unsplit_pixel_values_by_grid,
@@ -647,6 +648,19 @@ class BiccGRPOTrainer(GRPOTrainer):
         import copy
 
         snapshot = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        # TRL's fused LM head replaces ``forward`` on the instance with a closure over the
+        # original bound forward. A deep copy rebinds the method to the copy but keeps the
+        # closure, so the copy's plain forward (the one the shared-prefix path runs prompts
+        # through) would still run the policy: δ then mixed policy and reference. Patch the
+        # copy afresh over its own forward.
+        for module in snapshot.modules():
+            patched = vars(module).get("forward")
+            if patched is not None and getattr(getattr(patched, "__func__", None), "__code__", None) is not None \
+                    and patched.__func__.__code__.co_name == "_fused_forward":
+                del module.forward
+                add_fused_lm_head(module, temperature=self.temperature,
+                                  cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+                                  outputs=("log_probs", "entropy"))
         snapshot.eval()
         snapshot.requires_grad_(False)
         return snapshot
@@ -713,7 +727,12 @@ class BiccGRPOTrainer(GRPOTrainer):
             # On-policy, π_old(o|q ⊕ ctx) is the loss forward itself: TRL's detached fallback.
             output.pop("old_per_token_logps", None)
         if self.beta != 0.0:
-            # The KL term compares policy and reference under the same conditioned context.
+            # The KL term compares policy and reference under the same conditioned context
+            # (the design's choice): it measures how far training moved the policy from the
+            # reference, so both score o after the same prompt, q ⊕ context (q on the rows
+            # without one). The reference under q would add the context's own effect on the
+            # log-probs to the "KL", non-zero from step 0 on, and penalise reading the context
+            # (tests/test_trainer_wiring.py).
             output["ref_per_token_logps"] = self._reference_logps(
                 conditioned_ids, conditioned_mask, completion_ids, completion_mask
             )
