@@ -283,6 +283,7 @@ class _Builder:
     tracking: dict[str, Any]
     tracking_locs: dict[tuple[Any, ...], KeyLoc]
     sweep_loc: Loc
+    share_base: bool = False  # cells only read and dropped (a plan): see _data
     short: dict[str, str] = field(default_factory=dict)
     count: int = 0
 
@@ -291,8 +292,36 @@ class _Builder:
         if not self.count:
             raise SpecError("the sweep has no cells left after 'exclude'", self.sweep_loc)
 
+    def _data(self, picks: list[tuple[Axis, int]]) -> dict[str, Any]:
+        """A copy of the base that the picks and tracking can be written into without
+        changing the base: the sections on their paths are copied (the subtree at an axis
+        key deeply, it may be merged into), the rest shared. Per cell this is a few small
+        copies, not a deep copy of the whole config. A value typed ``Any`` (in
+        ``train.extra``) stays shared with the base through validation, so cells that are
+        kept (``build_cells``, which ``sweep run`` hands on) get a deep copy instead."""
+        if not self.share_base:
+            return copy.deepcopy(self.base_data)
+        data = dict(self.base_data)
+        copied = {id(data)}
+        paths = [axis.parts for axis, _ in picks] + [("tracking", key) for key in self.tracking]
+        for path in paths:
+            node = data
+            for part in path[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    break  # put() makes a new section here
+                if id(child) not in copied:
+                    child = dict(child)
+                    node[part] = child
+                    copied.add(id(child))
+                node = child
+            else:
+                if isinstance(node.get(path[-1]), dict):  # put() merges a mapping into it
+                    node[path[-1]] = copy.deepcopy(node[path[-1]])
+        return data
+
     def cell(self, index: int, picks: list[tuple[Axis, int]]) -> Cell:
-        data = copy.deepcopy(self.base_data)
+        data = self._data(picks)
         locs = dict(self.base_locs)
         for axis, pos in picks:
             put(data, locs, axis.parts, copy.deepcopy(axis.values[pos]), axis.value_locs[pos])
@@ -306,7 +335,12 @@ class _Builder:
             )
         values = {axis.key: axis.values[pos] for axis, pos in picks}
         try:
-            config = validate_model(ExperimentConfig, data, locs, self.base_fallback)
+            config = validate_model(
+                ExperimentConfig, data, locs, self.base_fallback,
+                # The base's keys and the axes' keys are checked when loaded; only a
+                # mapping as an axis value can bring a key the schema does not know.
+                check_unknown=any(isinstance(axis.values[pos], dict) for axis, pos in picks),
+            )
         except SpecError as exc:
             described = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
             raise exc.with_suffix(f"(in cell {described})") from None
@@ -394,7 +428,7 @@ class LazyCells(Sequence[Cell]):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        self._builder = _Builder(**kwargs)
+        self._builder = _Builder(**kwargs, share_base=True)
         self._shared: set[bytes] = set()
         hashes: set[bytes] = set()
         names: set[bytes] = set()
