@@ -321,7 +321,7 @@ def _plan_memory(tmp_path: Path, n_cells: int) -> tuple[int, dict]:
 def test_plan_of_a_large_grid_streams_in_bounded_memory(tmp_path):
     """Built and held, a cell costs ~16 KB: 19,000 more cells would add ~300 MB of peak
     memory. Streamed, the larger plan grows only by its digests (~100 bytes a cell, under
-    2 MB here; 1 KB a cell is allowed for the allocator's noise). ~20 s on two cores."""
+    2 MB here; 1 KB a cell is allowed for the allocator's noise). 13-30 s on two cores."""
     small, large = 1000, 20000
     rss_small, plan_small = _plan_memory(tmp_path, small)
     rss_large, plan_large = _plan_memory(tmp_path, large)
