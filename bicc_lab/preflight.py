@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +90,7 @@ class Write:
     path: str | os.PathLike[str]
     what: str
     kind: str = "dir"
-    names: tuple[tuple[str, str], ...] = ()
+    names: Iterable[tuple[str, str]] = ()
 
 
 def preflight(
@@ -122,19 +122,27 @@ def preflight(
     check_environment()
     for write in writes:
         _check_write(write)
-    items = [checks] if isinstance(checks, (RunCheck, EvalCheck)) else list(checks)
-    runs = [item for item in items if isinstance(item, RunCheck)]
+    if isinstance(checks, (RunCheck, EvalCheck)):
+        items: Iterable[RunCheck | EvalCheck] = [checks]
+    elif isinstance(checks, _Walk):
+        items = checks  # walked twice, one check at a time (a large sweep's plan)
+    else:
+        items = list(checks)
+    extra = False
     for item in items:
         if isinstance(item, EvalCheck):
             _check_eval(item)
         else:
             _check_run(item, available=available)
+            extra = extra or bool(item.config.train.extra)
     # The backend's train.extra check imports TRL (seconds): after every cheap check.
-    from bicc_lab.backends.trl.preflight import check_extra
+    if extra:
+        from bicc_lab.backends.trl.preflight import check_extra
 
-    for run in runs:
-        with _located(run, None):
-            check_extra(run.config)
+        for run in items:
+            if isinstance(run, RunCheck):
+                with _located(run, None):
+                    check_extra(run.config)
     if tracking_uri is not None:
         from bicc_lab.tracking.check import check_tracking_uri
 
@@ -211,13 +219,19 @@ def sweep_writes(ctx: Any, runs_flag: str | None, name: str | None = None) -> li
 
     sweep = ctx.sweep
     name = name or sweep.name
-    names = [(f"the name of {sweep.path}", layout.safe_name(name))]
-    if name == sweep.name:
-        for cell in sweep.cells:
-            folder = layout.cell_dir(ctx.runs_dir, sweep.name, cell.name, cell.cell_id).name
-            names.append((f"cell {cell.name}: its folder", folder))
+    first = (f"the name of {sweep.path}", layout.safe_name(name))
+
+    def names() -> Iterator[tuple[str, str]]:
+        yield first
+        if name == sweep.name:
+            for cell in sweep.cells:
+                folder = layout.cell_dir(ctx.runs_dir, sweep.name, cell.name, cell.cell_id).name
+                yield (f"cell {cell.name}: its folder", folder)
+
     what = f"--runs-dir {runs_flag}" if runs_flag else f"runs directory {ctx.runs_dir}"
-    return [Write(ctx.runs_dir, what, names=tuple(names))]
+    # A lazily built sweep (a large plan) is walked again, not held as a tuple of names.
+    folders = _Walk(names) if _lazy(sweep) else tuple(names())
+    return [Write(ctx.runs_dir, what, names=folders)]
 
 
 def _check_eval(item: EvalCheck) -> None:
@@ -363,9 +377,32 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- what to check
 
 
-def sweep_checks(sweep: Any) -> list[RunCheck]:
-    """One :class:`RunCheck` per cell of a loaded sweep, located in its files."""
-    return [RunCheck(cell.config, cell.locs, cell.name) for cell in sweep.cells]
+class _Walk:
+    """A re-iterable of what ``make()`` yields, built anew on each walk: the checks of a
+    lazily built sweep (a large ``sweep plan``) are never all held at once."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self._make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._make()
+
+
+def _lazy(sweep: Any) -> bool:
+    from bicc_lab.spec.grid import LazyCells
+
+    return isinstance(sweep.cells, LazyCells)
+
+
+def sweep_checks(sweep: Any) -> Iterable[RunCheck]:
+    """One :class:`RunCheck` per cell of a loaded sweep, located in its files (for a lazily
+    built sweep, made one cell at a time on each walk)."""
+
+    def checks() -> Iterator[RunCheck]:
+        for cell in sweep.cells:
+            yield RunCheck(cell.config, cell.locs, cell.name)
+
+    return _Walk(checks) if _lazy(sweep) else list(checks())
 
 
 def study_checks(sweep: Any) -> list[RunCheck]:

@@ -750,3 +750,33 @@ def test_set_mapping_errors_point_at_the_flag(base):
     assert error_of(load_experiment, base, ["train={max_steps: x}"]).startswith(
         "invalid value for 'train.max_steps' at --set train;"
     )
+
+
+def test_lazy_cells_equal_the_built_ones_and_fail_the_same(base, tmp_path):
+    """``load_sweep(lazy=True)`` (what ``sweep plan`` walks): the same cells, names (two
+    names told apart by their ids), configs and locations, with the same errors."""
+    names = write(
+        tmp_path / "names.yaml",
+        """
+        base: base.yaml
+        grid:
+          data.train: ["x/a.jsonl", "x_a.jsonl", "y.jsonl"]
+          bicc: [{enabled: true}, {enabled: false, context_fraction: 0.5}]
+          seed: [0, 1]
+        set: {train.extra: {optim_args: [1, 2]}}
+        tracking: {experiment: e}
+        """,
+    )
+    built = load_sweep(names).cells
+    lazy = load_sweep(names, lazy=True).cells
+    assert len(lazy) == len(built) == 12
+    for a, b in zip(built, lazy, strict=True):
+        assert (a.name, a.cell_id, a.index, a.axes, a.config, a.locs) == (b.name, b.cell_id, b.index, b.axes, b.config, b.locs)
+    assert built[0].name.endswith("~" + built[0].cell_id[:6])
+    assert lazy[5].name == built[5].name and lazy[-1].name == built[-1].name
+    assert list(lazy) == list(lazy)  # each walk builds the same cells
+    dup = write(tmp_path / "dup.yaml", "base: base.yaml\ngrid: {seed: [0, 1, 0]}\n")
+    bad = write(tmp_path / "bad.yaml", "base: base.yaml\ngrid: {bicc: [{enabled: true}, {enabld: true}]}\n")
+    for path, fragment in ((dup, "resolve to the same config"), (bad, "unknown key 'bicc.enabld'")):
+        assert error_of(load_sweep, path, lazy=True) == error_of(load_sweep, path)
+        assert fragment in error_of(load_sweep, path, lazy=True)

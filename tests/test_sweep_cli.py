@@ -274,3 +274,101 @@ def test_local_launcher_pins_cells_to_the_least_used_gpu(tmp_path):
     assert ["CUDA_VISIBLE_DEVICES=0" in t for t in logs] == [True, False, True]
     assert "CUDA_VISIBLE_DEVICES=1" in logs[1]
     assert all("PYTHONUNBUFFERED=1" in t for t in logs)
+
+
+def _plan_memory(tmp_path: Path, n_cells: int) -> tuple[int, dict]:
+    """`sweep plan --json` of a grid of ``n_cells`` (seeds x 10 x 10) in a fresh interpreter, with
+    max_cells raised on the command line: its peak RSS (KiB) and the JSON it printed."""
+    _write(tmp_path / "base.yaml", BASE)
+    # A product of short axes (the grid file stays small; the cells are many).
+    _write(
+        tmp_path / "big.yaml",
+        """
+        base: base.yaml
+        max_cells: 10
+        grid:
+          train.learning_rate: [1.0e-4, 2.0e-4, 3.0e-4, 4.0e-4, 5.0e-4, 6.0e-4, 7.0e-4, 8.0e-4, 9.0e-4, 1.0e-3]
+          rcc.coef: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+        """,
+    )
+    out_file = tmp_path / f"plan-{n_cells}.json"
+    code = textwrap.dedent(
+        f"""
+        import resource, sys
+        from bicc_lab.cli.main import app
+        sys.stdout = open({str(out_file)!r}, "w")
+        try:
+            app(["sweep", "plan", "big.yaml", "--json", "--runs-dir", "runs",
+                 "--set", "tracking.uri=sqlite:///{tmp_path / "mlflow.db"}",
+                 "--set", "grid.seed=[{", ".join(map(str, range(n_cells // 100)))}]",
+                 "--set", "max_cells={n_cells}"])
+        except SystemExit as exc:
+            assert exc.code in (0, None), exc.code
+        sys.stdout.close()
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+        """
+    )
+    # PYTHONPATH: this checkout's bicc_lab, whichever one the interpreter has installed.
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stderr.strip().splitlines()[-1]), json.loads(out_file.read_text())
+
+
+@pytest.mark.slow
+def test_plan_of_a_large_grid_streams_in_bounded_memory(tmp_path):
+    """Built and held, a cell costs ~16 KB: 19,000 more cells would add ~300 MB of peak
+    memory. Streamed, the larger plan grows only by its digests (~100 bytes a cell, under
+    2 MB here; 1 KB a cell is allowed for the allocator's noise). 13-30 s on two cores."""
+    small, large = 1000, 20000
+    rss_small, plan_small = _plan_memory(tmp_path, small)
+    rss_large, plan_large = _plan_memory(tmp_path, large)
+    for n, plan in ((small, plan_small), (large, plan_large)):
+        assert plan["n_cells"] == n and len(plan["cells"]) == n
+        assert plan["counts"] == {"pending": n}
+        assert [c["index"] for c in plan["cells"]] == list(range(n))
+        assert len({c["cell_id"] for c in plan["cells"]}) == n
+    assert plan_large["cells"][-1]["name"] == f"tiny/grpo/base/s{large // 100 - 1}/learning_rate=0.001/coef=1.0"
+    growth_kib = rss_large - rss_small
+    assert growth_kib < 1 * (large - small), (rss_small, rss_large)
+
+
+def test_plan_past_one_chunk_streams_the_same_rows(sweep_dir, monkeypatch):
+    """Past PLAN_CHUNK rows the plan streams (tables of PLAN_CHUNK rows, JSON written as
+    the cells come): the same rows, records, counts and launch line as one table."""
+    from bicc_lab.sweep import views
+
+    _write(
+        sweep_dir / "s.yaml",
+        """
+        base: base.yaml
+        grid:
+          bicc.enabled: [false, true]
+          seed: [0, 1, 2, 3, 4]
+        exclude:
+          - {bicc.enabled: true, seed: 4}
+        """,
+    )
+    args = ("sweep", "plan", str(sweep_dir / "s.yaml"), "--runs-dir", str(sweep_dir / "runs"),
+            "--set", f"tracking.uri=sqlite:///{sweep_dir / 'mlflow.db'}")
+    whole_json = _invoke(*args, "--json")
+    whole_text = _invoke(*args)
+    monkeypatch.setattr(views, "PLAN_CHUNK", 4)
+    streamed_json = _invoke(*args, "--json")
+    streamed_text = _invoke(*args)
+    for result in (whole_json, whole_text, streamed_json, streamed_text):
+        assert result.exit_code == 0, result.output
+    assert json.loads(streamed_json.output) == json.loads(whole_json.output)
+    assert len(json.loads(streamed_json.output)["cells"]) == 9
+
+    def rows(text: str) -> list[str]:
+        return re.findall(r"^│ +(\d+) │ (\S+)", text, flags=re.M)
+
+    assert rows(streamed_text.output) == rows(whole_text.output)
+    assert len(rows(streamed_text.output)) == 9
+    assert streamed_text.output.count("┏") == 3  # tables of 4, 4 and 1 rows
+    tail = lambda text: text.strip().splitlines()[-2:]  # noqa: E731
+    assert tail(streamed_text.output) == tail(whole_text.output)
+    assert "9 pending" in tail(streamed_text.output)[0]

@@ -19,7 +19,9 @@ RUNS_HELP = "Directory of the cells' outputs (default: runs/ at the repository r
 JSON_HELP = "Print one JSON object (for scripts) instead of the table."
 
 
-def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | None = None):
+def _load(
+    sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | None = None, *, lazy: bool = False
+):
     """Load and validate the sweep; user mistakes end here with one line and exit 2."""
     from bicc_lab.spec import SpecError, load_sweep
     from bicc_lab.sweep.context import SweepContext
@@ -29,7 +31,7 @@ def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | 
             from bicc_lab.spec.search import read_set_file_located
 
             set_ = read_set_file_located(set_file) + list(set_)
-        loaded = load_sweep(sweep, set_)
+        loaded = load_sweep(sweep, set_, lazy=lazy)
     except SpecError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -37,14 +39,20 @@ def _load(sweep: Path, set_: list[str], runs_dir: Path | None, set_file: Path | 
     return SweepContext.of(loaded, runs_dir)
 
 
-def _statuses(ctx):
-    from bicc_lab.sweep.state import cell_statuses
+def _runs(ctx):
+    """The sweep's runs in the store (one query), or None when nothing is tracked yet."""
     from bicc_lab.tracking.check import StoreError
 
     try:
-        runs = ctx.read_runs()
+        return ctx.read_runs()
     except StoreError as exc:  # (main maps it too; the typer app alone, e.g. in tests, not)
         fail(str(exc))
+
+
+def _statuses(ctx):
+    from bicc_lab.sweep.state import cell_statuses
+
+    runs = _runs(ctx)
     return cell_statuses(ctx.sweep, ctx.runs_dir, runs), runs is not None
 
 
@@ -59,16 +67,20 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     from bicc_lab.preflight import preflight, sweep_checks, sweep_writes
-    from bicc_lab.sweep.views import plan_view, print_view
+    from bicc_lab.sweep.state import iter_cell_statuses
+    from bicc_lab.sweep.views import print_plan
 
-    ctx = _load(sweep, set_, runs_dir)
+    # Lazy: the cells are built (and checked) on each walk, never all held, so that a grid
+    # raised past max_cells is planned in bounded memory; rows print as they come.
+    ctx = _load(sweep, set_, runs_dir, lazy=True)
     # The checks of `sweep run` (a cell `run` would refuse is refused here too), except
     # whether this machine can fetch the models and data: a plan is made offline.
     preflight(
         sweep_checks(ctx.sweep), writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None), available=False
     )
-    statuses, tracked = _statuses(ctx)
-    print_view(_console(), plan_view(ctx, statuses, tracked), as_json=as_json)
+    runs = _runs(ctx)
+    statuses = iter_cell_statuses(ctx.sweep, ctx.runs_dir, runs)
+    print_plan(_console(), ctx, statuses, runs is not None, as_json=as_json)
 
 
 @app.command(

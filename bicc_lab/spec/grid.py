@@ -28,10 +28,11 @@ a trained model).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "NAMED_AXES",
     "Axis",
     "Cell",
+    "LazyCells",
     "arm",
     "canonical_json",
     "config_hash",
@@ -219,6 +221,165 @@ def format_value(value: Any, index: int | None = None) -> str:
     return text.replace("/", "_")
 
 
+def _groups(axes: list[Axis]) -> list[list[Axis]]:
+    groups: dict[int, list[Axis]] = {}
+    for axis in axes:
+        groups.setdefault(axis.group, []).append(axis)
+    return [groups[g] for g in sorted(groups)]
+
+
+def _iter_combos(
+    axes: list[Axis], excludes: list[dict[str, Any]]
+) -> Iterator[list[tuple[Axis, int]]]:
+    """The (axis, value position) picks of each cell, in expansion order, minus excludes:
+    positions only, so that the grid can be walked without building a cell."""
+    ordered = _groups(axes)
+    order = {id(axis): i for i, axis in enumerate(axes)}
+    for positions in itertools.product(*(range(len(group[0].values)) for group in ordered)):
+        picks = [
+            (axis, pos) for group, pos in zip(ordered, positions, strict=True) for axis in group
+        ]
+        picks.sort(key=lambda pick: order[id(pick[0])])
+        if excludes:
+            values = {axis.key: axis.values[pos] for axis, pos in picks}
+            if any(all(rule_matches(v, values[k]) for k, v in rule.items()) for rule in excludes):
+                continue
+        yield picks
+
+
+def _short_keys(axes: list[Axis], excludes: list[dict[str, Any]]) -> tuple[dict[str, str], int]:
+    """The axes a cell name spells (those not in the named part that take more than one
+    value among the cells), by the shortest unambiguous key; and the number of cells."""
+    seen: dict[int, set[int]] = {id(axis): set() for axis in axes}
+    count = 0
+    for picks in _iter_combos(axes, excludes):
+        count += 1
+        for axis, pos in picks:
+            seen[id(axis)].add(pos)
+    varying = [
+        axis
+        for axis in axes
+        if axis.key not in NAMED_AXES
+        and len({json.dumps(axis.values[pos], sort_keys=True, default=str) for pos in seen[id(axis)]})
+        > 1
+    ]
+    lasts = [axis.key.rsplit(".", 1)[-1] for axis in varying]
+    short = {
+        axis.key: (last if lasts.count(last) == 1 else axis.key)
+        for axis, last in zip(varying, lasts, strict=True)
+    }
+    return short, count
+
+
+@dataclass
+class _Builder:
+    """What every cell of a sweep is built from (the merged base, the axes, tracking)."""
+
+    base_data: dict[str, Any]
+    base_locs: LocMap
+    base_fallback: Loc
+    axes: list[Axis]
+    excludes: list[dict[str, Any]]
+    tracking: dict[str, Any]
+    tracking_locs: dict[tuple[Any, ...], KeyLoc]
+    sweep_loc: Loc
+    share_base: bool = False  # cells only read and dropped (a plan): see _data
+    short: dict[str, str] = field(default_factory=dict)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.short, self.count = _short_keys(self.axes, self.excludes)
+        if not self.count:
+            raise SpecError("the sweep has no cells left after 'exclude'", self.sweep_loc)
+
+    def _data(self, picks: list[tuple[Axis, int]]) -> dict[str, Any]:
+        """A copy of the base that the picks and tracking can be written into without
+        changing the base: the sections on their paths are copied (the subtree at an axis
+        key deeply, it may be merged into), the rest shared. Per cell this is a few small
+        copies, not a deep copy of the whole config. A value typed ``Any`` (in
+        ``train.extra``) stays shared with the base through validation, so cells that are
+        kept (``build_cells``, which ``sweep run`` hands on) get a deep copy instead."""
+        if not self.share_base:
+            return copy.deepcopy(self.base_data)
+        data = dict(self.base_data)
+        copied = {id(data)}
+        paths = [axis.parts for axis, _ in picks] + [("tracking", key) for key in self.tracking]
+        for path in paths:
+            node = data
+            for part in path[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    break  # put() makes a new section here
+                if id(child) not in copied:
+                    child = dict(child)
+                    node[part] = child
+                    copied.add(id(child))
+                node = child
+            else:
+                if isinstance(node.get(path[-1]), dict):  # put() merges a mapping into it
+                    node[path[-1]] = copy.deepcopy(node[path[-1]])
+        return data
+
+    def cell(self, index: int, picks: list[tuple[Axis, int]]) -> Cell:
+        data = self._data(picks)
+        locs = dict(self.base_locs)
+        for axis, pos in picks:
+            put(data, locs, axis.parts, copy.deepcopy(axis.values[pos]), axis.value_locs[pos])
+        for key, value in self.tracking.items():
+            put(
+                data,
+                locs,
+                ("tracking", key),
+                value,
+                {(): self.tracking_locs[key]} if key in self.tracking_locs else {},
+            )
+        values = {axis.key: axis.values[pos] for axis, pos in picks}
+        try:
+            config = validate_model(
+                ExperimentConfig, data, locs, self.base_fallback,
+                # The base's keys and the axes' keys are checked when loaded; only a
+                # mapping as an axis value can bring a key the schema does not know.
+                check_unknown=any(isinstance(axis.values[pos], dict) for axis, pos in picks),
+            )
+        except SpecError as exc:
+            described = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
+            raise exc.with_suffix(f"(in cell {described})") from None
+        digest = config_hash(config)
+        name = "/".join(
+            [model_short_name(config.model.name), config.variant, arm(config), f"s{config.seed}"]
+            + [
+                f"{self.short[axis.key]}={format_value(axis.values[pos], pos)}"
+                for axis, pos in picks
+                if axis.key in self.short
+            ]
+        )
+        return Cell(
+            config=config,
+            axes=values,
+            name=name,
+            cell_id=digest[:ID_LENGTH],
+            config_hash=digest,
+            index=index,
+            locs=locs,
+        )
+
+    def cells(self) -> Iterator[Cell]:
+        for index, picks in enumerate(_iter_combos(self.axes, self.excludes)):
+            yield self.cell(index, picks)
+
+    def duplicate_config(self, first: Cell, second: Cell) -> SpecError:
+        return SpecError(
+            f"cells '{first.name}' and '{second.name}' resolve to the same config (cell id {second.cell_id})",
+            self.sweep_loc,
+            hint="remove the duplicate axis value or add an 'exclude' rule",
+        )
+
+
+def _renamed(cell: Cell) -> Cell:
+    """A cell whose name another cell shares, told apart by the start of its id."""
+    return dataclasses.replace(cell, name=f"{cell.name}~{cell.cell_id[:6]}")
+
+
 def build_cells(
     *,
     base_data: dict[str, Any],
@@ -231,111 +392,69 @@ def build_cells(
     sweep_loc: Loc,
 ) -> list[Cell]:
     """Cartesian product of the axis groups, minus excludes, each validated and named."""
-    groups: dict[int, list[Axis]] = {}
-    for axis in axes:
-        groups.setdefault(axis.group, []).append(axis)
-    ordered = [groups[g] for g in sorted(groups)]
-    ranges = [range(len(group[0].values)) for group in ordered]
-
-    combos: list[list[tuple[Axis, int]]] = []
-    for positions in itertools.product(*ranges):
-        picks = [
-            (axis, pos) for group, pos in zip(ordered, positions, strict=True) for axis in group
-        ]
-        picks.sort(key=lambda pick: axes.index(pick[0]))
-        values = {axis.key: axis.values[pos] for axis, pos in picks}
-        if any(all(rule_matches(v, values[k]) for k, v in rule.items()) for rule in excludes):
-            continue
-        combos.append(picks)
-    if not combos:
-        raise SpecError("the sweep has no cells left after 'exclude'", sweep_loc)
-
-    varying = [
-        axis
-        for axis in axes
-        if axis.key not in NAMED_AXES
-        and len(
-            {
-                json.dumps(axis.values[pos], sort_keys=True, default=str)
-                for picks in combos
-                for a, pos in picks
-                if a is axis
-            }
-        )
-        > 1
-    ]
-    lasts = [axis.key.rsplit(".", 1)[-1] for axis in varying]
-    short = {
-        axis.key: (last if lasts.count(last) == 1 else axis.key)
-        for axis, last in zip(varying, lasts, strict=True)
-    }
-
-    cells: list[Cell] = []
-    for index, picks in enumerate(combos):
-        data = copy.deepcopy(base_data)
-        locs = dict(base_locs)
-        for axis, pos in picks:
-            put(data, locs, axis.parts, copy.deepcopy(axis.values[pos]), axis.value_locs[pos])
-        for key, value in tracking.items():
-            put(
-                data,
-                locs,
-                ("tracking", key),
-                value,
-                {(): tracking_locs[key]} if key in tracking_locs else {},
-            )
-        values = {axis.key: axis.values[pos] for axis, pos in picks}
-        try:
-            config = validate_model(ExperimentConfig, data, locs, base_fallback)
-        except SpecError as exc:
-            described = ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
-            raise exc.with_suffix(f"(in cell {described})") from None
-        digest = config_hash(config)
-        name = "/".join(
-            [model_short_name(config.model.name), config.variant, arm(config), f"s{config.seed}"]
-            + [
-                f"{short[axis.key]}={format_value(axis.values[pos], pos)}"
-                for axis, pos in picks
-                if axis.key in short
-            ]
-        )
-        cells.append(
-            Cell(
-                config=config,
-                axes=values,
-                name=name,
-                cell_id=digest[:ID_LENGTH],
-                config_hash=digest,
-                index=index,
-                locs=locs,
-            )
-        )
+    builder = _Builder(
+        base_data, base_locs, base_fallback, axes, excludes, tracking, tracking_locs, sweep_loc
+    )
+    cells = list(builder.cells())
 
     by_hash: dict[str, Cell] = {}
     for cell in cells:
         other = by_hash.get(cell.config_hash)
         if other is not None:
-            raise SpecError(
-                f"cells '{other.name}' and '{cell.name}' resolve to the same config (cell id {cell.cell_id})",
-                sweep_loc,
-                hint="remove the duplicate axis value or add an 'exclude' rule",
-            )
+            raise builder.duplicate_config(other, cell)
         by_hash[cell.config_hash] = cell
 
     seen: dict[str, int] = {}
     for cell in cells:
         seen[cell.name] = seen.get(cell.name, 0) + 1
     if any(count > 1 for count in seen.values()):
-        cells = [
-            Cell(
-                config=c.config,
-                axes=c.axes,
-                name=f"{c.name}~{c.cell_id[:6]}" if seen[c.name] > 1 else c.name,
-                cell_id=c.cell_id,
-                config_hash=c.config_hash,
-                index=c.index,
-                locs=c.locs,
-            )
-            for c in cells
-        ]
+        cells = [_renamed(c) if seen[c.name] > 1 else c for c in cells]
     return cells
+
+
+def _name_digest(name: str) -> bytes:
+    return hashlib.blake2b(name.encode("utf-8"), digest_size=16).digest()
+
+
+class LazyCells(Sequence[Cell]):
+    """The cells of a sweep built one at a time, each time they are walked (``sweep plan``
+    of a large grid): memory stays bounded whatever the number of cells.
+
+    Construction walks the grid once, as :func:`build_cells` would, raising the same
+    errors (a cell that does not validate, two cells of one config) and finding the
+    names that two cells share; it keeps only a digest per cell (a few dozen bytes, not
+    the ~16 KB of a built cell). Each later walk builds the same cells, named the same,
+    as :func:`build_cells` returns. Indexing walks up to the index.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._builder = _Builder(**kwargs, share_base=True)
+        self._shared: set[bytes] = set()
+        hashes: set[bytes] = set()
+        names: set[bytes] = set()
+        for cell in self._builder.cells():
+            digest = bytes.fromhex(cell.config_hash)
+            if digest in hashes:
+                first = next(c for c in self._builder.cells() if c.config_hash == cell.config_hash)
+                raise self._builder.duplicate_config(first, cell)
+            hashes.add(digest)
+            name = _name_digest(cell.name)
+            if name in names:
+                self._shared.add(name)
+            names.add(name)
+
+    def __iter__(self) -> Iterator[Cell]:
+        for cell in self._builder.cells():
+            yield _renamed(cell) if self._shared and _name_digest(cell.name) in self._shared else cell
+
+    def __len__(self) -> int:
+        return self._builder.count
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return list(itertools.islice(self, *index.indices(len(self))))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return next(itertools.islice(self, index, None))

@@ -21,13 +21,13 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bicc_lab.spec.errors import Loc, SpecError, display_path, show_value
-from bicc_lab.spec.grid import Axis, Cell, build_cells, format_value, rule_matches
+from bicc_lab.spec.grid import Axis, Cell, LazyCells, build_cells, format_value, rule_matches
 from bicc_lab.spec.models import PATH_NAME_HINT, ExperimentConfig, SweepConfig, path_name_problem
 from bicc_lab.spec.schema import check_keys, resolve_key, validate_model
 from bicc_lab.spec.yamlio import (
@@ -206,7 +206,8 @@ class Sweep:
         base_path: the base experiment file (resolved relative to the sweep file).
         base_config: base + ``set`` + experiment ``--set`` overrides, validated.
         axes: the grid and zip axes, in order (grid first, then each zip group).
-        cells: every cell, in expansion order (first axis outermost).
+        cells: every cell, in expansion order (first axis outermost); with ``lazy``
+            loading a :class:`~bicc_lab.spec.grid.LazyCells` that builds them on each walk.
         overrides: the ``--set`` items the sweep was loaded with.
     """
 
@@ -216,7 +217,7 @@ class Sweep:
     base_path: Path
     base_config: ExperimentConfig
     axes: list[Axis]
-    cells: list[Cell]
+    cells: Sequence[Cell]
     overrides: list[str] = field(default_factory=list)
 
     @property
@@ -297,8 +298,13 @@ def _check_grid_size(axes: list[Axis], limit: int, locs: LocMap, fallback: Loc) 
     )
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str | Override] | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path, overrides: Iterable[str | Override] | None = None, *, lazy: bool = False
+) -> Sweep:
     """Read a sweep, merge it over its base experiment, validate and expand every cell.
+
+    ``lazy``: every cell is built and checked here as well, but not kept: ``Sweep.cells``
+    builds them again on each walk (``sweep plan`` of a large grid, in bounded memory).
 
     Raises:
         SpecError: any mistake in the sweep file, the base file, an override or a
@@ -472,7 +478,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str | Override] | None = No
     _check_grid_size(axes, spec.max_cells, locs, fallback)
     tracking = {k: v for k, v in spec.tracking.model_dump().items() if v is not None}
     tracking_locs = {k: e for k in tracking if (e := locs.get(("tracking", k))) is not None}
-    cells = build_cells(
+    cells = (LazyCells if lazy else build_cells)(
         base_data=base_data,
         base_locs=base_locs,
         base_fallback=base_fallback,

@@ -16,7 +16,7 @@ States:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ __all__ = [
     "RUNNING",
     "CellStatus",
     "cell_statuses",
+    "iter_cell_statuses",
 ]
 
 PENDING = "pending"
@@ -140,15 +141,22 @@ def classify(
 
 def cell_statuses(sweep: Sweep, runs_dir: Path, runs: Iterable[CellRun] | None) -> list[CellStatus]:
     """Every cell's status; ``runs`` None means "MLflow not consulted" (files only)."""
+    return list(iter_cell_statuses(sweep, runs_dir, runs))
+
+
+def iter_cell_statuses(
+    sweep: Sweep, runs_dir: Path, runs: Iterable[CellRun] | None
+) -> Iterator[CellStatus]:
+    """:func:`cell_statuses` one cell at a time, in expansion order (``sweep plan`` of a
+    large grid). The runs are grouped by config hash once: one read of the store, not one
+    per cell, and memory in proportion to the runs tracked, not to the cells."""
     by_hash: dict[str, list[Any]] = {}
     for run in runs or ():
         by_hash.setdefault(run.config_hash, []).append(run)
-    return [
-        classify(
+    for cell in sweep.cells:
+        yield classify(
             cell,
             cell_directory(runs_dir, sweep, cell),
             by_hash.get(cell.config_hash, []),
             tracked=runs is not None,
         )
-        for cell in sweep.cells
-    ]

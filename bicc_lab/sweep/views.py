@@ -6,11 +6,14 @@ can never disagree.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
+import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +26,7 @@ from bicc_lab.sweep import state as st
 from bicc_lab.sweep.context import SweepContext
 from bicc_lab.sweep.display import STATE_STYLE, fmt_duration
 
-__all__ = ["View", "plan_view", "print_view", "status_view"]
+__all__ = ["PLAN_CHUNK", "View", "plan_view", "print_plan", "print_view", "status_view"]
 
 
 def _styled(state: str) -> str:
@@ -112,22 +115,22 @@ def _note(s: st.CellStatus) -> str:
     return note
 
 
-def plan_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -> View:
-    """The cells, their arm, grid values and state."""
-    records = []
-    for s in statuses:
-        records.append({
-            "index": s.cell.index,
-            "name": s.cell.name,
-            "cell_id": s.cell.cell_id,
-            "arm": s.cell.arm,
-            "axes": _plain(dict(s.cell.axes)),
-            "state": s.state,
-            "step": s.step,
-            "max_steps": s.max_steps,
-            "runs": len(s.runs),
-            "note": _note(s),
-        })
+def _plan_record(s: st.CellStatus) -> dict[str, Any]:
+    return {
+        "index": s.cell.index,
+        "name": s.cell.name,
+        "cell_id": s.cell.cell_id,
+        "arm": s.cell.arm,
+        "axes": _plain(dict(s.cell.axes)),
+        "state": s.state,
+        "step": s.step,
+        "max_steps": s.max_steps,
+        "runs": len(s.runs),
+        "note": _note(s),
+    }
+
+
+def _plan_table() -> Table:
     table = Table(show_lines=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("cell", overflow="fold")
@@ -136,21 +139,94 @@ def plan_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -
     table.add_column("axes", overflow="fold")
     table.add_column("state")
     table.add_column("note", overflow="fold")
-    for s, rec in zip(statuses, records, strict=True):
-        note = rec["note"]
-        if s.state in (st.INTERRUPTED, st.KILLED, st.RUNNING) and s.step:
-            note = (note + "; " if note else "") + f"step {s.step}/{s.max_steps}"
-        table.add_row(
-            str(rec["index"]), rec["name"], rec["cell_id"], rec["arm"], _axes_text(s.cell.axes),
-            _styled(rec["state"]), note,
-        )
+    return table
+
+
+def _plan_row(table: Table, s: st.CellStatus, rec: dict[str, Any]) -> None:
+    note = rec["note"]
+    if s.state in (st.INTERRUPTED, st.KILLED, st.RUNNING) and s.step:
+        note = (note + "; " if note else "") + f"step {s.step}/{s.max_steps}"
+    table.add_row(
+        str(rec["index"]), rec["name"], rec["cell_id"], rec["arm"], _axes_text(s.cell.axes),
+        _styled(rec["state"]), note,
+    )
+
+
+def _launch(ctx: SweepContext, n_cells: int) -> tuple[str, dict[str, Any]]:
     from bicc_lab.launch import describe_launch
 
     spec = ctx.sweep.spec
-    launch = describe_launch(spec.launch, n_cells=len(statuses), max_parallel=spec.max_parallel, gpus=spec.gpus)
-    data = {**_sweep_data(ctx, tracked, statuses), "cells": records,
-            "launch": {**spec.launch.model_dump(mode="json"), "summary": launch}}
+    summary = describe_launch(spec.launch, n_cells=n_cells, max_parallel=spec.max_parallel, gpus=spec.gpus)
+    return summary, {**spec.launch.model_dump(mode="json"), "summary": summary}
+
+
+def plan_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -> View:
+    """The cells, their arm, grid values and state."""
+    records = [_plan_record(s) for s in statuses]
+    table = _plan_table()
+    for s, rec in zip(statuses, records, strict=True):
+        _plan_row(table, s, rec)
+    launch, launch_data = _launch(ctx, len(statuses))
+    data = {**_sweep_data(ctx, tracked, statuses), "cells": records, "launch": launch_data}
     return View(_header(ctx, tracked), table, f"{_counts(statuses)}\n{launch}", data)
+
+
+PLAN_CHUNK = 500
+"""Rows of ``sweep plan`` held at once: a grid this small is shown as one table (one JSON
+object, ``counts`` before ``cells``); a larger one streams, a table per this many rows."""
+
+
+def print_plan(
+    console: Console, ctx: SweepContext, statuses: Iterable[st.CellStatus], tracked: bool,
+    *, as_json: bool = False,
+) -> None:
+    """``sweep plan``: the cells as they come, in memory bounded whatever the grid's size.
+
+    Up to :data:`PLAN_CHUNK` cells, exactly :func:`plan_view`. Past it: the header line,
+    then a table per :data:`PLAN_CHUNK` rows, then the counts and the launch line; with
+    ``as_json`` the same JSON object (same keys and records) written while the cells come,
+    ``counts`` and ``launch`` after ``cells``.
+    """
+    stream = iter(statuses)
+    first = list(itertools.islice(stream, PLAN_CHUNK))
+    following = next(stream, None)
+    if following is None:
+        print_view(console, plan_view(ctx, first, tracked), as_json=as_json)
+        return
+    counts: Counter[str] = Counter()
+    n_cells = 0
+    rest = itertools.chain(first, [following], stream)
+    del first
+    if as_json:
+        out = sys.stdout
+        head = {k: v for k, v in _sweep_data(ctx, tracked, []).items() if k != "counts"}
+        text = json.dumps(head, indent=2, allow_nan=False, default=str)
+        out.write(text[: -len("\n}")] + ',\n  "cells": [')
+        for s in rest:
+            counts[s.state] += 1
+            record = json.dumps(_plan_record(s), indent=2, allow_nan=False, default=str)
+            out.write(("\n" if not n_cells else ",\n") + textwrap.indent(record, "    "))
+            n_cells += 1
+        _, launch_data = _launch(ctx, n_cells)
+        tail = {"counts": {k: counts[k] for k in _STATE_ORDER if counts[k]}, "launch": launch_data}
+        text = json.dumps(tail, indent=2, allow_nan=False, default=str)
+        out.write("\n  ],\n" + text[len("{\n"):] + "\n")
+        out.flush()
+        return
+    console.print(_header(ctx, tracked), markup=False, highlight=False)
+    table = _plan_table()
+    for s in rest:
+        counts[s.state] += 1
+        _plan_row(table, s, _plan_record(s))
+        n_cells += 1
+        if table.row_count >= PLAN_CHUNK:
+            console.print(table)
+            table = _plan_table()
+    if table.row_count:
+        console.print(table)
+    launch, _ = _launch(ctx, n_cells)
+    shown = ", ".join(f"{counts[k]} {k}" for k in _STATE_ORDER if counts[k])
+    console.print(f"{shown}\n{launch}", markup=False, highlight=False)
 
 
 _EVAL_KEY = re.compile(r"^eval/(?P<bench>[^/]+)/avg_at_(?P<k>\d+)$")
