@@ -208,7 +208,9 @@ def _closed_port() -> int:
 
 
 def test_an_unknown_or_unreachable_hub_id_is_one_line_in_seconds(project, fake_hub):
-    online = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    # (TRANSFORMERS_OFFLINE too: huggingface_hub reads it as HF_HUB_OFFLINE, and other test
+    # modules set it for the whole test process)
+    online = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
     start = time.perf_counter()
     proc = _cli(["eval", "--model", "nobody/no-such-model", "--benchmarks", "arith_test"], project,
                 env={"HF_ENDPOINT": fake_hub}, drop=online)

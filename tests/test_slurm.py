@@ -191,9 +191,13 @@ def _interrupt_and_answer(args: list[str], env: dict[str, str], cwd: Path, ready
     import signal
 
     master, slave = os.openpty()
+    # A test run started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: restore the default,
+    # as a user's terminal has it.
     proc = subprocess.Popen(
         [sys.executable, "-m", "bicc_lab.cli.main", *args],
         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(slave)
     try:

@@ -84,10 +84,11 @@ def check_model_reference(name: str) -> ModelReference:
 
 
 def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE``) switches the hub off."""
+    """True when ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE`` (which huggingface_hub reads as
+    the same switch) or ``HF_DATASETS_OFFLINE`` switches the hub off."""
     return any(
         os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
     )
 
 
