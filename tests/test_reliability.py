@@ -11,30 +11,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
+from test_sweep_cli import BASE, _write
 from typer.testing import CliRunner
 
 from bicc_lab.cli.main import app
 
 runner = CliRunner()
-
-BASE = """\
-name: t
-model:
-  name: tiny
-  tiny: {layers: 2, hidden: 32, heads: 2, max_warmup_steps: 0}
-train: {max_steps: 2, num_generations: 4, per_device_train_batch_size: 8, max_completion_length: 4}
-eval: {enabled: false}
-"""
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
 
 
 @pytest.fixture()

@@ -258,11 +258,11 @@ def start_scores(
     described: set[str] = set()
     for row, config in sorted(configs.items()):
         key = start_key(config)
-        provenance = tiny_provenance(config, cache_dir)
-        if provenance and provenance not in described:
-            described.add(provenance)
-            out.notes.append(provenance)
         if key not in results:
+            provenance = tiny_provenance(config, cache_dir)  # once per model and eval settings
+            if provenance and provenance not in described:
+                described.add(provenance)
+                out.notes.append(provenance)
             try:
                 allowed = compute == "all" or (compute == "tiny" and _is_tiny(config))
                 payload, fresh = start_result(config, cache_dir=cache_dir, compute=allowed, say=say)
