@@ -110,6 +110,27 @@ def test_delete_tags_deletes_only_present_ones(tracker):
     assert "error" not in tags and tags["keep"] == "1"
 
 
+def test_a_heartbeat_after_finish_does_not_write_the_logging_phase_back(tmp_path):
+    """The heartbeat thread writes the current phase; one that fires between `finished`'s
+    tags and the thread's stop must write "finished", not the "logging" before it (a CI
+    run once read phase=logging on a FINISHED run)."""
+    from bicc_lab.launch.single import TrackedTrain
+    from bicc_lab.spec.load import load_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_experiment(root / "experiments" / "tiny.yaml", ["train.max_steps=2"])
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("name: x\n")
+    tracked = TrackedTrain(config, out, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracked:
+        (out / "train_result.json").write_text("{}\n")  # the artifact `finished` logs
+        tracked.finished(2)
+        tracked._beat()  # the heartbeat thread, firing late
+    tags = tracked.tracker.client.get_run(tracked.run_id).data.tags
+    assert tags["phase"] == "finished" and tags["progress"] == "2/2"
+
+
 # --------------------------------------------------------------------------- end to end
 
 PLAN = ["raise:2", "log:7", "log:11", "train_end", "stop_reason", ""]

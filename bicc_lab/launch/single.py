@@ -233,6 +233,8 @@ class TrackedTrain:
             self.tracker.log_artifacts(
                 self.run_id, [self.directory / "config.yaml", self.directory / layout.TRAIN_RESULT]
             )
+            # under the lock: a later heartbeat must write these back, not "logging"
+            self._state.update(phase="finished", step=steps)
             self.tracker.set_tags(
                 self.run_id, {Tag.PROGRESS: f"{steps}/{self.config.train.max_steps}", Tag.PHASE: "finished"}
             )

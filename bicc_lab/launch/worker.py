@@ -394,6 +394,8 @@ def run_cell(directory: Path) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             tracker.log_artifacts(run_id, [directory / layout.LOG_FILE])
+            # under the lock: a later heartbeat must write these back, not "logging"
+            state.update(phase="finished", step=result.steps)
             tracker.set_tags(
                 run_id, {Tag.PROGRESS: f"{result.steps}/{max_steps}", Tag.PHASE: "finished"}
             )
