@@ -18,7 +18,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install "$(TORCH)"; fi
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,released]'
 
 test: install
 	$(BIN)/python -m pytest -q

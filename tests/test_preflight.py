@@ -209,7 +209,7 @@ def test_eval_benchmarks_are_checked_at_their_list_item(experiment, tmp_path):
     preflight(RunCheck(config, locs, evaluate=False))  # train --no-eval
     assert _check(experiment, "eval.benchmarks=[arith_test, mmlu]") == (
         "eval.benchmarks[1]: unknown benchmark 'mmlu': expected one of math500, aime24, aime25, amc23, "
-        "gsm8k, minerva, olympiad, arith at --set eval.benchmarks"
+        "gsm8k, minerva, olympiad, arith, word_arith at --set eval.benchmarks"
     )
     # the hub is off and there is no data dir: a hub-only benchmark fails now
     assert _check(experiment, "eval.benchmarks=[amc23]").startswith(

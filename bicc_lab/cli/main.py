@@ -15,6 +15,7 @@ from bicc_lab import __version__
 from bicc_lab.cli import data as data_cmd
 from bicc_lab.cli import doctor as doctor_cmd
 from bicc_lab.cli import evaluate as eval_cmd
+from bicc_lab.cli import models as models_cmd
 from bicc_lab.cli import report as report_cmd
 from bicc_lab.cli import sweep as sweep_cmd
 from bicc_lab.cli import train as train_cmd
@@ -24,7 +25,7 @@ from bicc_lab.errors import USER_ERROR_EXIT, UserError
 #: Every environment variable bicc-lab reads (README "Environment variables" has the same list).
 ENVIRONMENT = {
     "BICC_LAB_DATA_DIR": "benchmark and training JSONL files (--data-dir wins over it)",
-    "BICC_LAB_CACHE": "tiny-model and starting-score cache (default ~/.cache/bicc_lab)",
+    "BICC_LAB_CACHE": "tiny-model, pulled-model and starting-score cache (default ~/.cache/bicc_lab)",
     "BICC_LAB_HEARTBEAT_S": "seconds between a running cell's heartbeats (default 15)",
     "BICC_LAB_STALE_AFTER_S": "a cell or trial whose heartbeat is older is taken as dead (default 60)",
     "BICC_LAB_STORE_WAIT_S": "seconds a locked SQLite tracking store is waited for (default 60)",
@@ -74,6 +75,7 @@ app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
 app.command("report", help=report_cmd.HELP)(report_cmd.report)
 app.add_typer(tune_cmd.app, name="tune")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(models_cmd.app, name="models")
 app.command("doctor", help=doctor_cmd.HELP)(doctor_cmd.doctor)
 
 

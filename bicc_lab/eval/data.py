@@ -93,6 +93,9 @@ BENCHMARKS: dict[str, Benchmark] = {
                   aliases=("olympiadbench", "olympiad_bench")),
         Benchmark("arith", "arith_test.jsonl", (), grader="int", plain_prompt=True,
                   aliases=("arith_test", "arithmetic", "synthetic_arithmetic")),
+        # the held-out split of the real-model task; its prompts carry their instruction
+        Benchmark("word_arith", "word_arith_test.jsonl", (), grader="final", plain_prompt=True,
+                  aliases=("word_arith_test", "word_arithmetic")),
     )
 }
 
@@ -165,7 +168,7 @@ def raw_gold(bench: Benchmark, row: dict[str, Any]) -> Any:
         if v is None:
             raise ValueError("no \\boxed{} in 'solution' and no 'answer' field")
         return v
-    if name == "arith":
+    if name in GENERATED:
         v = _first(row, "solution", "answer")
     else:
         v = _first(row, "answer", "Answer")
@@ -186,7 +189,7 @@ def gold_answer(bench: Benchmark | str, row: dict[str, Any]) -> str:
 
 
 def problem_text(bench: Benchmark, row: dict[str, Any]) -> str:
-    if bench.name == "arith":
+    if bench.name in GENERATED:
         v = _first(row, "prompt", "problem", "question")
     else:
         v = _first(row, "problem", "Problem", "question", "Question")
@@ -250,8 +253,8 @@ def check_benchmark(
     dataset is not cached. Reads nothing but directory entries.
     """
     b = bench if isinstance(bench, Benchmark) else get_benchmark(bench)
-    if b.filename is None or local_file(b, data_dir) is not None or b.name == "arith":
-        return b  # arith: generated when there is no file
+    if b.filename is None or local_file(b, data_dir) is not None or b.name in GENERATED:
+        return b  # generated when there is no file
     d = resolve_data_dir(data_dir)
     hubs = " or ".join(src.path for src in b.hub)
     if d is not None:
@@ -298,6 +301,20 @@ def _default_arith_rows() -> list[dict[str, Any]]:
     return arithmetic_problems("test")
 
 
+def _default_word_arith_rows() -> list[dict[str, Any]]:
+    """The word-arithmetic test split (never trained on)."""
+    from bicc_lab.tasks.word_arithmetic import word_arithmetic_problems
+
+    return word_arithmetic_problems("test")
+
+
+#: benchmarks generated from a task's held-out split when no data file names them
+GENERATED: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "arith": _default_arith_rows,
+    "word_arith": _default_word_arith_rows,
+}
+
+
 def _short(err: BaseException) -> str:
     msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
     msg = msg if len(msg) <= 160 else msg[:157] + "..."
@@ -319,8 +336,8 @@ def load_docs(
     p = local_file(b, data_dir)
     if p is not None:
         return docs_from_rows(b, read_jsonl(p), str(p)), str(p)
-    if b.name == "arith":
-        return docs_from_rows(b, _default_arith_rows(), "arithmetic test split"), "generated"
+    if b.name in GENERATED:
+        return docs_from_rows(b, GENERATED[b.name](), f"{b.name} test split"), "generated"
     check_benchmark(b, data_dir)  # a set data dir without the file, or the hub off: fail now
 
     errors = []

@@ -399,6 +399,8 @@ def evaluate(
                 sources[b.name] = f"generated: arithmetic test split {dict(arith or {})}"
             elif local is not None and local.is_file():
                 sources[b.name] = str(local)
+            elif not b.hub:
+                sources[b.name] = f"generated: {b.name} test split"
             else:
                 sources[b.name] = "hub: " + " or ".join(h.path for h in b.hub)
 

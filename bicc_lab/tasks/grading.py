@@ -14,8 +14,11 @@ the same thing for the same (gold, response) pair and the same ``strict_format``
   math-verify finds. math-verify ``verify(gold, prediction)`` with the gold FIRST
   decides; a normalised string comparison with the extracted answer is the
   fallback for answers sympy cannot parse (words, units, choice letters). The
-  ``int`` grader compares the completion's leading integer. Never raises on odd
-  input (it scores False).
+  ``int`` grader compares the completion's leading integer. The ``final`` grader reads
+  only the final answer: the last non-empty box, else the LAST number in the text (as
+  lm-eval's gsm8k "flexible-extract" does), then math-verify decides; a completion
+  that restates the question ("3 + 5 = ?") is not right because "3 + 5" equals the
+  gold, as plain math-verify would have it. Never raises on odd input (it scores False).
 - Timeouts: math-verify's own timeouts use ``signal.alarm``, which only works on
   the main thread. Off the main thread (trainer reward workers, lm-eval threads)
   grading runs in a daemon thread bounded by ``join(timeout)``: a pathological
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 #: a bounded daemon thread elsewhere)
 DEFAULT_TIMEOUT = 5.0
 
-GRADERS = ("math", "int")
+GRADERS = ("math", "int", "final")
 
 T = TypeVar("T")
 
@@ -139,6 +142,23 @@ def leading_integer(text: str) -> int | None:
         return int(digits)
     except ValueError:
         return None
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> str | None:
+    """The last number in ``text`` ("... 3 + 5 = 8." -> "8", "1,000 apples" -> "1000"), else None."""
+    found = _NUMBER.findall(text or "")
+    return strip_thousands(found[-1]) if found else None
+
+
+def final_answer_span(text: str) -> str | None:
+    """What the ``final`` grader reads: the last non-empty box, else the last number."""
+    boxed = last_boxed(text or "")
+    if boxed is not None and boxed.strip():
+        return boxed.strip()
+    return final_number(text)
 
 
 def _strip_dollars(s: str) -> str:
@@ -359,6 +379,8 @@ def extract_answer(response: Any, grader: str = "math") -> str | None:
     if grader == "int":
         v = leading_integer(text)
         return None if v is None else str(v)
+    if grader == "final":
+        return final_answer_span(text)
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip() or None
@@ -417,6 +439,12 @@ def grade_full(
         gold_s = normalize_gold(gold)
         if grader == "int":
             return _grade_int(gold_s, text)
+        if grader == "final":
+            span = final_answer_span(text)
+            if span is None:
+                return _WRONG
+            graded = run_with_timeout(lambda: _grade_math(gold_s, f"\\boxed{{{span}}}", False, timeout), timeout, _WRONG)
+            return Graded(graded.correct, span)
         return run_with_timeout(lambda: _grade_math(gold_s, text, strict_format, timeout), timeout, _WRONG)
     except Exception as err:  # malformed LaTeX, sympy errors, a missing gold
         log.debug("grading failed: %s", err)

@@ -508,6 +508,9 @@ TASKS: dict[str, TaskInfo] = {
     "synthetic_arithmetic": TaskInfo(
         "synthetic_arithmetic", "generated a+b= problems (digits, ops knobs)", "arithmetic"
     ),
+    "word_arithmetic": TaskInfo(
+        "word_arithmetic", "one-digit sums and differences asked in words (real-model task)", "final_answer"
+    ),
     "math_train": TaskInfo("math_train", "MATH train, 7,500 problems", "math"),
     "gsm8k": TaskInfo("gsm8k", "GSM8K train, 7,473 problems", "math"),
     "dapo_math": TaskInfo("dapo_math", "DAPO-Math-17k (deduplicated)", "math"),
@@ -626,6 +629,10 @@ def count_task_records(
     count: int | None = None
     if name == "synthetic_arithmetic":
         count = _arithmetic_count(digits)
+    elif name == "word_arithmetic":
+        from bicc_lab.tasks.word_arithmetic import word_arithmetic_problems
+
+        count = len(word_arithmetic_problems("train"))
     elif kind == "registry" and name in _LOCAL_FILES and name != "dapo_math" and root is not None:
         path, _ = _local_or_hub(name, root)
         count = count_records(path) if path.suffix == ".jsonl" else None
@@ -640,7 +647,7 @@ def count_task_records(
 
 
 def reward_kind(name: str) -> str:
-    """Which reward fits a task: ``"arithmetic"`` or ``"math"``."""
+    """Which reward fits a task: ``"arithmetic"``, ``"final_answer"`` or ``"math"``."""
     return TASKS[name].reward if name in TASKS else "math"
 
 
@@ -686,6 +693,10 @@ def load_task(
         return [
             {**r, "prompt": arithmetic.to_chat(r["prompt"]) if chat else r["prompt"]} for r in rows
         ]
+    if name == "word_arithmetic":
+        from bicc_lab.tasks.word_arithmetic import dataset_rows
+
+        return dataset_rows(split, chat=chat, limit=limit)
     if name == "math_train":
         return load_math_train(data_dir=data_dir, **common)
     if name == "gsm8k":

@@ -6,6 +6,8 @@ eval" agree on the same (gold, response) pair and ``strict_format``.
 
 - :func:`accuracy_reward` -- math-verify (gold first) via :func:`grading.grade`;
   plain-string and chat completions; safe from any thread (bounded timeout).
+- :func:`final_answer_reward` -- the ``final`` grader: the last box, else the last number,
+  must equal the solution (the real-model task, whose model rarely boxes).
 - :func:`arithmetic_reward` -- the ``int`` grader: the completion's leading integer
   equals the integer ``solution`` (the synthetic arithmetic task; no sympy).
 - :func:`format_reward` -- 1.0 when the completion holds a non-empty ``\\boxed{}``.
@@ -21,6 +23,7 @@ from bicc_lab.tasks.grading import completion_text, grade, last_boxed
 __all__ = [
     "accuracy_reward",
     "arithmetic_reward",
+    "final_answer_reward",
     "format_reward",
     "get_reward_function",
 ]
@@ -60,6 +63,17 @@ def accuracy_reward(
     return _graded("accuracy_reward", completions, solution, "math", strict_format=strict_format)
 
 
+def final_answer_reward(
+    prompts: list[Any] | None = None,
+    completions: list[Any] | None = None,
+    solution: list[Any] | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    """1.0 when the completion's final answer (its last box, else its last number) matches
+    ``solution`` by math-verify: the ``final`` grader, as evaluation grades the task."""
+    return _graded("final_answer_reward", completions, solution, "final")
+
+
 def arithmetic_reward(
     prompts: list[Any] | None = None,
     completions: list[Any] | None = None,
@@ -87,12 +101,13 @@ REWARDS: dict[str, Callable[..., list[float]]] = {
     "accuracy": accuracy_reward,
     "math": accuracy_reward,
     "arithmetic": arithmetic_reward,
+    "final_answer": final_answer_reward,
     "format": format_reward,
 }
 
 
 def get_reward_function(name: str) -> Callable[..., list[float]]:
-    """Reward by name: ``accuracy``/``math``, ``arithmetic``, ``format``."""
+    """Reward by name: ``accuracy``/``math``, ``final_answer``, ``arithmetic``, ``format``."""
     try:
         return REWARDS[name]
     except KeyError:

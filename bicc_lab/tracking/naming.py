@@ -78,6 +78,7 @@ class Tag:
     GIT_COMMIT = "git_commit"
     HEARTBEAT = "heartbeat"  # unix seconds, refreshed while the worker lives
     PROGRESS = "progress"  # "step/max_steps"
+    MODEL_SOURCE = "model_source"  # where a released model's converted weights came from
     PHASE = "phase"  # training | evaluating | logging
     ERROR = "error"  # last lines of the error of a FAILED cell
     ATTEMPTS = "attempts"

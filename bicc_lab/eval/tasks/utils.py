@@ -15,6 +15,7 @@ dataset_gsm8k = make_custom_dataset("gsm8k")
 dataset_minerva = make_custom_dataset("minerva")
 dataset_olympiad = make_custom_dataset("olympiad")
 dataset_arith = make_custom_dataset("arith")
+dataset_word_arith = make_custom_dataset("word_arith")
 
 __all__ = [
     "PrescoreFilter",
@@ -28,4 +29,5 @@ __all__ = [
     "dataset_minerva",
     "dataset_olympiad",
     "dataset_arith",
+    "dataset_word_arith",
 ]

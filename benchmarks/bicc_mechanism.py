@@ -1,0 +1,201 @@
+"""What conditioning on the opposite side's traces does at step 0, on any config's model.
+
+Run: .venv/bin/python benchmarks/bicc_mechanism.py --config experiments/smollm2.yaml
+         [--set KEY=VALUE ...] [--prompts 96] [--chunk 16] [--seed 0] [--out result.json]
+
+The config's own trainer (model, chat template, reward, BICC packer and budget, variant,
+clip) takes its first ``--prompts`` training prompts, G = train.num_generations rollouts
+each, exactly as its first training step would (``_generate_and_score_completions``),
+with BICC forced on. Then, over the completions of mixed groups:
+
+1. the per-token shift log π(o_t | q ⊕ opposite traces) − log π(o_t | q) of right
+   completions (under wrong traces) and of wrong ones (under right traces): mean with a
+   95% interval (a t interval over completions of their per-token means, tokens weighted
+   equally within a completion), median, and the per-token mean over all tokens;
+2. under the paper's ratio π(o|q⊕ctx)/π_old(o|q): the fraction of completion tokens whose
+   ratio lies outside the variant's clip range [1 − ε_low, 1 + ε_high], and of
+   negative-advantage tokens beyond the dual clip (ratio > clip_ratio_c);
+3. transfer: the cosine between the gradient of the loss BICC trains on and that of plain
+   GRPO's loss on the same rollouts and advantages; then one AdamW step (the config's
+   learning rate, fresh state, as a first training step) on each gradient in turn, from
+   the same weights, and the change of the plain-prompt log π(o|q) it makes, in nats per
+   completion, averaged over right and over wrong completions of mixed groups.
+
+Numbers come with n (completions) and are per completion or per token as labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and a 95% t interval (normal quantile above 30 values)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def side_summary(shifts: list[list[float]]) -> dict:
+    """Per-token shifts of each completion -> summary over completions."""
+    per_completion = [statistics.fmean(s) for s in shifts if s]
+    tokens = [x for s in shifts for x in s]
+    if not per_completion:
+        return {"n": 0}
+    mean, low, high = t_interval(per_completion)
+    return {
+        "n": len(per_completion), "tokens": len(tokens),
+        "per_token_mean_by_completion": mean, "ci95": [low, high],
+        "median_by_completion": statistics.median(per_completion),
+        "per_token_mean_all_tokens": statistics.fmean(tokens),
+        "per_sequence_mean": statistics.fmean(sum(s) for s in shifts if s),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "smollm2.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--prompts", type=int, default=96, help="training prompts, G rollouts each")
+    parser.add_argument("--chunk", type=int, default=16, help="prompts per generation call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    import tempfile
+
+    import torch
+
+    from bicc_lab.backends.trl.run import build_trainer
+    from bicc_lab.spec import load_experiment
+
+    config = load_experiment(args.config, [*args.overrides, "bicc.enabled=true", "eval.enabled=false"])
+    started = time.perf_counter()
+    out_dir = Path(tempfile.mkdtemp(prefix="bicc-mechanism-"))
+    trainer = build_trainer(config, out_dir, progress=False)
+    model = trainer.model
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    group = config.train.num_generations
+    variant = trainer.variant
+    low, high = 1 - variant.epsilon_low, 1 + variant.epsilon_high
+    dual = variant.clip_ratio_c
+
+    def token_logps(prompt_ids, prompt_mask, batch):
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(
+                model, torch.cat([prompt_ids, batch["completion_ids"]], 1),
+                torch.cat([prompt_mask, batch["completion_mask"]], 1), batch["completion_ids"].size(1))
+        return logps
+
+    batches, right_shifts, wrong_shifts = [], [], []
+    outside = beyond_dual = tokens_total = negative_tokens = 0
+    rows = [trainer.train_dataset[i] for i in range(args.prompts)]
+    for start in range(0, len(rows), args.chunk):
+        torch.manual_seed(args.seed * 1000 + start)
+        inputs = [dict(row) for row in rows[start:start + args.chunk] for _ in range(group)]
+        batch = trainer._generate_and_score_completions(inputs)
+        conditioned = batch["bicc_conditioned"].bool()
+        if not conditioned.any():
+            continue
+        plain = token_logps(batch["prompt_ids"], batch["prompt_mask"], batch)
+        with_context = token_logps(batch["bicc_prompt_ids"], batch["bicc_prompt_mask"], batch)
+        mask = batch["completion_mask"].bool()
+        right = batch["bicc_rewards"] > config.bicc.success_threshold
+        shift = (with_context - plain)
+        ratio = shift.exp()
+        advantages = batch["advantages"]
+        for row in conditioned.nonzero().squeeze(1).tolist():
+            values = shift[row][mask[row]].tolist()
+            (right_shifts if right[row] else wrong_shifts).append(values)
+            r = ratio[row][mask[row]]
+            outside += int(((r < low) | (r > high)).sum())
+            tokens_total += int(r.numel())
+            if advantages[row] < 0:
+                negative_tokens += int(r.numel())
+                if dual is not None:
+                    beyond_dual += int((r > dual).sum())
+        batches.append(batch)
+        print(f"{min(start + args.chunk, len(rows))}/{len(rows)} prompts: {len(right_shifts)} right, "
+              f"{len(wrong_shifts)} wrong completions in mixed groups ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    # ---- transfer: BICC's gradient against plain GRPO's, and what one step of each does
+    params = [p for p in model.parameters() if p.requires_grad]
+    mixed_batches = [b for b in batches if b["bicc_conditioned"].any()]
+    plain_keys = ("bicc_prompt_ids", "bicc_prompt_mask", "bicc_rollout_logps", "bicc_rollout_rows")
+
+    def gradient(bicc: bool) -> list[torch.Tensor]:
+        model.zero_grad()
+        for b in mixed_batches:
+            inputs = dict(b) if bicc else {k: v for k, v in b.items() if k not in plain_keys}
+            loss = trainer._compute_loss(model, inputs) / len(mixed_batches)
+            loss.backward()
+        return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    def flat(tensors):
+        return torch.cat([t.reshape(-1).float() for t in tensors])
+
+    bicc_grad, plain_grad = gradient(True), gradient(False)
+    cosine = float(torch.nn.functional.cosine_similarity(flat(bicc_grad), flat(plain_grad), dim=0))
+
+    def plain_sequence_logps():
+        right_sum, wrong_sum = [], []
+        for b in mixed_batches:
+            logps = token_logps(b["prompt_ids"], b["prompt_mask"], b)
+            per_seq = (logps * b["completion_mask"]).sum(1)
+            for row in b["bicc_conditioned"].nonzero().squeeze(1).tolist():
+                (right_sum if b["bicc_rewards"][row] > config.bicc.success_threshold else wrong_sum).append(float(per_seq[row]))
+        return right_sum, wrong_sum
+
+    before = [p.detach().clone() for p in params]
+    base_right, base_wrong = plain_sequence_logps()
+    gains = {}
+    for name, grads in (("bicc", bicc_grad), ("grpo", plain_grad)):
+        optimizer = torch.optim.AdamW(params, lr=config.train.learning_rate, weight_decay=0.0)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        after_right, after_wrong = plain_sequence_logps()
+        gains[name] = {
+            "right": statistics.fmean(a - b for a, b in zip(after_right, base_right, strict=True)),
+            "wrong": statistics.fmean(a - b for a, b in zip(after_wrong, base_wrong, strict=True)),
+        }
+        with torch.no_grad():
+            for p, saved in zip(params, before, strict=True):
+                p.copy_(saved)
+
+    result = {
+        "config": str(args.config), "overrides": args.overrides, "model": config.model.name,
+        "prompts": len(rows), "group_size": group, "seed": args.seed,
+        "right_under_wrong_traces": side_summary(right_shifts),
+        "wrong_under_right_traces": side_summary(wrong_shifts),
+        "clip_range": [low, high], "tokens": tokens_total,
+        "frac_tokens_outside_clip": outside / max(tokens_total, 1),
+        "dual_clip": dual, "negative_advantage_tokens": negative_tokens,
+        "frac_negative_tokens_beyond_dual_clip": beyond_dual / max(negative_tokens, 1) if dual is not None else None,
+        "grad_cosine_bicc_vs_grpo": cosine,
+        "plain_logp_change_after_one_step": gains,
+        "learning_rate": config.train.learning_rate,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
