@@ -1,11 +1,11 @@
-"""The anytime-valid interval of the seed policy (bicc_lab.report.sequential), by hand."""
+"""The anytime-valid interval of the seed policy (bicc_lab.stats.sequential), by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from bicc_lab.report.sequential import (
+from bicc_lab.stats.sequential import (
     confidence_sequence,
     critical_t,
     detectable_effect,

@@ -32,11 +32,39 @@ def _load(
 
             set_ = read_set_file_located(set_file) + list(set_)
         loaded = load_sweep(sweep, set_, lazy=lazy)
+        if loaded.seed_policy is not None:
+            from bicc_lab.sweep.seeds import resolve_benchmark
+
+            loaded = resolve_benchmark(loaded)
     except SpecError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read {exc.filename or sweep}: {exc.strerror or exc}")
     return SweepContext.of(loaded, runs_dir)
+
+
+def _widened(ctx):
+    """The sweep with every seed its ``seeds:`` policy may add (a mistake: one line, exit 2)."""
+    from bicc_lab.spec import SpecError
+    from bicc_lab.sweep.seeds import widened
+
+    try:
+        return widened(ctx.sweep)
+    except SpecError as exc:
+        fail(f"seeds: with seeds.max seeds, {exc}")
+
+
+def _print_policy(ctx) -> None:
+    """Why each row of a sweep with ``seeds:`` is still open (plan and status)."""
+    from bicc_lab.sweep.seeds import read_policy_state
+    from bicc_lab.tracking.check import StoreError
+
+    try:
+        state = read_policy_state(ctx, _widened(ctx))
+    except StoreError as exc:
+        fail(str(exc))
+    for line in state.lines():
+        _console().print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _runs(ctx):
@@ -81,6 +109,8 @@ def plan(
     runs = _runs(ctx)
     statuses = iter_cell_statuses(ctx.sweep, ctx.runs_dir, runs)
     print_plan(_console(), ctx, statuses, runs is not None, as_json=as_json)
+    if ctx.sweep.seed_policy is not None and not as_json:
+        _print_policy(ctx)
 
 
 @app.command(
@@ -137,10 +167,16 @@ def run(
             sweep_checks(ctx.sweep), tracking_uri=ctx.store, create_store=True, tracking_from=ctx.uri_from,
             writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None),
         )
-        outcome = run_sweep(
-            ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
+        run_kwargs = dict(
+            max_parallel=parallel, retry_failed=retry_failed, grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,
         )
+        if ctx.sweep.seed_policy is not None:  # seeds added batch by batch (README: seed policy)
+            from bicc_lab.sweep.seeds import run_with_policy
+
+            outcome = run_with_policy(ctx, _widened(ctx), console=_console(), **run_kwargs)
+        else:
+            outcome = run_sweep(ctx, console=_console(), **run_kwargs)
     except StoreError as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)
@@ -173,3 +209,5 @@ def status(
     ctx = _load(sweep, set_, runs_dir)
     statuses, tracked = _statuses(ctx)
     print_view(_console(), status_view(ctx, statuses, tracked), as_json=as_json)
+    if ctx.sweep.seed_policy is not None and not as_json:
+        _print_policy(ctx)

@@ -142,15 +142,14 @@ def running_confidence_sequence(
     every n >= 2; ``diffs`` in the order the seeds were run): still a (1 − α) confidence
     sequence, never wider than the last look. ``mean``, ``n`` and ``sd`` are those of all
     of ``diffs``."""
-    last = confidence_sequence(diffs, alpha, c)
-    low, high = last.low, last.high
-    for n in looks if looks is not None else range(2, len(diffs)):
-        if not 2 <= n < len(diffs):
-            continue
-        prefix = confidence_sequence(diffs[:n], alpha, c)
-        low, high = max(low, prefix.low), min(high, prefix.high)
-    if low > high:  # possible only when the data contradict the model; report the last look
-        low, high = last.low, last.high
+    steps = sorted({n for n in (looks if looks is not None else range(2, len(diffs))) if 2 <= n < len(diffs)})
+    low, high = -math.inf, math.inf
+    for n in [*steps, len(diffs)]:
+        look = confidence_sequence(diffs[:n], alpha, c)
+        low, high = max(low, look.low), min(high, look.high)
+        if low > high:  # possible only when the data contradict the model: keep this look
+            low, high = look.low, look.high
+    last = look
     return SequentialCI(last.mean, low, high, last.n, last.sd, alpha)
 
 
