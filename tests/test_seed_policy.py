@@ -300,3 +300,42 @@ def test_a_grid_without_a_seed_axis_is_refused(seeded_sweep):
     seeded_sweep.write_text(SWEEP.replace("  seed: [0, 1]\n", ""))
     with pytest.raises(SpecError, match="'seeds' needs 'seed' as a grid axis at .*s.yaml:6:1"):
         load_sweep(seeded_sweep)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_detection_frame_pairs_seeds_and_applies_the_policy_procedure():
+    import pandas as pd
+
+    from bicc_lab.report.detect import (
+        DetectionOptions,
+        detection_frame,
+        detection_markdown,
+        open_rows,
+    )
+    from bicc_lab.stats.sequential import detectable_effect, seeds_needed
+
+    base = [0.70, 0.71, 0.69, 0.70, 0.72, 0.70]
+    bicc = [0.60, 0.62, 0.58, 0.61, 0.60, 0.61]  # diffs −0.10 −0.09 −0.11 −0.09 −0.12 −0.09
+    rcc = [0.70, 0.72, 0.68, 0.71, 0.71]  # seed 5 missing: 5 pairs, diffs 0 .01 −.01 .01 −.01
+    rows = [("base", s, v) for s, v in enumerate(base)] + [("bicc", s, v) for s, v in enumerate(bicc)]
+    rows += [("rcc", s, v) for s, v in enumerate(rcc)]
+    frame = pd.DataFrame(
+        [{"model": "tiny", "variant": "grpo", "arm": a, "seed": s, "benchmark": "arith", "score": v} for a, s, v in rows]
+    )
+    options = DetectionOptions(alpha=0.2, looks=(2, 4, 6), half_width=0.001, effect=0.05)
+    det = detection_frame(frame, ["model", "variant"], options=options).set_index("arm")
+    assert det.loc["bicc", "n_seeds"] == 6 and det.loc["rcc", "n_seeds"] == 5
+    assert det.loc["rcc", "seeds"] == "0 1 2 3 4"
+    assert det.loc["bicc", "diff"] == pytest.approx(-0.10)
+    assert det.loc["bicc", "alpha_each"] == pytest.approx(0.1)  # 0.2 over 2 comparisons
+    diffs = [b - a for a, b in zip(base, bicc, strict=True)]
+    ci = running_confidence_sequence(diffs, 0.1, looks=(2, 4, 6))
+    assert (det.loc["bicc", "cs_low"], det.loc["bicc", "cs_high"]) == pytest.approx((ci.low, ci.high))
+    assert det.loc["bicc", "state"] == "excludes 0" and det.loc["rcc", "state"] == "open"
+    assert det.loc["bicc", "detectable_80"] == pytest.approx(detectable_effect(6, ci.sd, 0.1))
+    assert det.loc["bicc", "seeds_for_effect"] == seeds_needed(0.05, ci.sd, 0.1)
+    assert open_rows(det.reset_index(), ["model", "variant"]) == {("tiny", "grpo")}
+    md = detection_markdown(det.reset_index(), ["model", "variant"], 100.0, 0.05)
+    assert "| tiny | grpo | arith | +BICC | 6 | −10.0 |" in md and "Seeds for 5 points" in md

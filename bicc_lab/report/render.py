@@ -181,6 +181,8 @@ def render_markdown(
     lines.append("|" + "|".join([":--"] * len(table.row_keys) + ["--:"] * (len(head) - len(table.row_keys))) + "|")
     for row in table.rows:
         cells = [_md_escape(x) for x in row]
+        if tuple(str(x) for x in row) in table.open_rows:  # more seeds could still change the answer
+            cells[-1] += " (open)"
         for bench in table.columns:
             for arm in cols:
                 if arm == START:

@@ -48,6 +48,7 @@ __all__ = [
     "confidence_sequence",
     "critical_t",
     "detectable_effect",
+    "judge",
     "mixture_e_value",
     "power_at",
     "running_confidence_sequence",
@@ -85,6 +86,16 @@ class SequentialCI:
     @property
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
+
+
+def judge(ci: SequentialCI, half_width: float | None) -> str:
+    """``excludes 0``, or ``narrow`` (half-width at most ``half_width``): resolved; else
+    ``open`` (``half_width`` None: only excluding 0 resolves)."""
+    if ci.excludes_zero:
+        return "excludes 0"
+    if half_width is not None and ci.half_width <= half_width:
+        return "narrow"
+    return "open"
 
 
 def _check_alpha(alpha: float) -> None:

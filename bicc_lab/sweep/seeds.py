@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bicc_lab.spec.seeds import SeedPolicy
-from bicc_lab.stats.sequential import SequentialCI, confidence_sequence
+from bicc_lab.stats.sequential import SequentialCI, confidence_sequence, judge
 
 __all__ = [
     "AT_MAX",
@@ -80,15 +80,6 @@ class RowDecision:
     @property
     def closed(self) -> bool:
         return self.status in (RESOLVED, AT_MAX)
-
-
-def judge(ci: SequentialCI, half_width: float) -> str:
-    """``excludes 0`` or ``narrow`` (half-width at most ``half_width``): resolved; else ``open``."""
-    if ci.excludes_zero:
-        return "excludes 0"
-    if ci.half_width <= half_width:
-        return "narrow"
-    return "open"
 
 
 def _describe(result: ComparisonResult, scale: float = 100.0) -> str:
