@@ -54,15 +54,19 @@ def _widened(ctx):
         fail(f"seeds: with seeds.max seeds, {exc}")
 
 
-def _print_policy(ctx) -> None:
-    """Why each row of a sweep with ``seeds:`` is still open (plan and status)."""
+def _policy_state(ctx):
+    """The seed policy replayed over the store's runs (see bicc_lab.sweep.seeds)."""
     from bicc_lab.sweep.seeds import read_policy_state
     from bicc_lab.tracking.check import StoreError
 
     try:
-        state = read_policy_state(ctx, _widened(ctx))
+        return read_policy_state(ctx, _widened(ctx))
     except StoreError as exc:
         fail(str(exc))
+
+
+def _print_policy(state) -> None:
+    """Why each row of a sweep with ``seeds:`` is still open (plan and status)."""
     for line in state.lines():
         _console().print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -110,7 +114,7 @@ def plan(
     statuses = iter_cell_statuses(ctx.sweep, ctx.runs_dir, runs)
     print_plan(_console(), ctx, statuses, runs is not None, as_json=as_json)
     if ctx.sweep.seed_policy is not None and not as_json:
-        _print_policy(ctx)
+        _print_policy(_policy_state(ctx))
 
 
 @app.command(
@@ -208,6 +212,10 @@ def status(
 
     ctx = _load(sweep, set_, runs_dir)
     statuses, tracked = _statuses(ctx)
-    print_view(_console(), status_view(ctx, statuses, tracked), as_json=as_json)
-    if ctx.sweep.seed_policy is not None and not as_json:
-        _print_policy(ctx)
+    view = status_view(ctx, statuses, tracked)
+    state = _policy_state(ctx) if ctx.sweep.seed_policy is not None else None
+    if state is not None and as_json:
+        view.data["seed_policy"] = state.as_dict()
+    print_view(_console(), view, as_json=as_json)
+    if state is not None and not as_json:
+        _print_policy(state)
