@@ -339,3 +339,44 @@ def test_detection_frame_pairs_seeds_and_applies_the_policy_procedure():
     assert open_rows(det.reset_index(), ["model", "variant"]) == {("tiny", "grpo")}
     md = detection_markdown(det.reset_index(), ["model", "variant"], 100.0, 0.05)
     assert "| tiny | grpo | arith | +BICC | 6 | −10.0 |" in md and "Seeds for 5 points" in md
+
+
+def test_report_of_a_seeds_sweep_uses_the_policy_and_marks_open_rows(tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from bicc_lab.cli.main import app
+    from bicc_lab.report.synthetic import SyntheticCell, fill_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = [0.70, 0.71, 0.69, 0.70, 0.72, 0.70]
+    bicc = [0.60, 0.62, 0.58, 0.61, 0.60, 0.61]  # clearly below: resolved
+    rcc = [0.71, 0.70, 0.70, 0.71, 0.71, 0.70]  # within a point: open
+    cells = [
+        SyntheticCell("tiny", variant, arm, seed, eval_metrics={"arith": {"avg_at_4": value, "n": 200}}, artifact=False)
+        for variant in ("grpo",)
+        for arm, values in (("base", base), ("bicc", bicc), ("rcc", rcc))
+        for seed, value in enumerate(values)
+    ]
+    fill_store(uri, "seedrep", cells)
+    tiny = Path(__file__).resolve().parents[1] / "experiments" / "tiny.yaml"
+    sweep = tmp_path / "seedrep.yaml"
+    sweep.write_text(
+        f"name: seedrep\nbase: {tiny}\ngrid:\n  bicc.enabled: [false, true]\n  rcc.enabled: [false, true]\n"
+        f"  seed: [0, 1]\nexclude:\n  - {{bicc.enabled: true, rcc.enabled: true}}\n"
+        f"seeds: {{max: 6, batch: 2, half_width: 0.001, alpha: 0.2}}\n"
+        f"tracking: {{uri: '{uri}', experiment: seedrep}}\n"
+    )
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["report", str(sweep), "--out-dir", str(out), "--format", "md,csv", "--no-plots",
+                                      "--no-log", "--resamples", "200", "--no-start", "--effect", "5"])
+    assert result.exit_code == 0, result.output
+    det = pd.read_csv(out / "detection.csv").set_index("arm")
+    assert set(det.index) == {"bicc", "rcc"}
+    assert det.loc["bicc", "alpha_each"] == pytest.approx(0.1)  # the policy's α over its 2 comparisons
+    assert det.loc["bicc", "state"] == "excludes 0" and det.loc["rcc", "state"] == "open"
+    diffs = [b - a for a, b in zip(base, bicc, strict=True)]
+    ci = running_confidence_sequence(diffs, 0.1, looks=[2, 4, 6])  # the policy's looks
+    assert det.loc["bicc", "cs_high"] == pytest.approx(ci.high)
+    md = (out / "ablation.md").read_text()
+    assert "| tiny | grpo (open) |" in md and "## What the seeds can detect" in md and "Seeds for 5 points" in md

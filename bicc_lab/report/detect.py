@@ -86,11 +86,14 @@ def detection_frame(
             "seeds_for_diff": _needed(ci.mean if ci is not None else math.nan, sd, alpha_each),
             "seeds_for_effect": _needed(options.effect, sd, alpha_each) if options.effect else None,
         })
-    return pd.DataFrame.from_records(
+    out = pd.DataFrame.from_records(
         records,
         columns=[*keys, "benchmark", "arm", "baseline", "seeds", "n_seeds", "diff", "cs_low", "cs_high",
                  "alpha_each", "state", "detectable_80", "seeds_for_diff", "seeds_for_effect"],
     )
+    for column in ("seeds_for_diff", "seeds_for_effect"):  # counts, with a gap where there is none
+        out[column] = out[column].astype("Int64")
+    return out
 
 
 def _needed(effect: float | None, sd: float, alpha: float) -> int | None:
@@ -115,6 +118,11 @@ def _points(value: float, scale: float) -> str:
     return f"{value * scale:+.1f}".replace("-", "−")
 
 
+def _count(value: object) -> str:
+    """A seed count, or — (none: no effect, no spread, or more than 1,000 seeds)."""
+    return "—" if value is None or pd.isna(value) else str(int(value))
+
+
 def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: float, effect: float | None) -> str:
     """The section of ``ablation.md``: a table and how to read it."""
     head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys]
@@ -130,10 +138,10 @@ def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: 
             d["benchmark"], f"+{d['arm'].upper()}", str(d["n_seeds"]), _points(d["diff"], scale),
             f"[{_points(d['cs_low'], scale)}, {_points(d['cs_high'], scale)}]", d["state"],
             "none yet" if math.isinf(mde) else f"±{abs(mde) * scale:.1f}",
-            str(d["seeds_for_diff"]) if d["seeds_for_diff"] is not None else "—",
+            _count(d["seeds_for_diff"]),
         ]
         if effect:
-            cells.append(str(d["seeds_for_effect"]) if d["seeds_for_effect"] is not None else "—")
+            cells.append(_count(d["seeds_for_effect"]))
         lines.append("| " + " | ".join(cells) + " |")
     alpha_each = float(detection["alpha_each"].iloc[0]) if not detection.empty else math.nan
     lines += [
@@ -144,6 +152,7 @@ def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: 
         "State: excludes 0, narrow (resolved by precision), or open. Detectable: the smallest |Δ| the "
         f"current seeds exclude 0 for with {POWER:.0%} probability, at the observed per-seed spread; "
         "seeds for this Δ: the seeds at which the observed Δ would be detected with that probability "
-        "(both estimates from few seeds: read them as orders of magnitude).",
+        "(—: more than 1,000 seeds, or no spread to judge; both estimates from few seeds: read them as "
+        "orders of magnitude).",
     ]
     return "\n".join(lines)
