@@ -128,14 +128,16 @@ def fixed_design_seeds(effect, sd, alpha_each, power):
     raise AssertionError
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("arm", ["bicc", "bicc+rcc"])
-def test_true_effects_resolve_with_fewer_seeds_than_a_fixed_design_of_the_same_power(arm):
+def test_true_effects_resolve_with_fewer_seeds_than_a_fixed_design_of_the_same_power(arm, batch):
     """The quickstart's BICC effects on grpo (−4.6 and −21.3 points), one comparison of a
-    6-comparison sweep (α/6), a seed at a time from 2 to 20: the mean seeds spent against
-    the fixed-n t-test that reaches the same power (capped at 0.99) knowing σ and the effect."""
+    6-comparison sweep (α/6), 2 to 20 seeds, ``batch`` at a time: the mean seeds spent
+    against the fixed-n t-test that reaches the same power (capped at 0.99) knowing σ and
+    the effect in advance."""
     row = QUICKSTART["grpo"]
     alpha_each = 0.05 / 6
-    policy = make_policy(n_min=2, max_=20, batch=1, half_width=0.001, arms=(arm,))
+    policy = make_policy(n_min=2, max_=20, batch=batch, half_width=0.001, arms=(arm,))
     rng = np.random.default_rng(7)
     arms_stats = {"base": row["base"], arm: row[arm]}
     decisions = [simulate_row(rng, arms_stats, policy, alpha_each, 20) for _ in range(N_SWEEPS)]
@@ -144,7 +146,7 @@ def test_true_effects_resolve_with_fewer_seeds_than_a_fixed_design_of_the_same_p
     effect = row[arm][0] - row["base"][0]
     sd = math.hypot(row[arm][1], row["base"][1])
     fixed = fixed_design_seeds(effect, sd, alpha_each, min(power, 0.99))
-    print(f"{arm}: power {power:.3f}, mean seeds {mean_seeds:.2f} (n = {N_SWEEPS}); fixed design {fixed}")
+    print(f"{arm}, batch {batch}: power {power:.3f}, mean seeds {mean_seeds:.2f} (n = {N_SWEEPS}); fixed {fixed}")
     assert power >= 0.8
     # the mean's standard error is about sd(seeds)/sqrt(1000) < 0.2 seeds
     se = np.std([d.n_seeds for d in decisions]) / math.sqrt(N_SWEEPS)
