@@ -199,7 +199,7 @@ def report(
         detection = DetectionOptions(
             alpha=policy.alpha, looks=tuple(policy.looks()), half_width=policy.half_width,
             benchmarks=(policy.benchmark,), arms=policy.arms if baseline == policy.baseline else None,
-            effect=detection.effect,
+            effect=detection.effect, mark_open=True,
         )
     rep = build_report(run_set, baseline=baseline, plots=plots, n_resamples=resamples,
                        command=_command(sys.argv, sweep, root), start=starting.scores,

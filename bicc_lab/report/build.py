@@ -141,7 +141,7 @@ def build_report(
     cost = build_cost(run_set, baseline=baseline)
     detection = detection or DetectionOptions()
     detected = detection_frame(run_set.frame, run_set.row_keys, baseline=baseline, options=detection)
-    table.open_rows = open_rows(detected, run_set.row_keys)
+    table.open_rows = open_rows(detected, run_set.row_keys) if detection.mark_open else set()
     if table.open_rows:
         shown = ", ".join("/".join(row) for row in sorted(table.open_rows))
         table.notes.append(

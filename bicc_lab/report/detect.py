@@ -39,6 +39,9 @@ class DetectionOptions:
     arms: tuple[str, ...] | None = None  # None: every arm but the baseline
     effect: float | None = None  # an effect of interest (metric units): seeds it would need
     n_comparisons: int | None = None  # the policy's count; None: the comparisons shown
+    # mark open rows in the ablation table: with a seeds: policy, where "open" means the
+    # policy would add seeds; without one an interval across 0 is no call for more seeds
+    mark_open: bool = False
 
 
 def detection_frame(
