@@ -49,6 +49,7 @@ def test_a_row_moves_look_by_look_and_says_why():
     d = decide_row("tiny/grpo", {"base": base[:2] + [None] * 4, "bicc": [0.6, 0.61] + [None] * 4}, p, 0.05)
     assert (d.n_seeds, d.status) == (4, WAITING)
     assert d.comparisons[0].state == "open" and math.isinf(d.comparisons[0].ci.high)
+    assert d.reason == "open at 2 seeds, so +2; 4 cell(s) of the first 4 seeds not finished"
     # a failed cell blocks the row at its look
     d = decide_row("tiny/grpo", {"base": base[:2] + [math.nan, 0.7, None, None], "bicc": [0.6, 0.61, 0.6, 0.6, None, None]}, p, 0.05)
     assert (d.n_seeds, d.status) == (4, BLOCKED)

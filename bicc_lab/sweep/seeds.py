@@ -119,7 +119,10 @@ def decide_row(
         if any(v is not None and math.isnan(v) for column in needed for v in column):
             return RowDecision(row, n, BLOCKED, f"a cell of the first {n} seeds failed or has no metric", results)
         if missing:
-            return RowDecision(row, n, WAITING, f"{missing} cell(s) of the first {n} seeds not finished", results)
+            why = f"{missing} cell(s) of the first {n} seeds not finished"
+            if results:  # an earlier look left comparisons open: that is why these seeds were added
+                why = f"open at {results[0].ci.n} seeds, so +{n - results[0].ci.n}; {why}"
+            return RowDecision(row, n, WAITING, why, results)
         now = []
         for arm in arms:
             diffs = tuple(float(a) - float(b) for a, b in zip(values[arm][:n], base[:n], strict=True))
