@@ -383,3 +383,17 @@ def test_report_of_a_seeds_sweep_uses_the_policy_and_marks_open_rows(tmp_path):
     assert det.loc["bicc", "cs_high"] == pytest.approx(ci.high)
     md = (out / "ablation.md").read_text()
     assert "| tiny | grpo (open) |" in md and "## What the seeds can detect" in md and "Seeds for 5 points" in md
+
+
+def test_a_row_without_the_baseline_is_not_compared_and_not_counted(seeded_sweep):
+    from bicc_lab.spec import load_sweep
+    from bicc_lab.sweep.seeds import NOT_COMPARED, policy_state, widened
+
+    text = SWEEP + "exclude:\n  - {variant: dr_grpo, bicc.enabled: false, rcc.enabled: false}\n"
+    seeded_sweep.write_text(text)
+    full = widened(load_sweep(seeded_sweep))
+    state = policy_state(full, fake_statuses(full, {}))
+    rows = {r.row: r for r in state.rows}
+    assert rows["tiny/dr_grpo"].status == NOT_COMPARED and "no 'base' cell" in rows["tiny/dr_grpo"].reason
+    assert state.n_comparisons == 3 and state.alpha_each == pytest.approx(0.05 / 3)
+    assert len(state.needed) == 8 + 6  # grpo's 4 arms and dr_grpo's 3, at the 2 starting seeds

@@ -11,7 +11,7 @@ hint (``did you mean ...``, the valid values). Examples::
 Precedence in a sweep cell, lowest first: the base experiment file, the sweep's
 ``set:``, ``--set`` overrides of experiment keys, the cell's grid/zip values, the
 sweep's ``tracking:``. ``--set`` keys that start with a sweep key (``grid.``,
-``set.``, ``zip``, ``exclude``, ``max_parallel``, ``gpus``, ``search.``,
+``set.``, ``zip``, ``exclude``, ``max_parallel``, ``gpus``, ``search.``, ``seeds.``,
 ``tracking.``, ``name``, ``base``) edit the sweep file itself; after ``grid.`` and
 ``set.`` the rest is one dotted key (``--set grid.train.learning_rate=[1e-3,2e-4]``).
 """

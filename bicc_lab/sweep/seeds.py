@@ -29,6 +29,7 @@ from bicc_lab.stats.sequential import SequentialCI, confidence_sequence, judge
 __all__ = [
     "AT_MAX",
     "BLOCKED",
+    "NOT_COMPARED",
     "RESOLVED",
     "WAITING",
     "ComparisonResult",
@@ -48,6 +49,7 @@ AT_MAX = "at max"  # seeds.max spent with a comparison still open
 # cells of the row's current seeds have not finished (after an open look: the next batch)
 WAITING = "waiting"
 BLOCKED = "blocked"  # a cell of the row's current seeds failed (or logged no such metric)
+NOT_COMPARED = "not compared"  # the row lacks the baseline or every compared arm
 
 #: Axes that tell the cells of one row apart rather than rows apart.
 WITHIN_ROW_AXES = ("seed", "bicc.enabled", "rcc.enabled")
@@ -168,6 +170,7 @@ class PolicyState:
     alpha_each: float
     rows: list[RowDecision]
     needed: list[Any]  # the cells each row runs now (seeds below its n_seeds), expansion order
+    n_comparisons: int = 1  # what α is split over
 
     def lines(self, scale: float = 100.0) -> list[str]:
         """One line per row, then one per comparison (for plan, status and run)."""
@@ -182,10 +185,6 @@ class PolicyState:
             out.append(f"  {row.row}: {row.n_seeds} seeds, {row.status} ({row.reason})")
             out.extend(f"    {_describe(r, scale)}" for r in row.comparisons)
         return out
-
-    @property
-    def n_comparisons(self) -> int:
-        return max(1, len(self.rows) * len(self.policy.arms))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -237,16 +236,24 @@ def policy_state(sweep: Any, statuses: Sequence[Any]) -> PolicyState:
         elif s.state == st.FAILED:
             column[i] = math.nan
         cells.setdefault(row, []).append((i, cell))
-    n_comparisons = max(1, len(values) * len(policy.arms))
+    def compared(by_arm: dict[str, Any]) -> list[str]:
+        return [a for a in policy.arms if a in by_arm] if policy.baseline in by_arm else []
+
+    # Bonferroni over the comparisons that exist (an exclude rule can drop an arm of a row)
+    n_comparisons = max(1, sum(len(compared(by_arm)) for by_arm in values.values()))
     alpha_each = policy.alpha / n_comparisons
     rows = []
     needed_ids: set[str] = set()
     for row, by_arm in values.items():
-        decision = decide_row(row_label(row), by_arm, policy, alpha_each)
+        if not compared(by_arm):  # nothing to decide: the row runs the grid's seeds only
+            why = f"no '{policy.baseline}' cell" if policy.baseline not in by_arm else "no compared arm"
+            decision = RowDecision(row_label(row), policy.min, NOT_COMPARED, f"{why} in this row")
+        else:
+            decision = decide_row(row_label(row), by_arm, policy, alpha_each)
         rows.append(decision)
         needed_ids.update(c.cell_id for i, c in cells[row] if i < decision.n_seeds)
     needed = [s.cell for s in statuses if s.cell.cell_id in needed_ids]
-    return PolicyState(policy, alpha_each, rows, needed)
+    return PolicyState(policy, alpha_each, rows, needed, n_comparisons)
 
 
 def resolve_benchmark(sweep: Any) -> Any:
