@@ -397,3 +397,22 @@ def test_a_row_without_the_baseline_is_not_compared_and_not_counted(seeded_sweep
     assert rows["tiny/dr_grpo"].status == NOT_COMPARED and "no 'base' cell" in rows["tiny/dr_grpo"].reason
     assert state.n_comparisons == 3 and state.alpha_each == pytest.approx(0.05 / 3)
     assert len(state.needed) == 8 + 6  # grpo's 4 arms and dr_grpo's 3, at the 2 starting seeds
+
+
+def test_plan_and_status_json_carry_the_policy(seeded_sweep, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from bicc_lab.cli.main import app
+
+    common = ["--runs-dir", str(tmp_path / "runs"), "--set", f"tracking.uri=sqlite:///{tmp_path / 'm.db'}"]
+    for command in ("plan", "status"):
+        result = CliRunner().invoke(app, ["sweep", command, str(seeded_sweep), *common, "--json"])
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        assert [r["status"] for r in data["seed_policy"]["rows"]] == [WAITING, WAITING]
+        assert data["seed_policy"]["alpha_each"] == pytest.approx(0.05 / 6)
+    plan = CliRunner().invoke(app, ["sweep", "plan", str(seeded_sweep), *common])
+    assert "seed policy: 2 to 6 seeds per row, +2 at a time" in plan.output
+    assert "tiny/grpo: 2 seeds, waiting (8 cell(s) of the first 2 seeds not finished)" in plan.output

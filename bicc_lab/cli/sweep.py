@@ -112,8 +112,15 @@ def plan(
     )
     runs = _runs(ctx)
     statuses = iter_cell_statuses(ctx.sweep, ctx.runs_dir, runs)
+    if ctx.sweep.seed_policy is not None and as_json:  # one JSON object, the policy's rows in it
+        from bicc_lab.sweep.views import plan_view, print_view
+
+        view = plan_view(ctx, list(statuses), runs is not None)
+        view.data["seed_policy"] = _policy_state(ctx).as_dict()
+        print_view(_console(), view, as_json=True)
+        return
     print_plan(_console(), ctx, statuses, runs is not None, as_json=as_json)
-    if ctx.sweep.seed_policy is not None and not as_json:
+    if ctx.sweep.seed_policy is not None:
         _print_policy(_policy_state(ctx))
 
 
