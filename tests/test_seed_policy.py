@@ -371,7 +371,7 @@ def test_report_of_a_seeds_sweep_uses_the_policy_and_marks_open_rows(tmp_path):
         f"tracking: {{uri: '{uri}', experiment: seedrep}}\n"
     )
     out = tmp_path / "o"
-    result = CliRunner().invoke(app, ["report", str(sweep), "--out-dir", str(out), "--format", "md,csv", "--no-plots",
+    result = CliRunner().invoke(app, ["report", str(sweep), "--out-dir", str(out), "--format", "md,csv,html", "--no-plots",
                                       "--no-log", "--resamples", "200", "--no-start", "--effect", "5"])
     assert result.exit_code == 0, result.output
     det = pd.read_csv(out / "detection.csv").set_index("arm")
@@ -383,6 +383,8 @@ def test_report_of_a_seeds_sweep_uses_the_policy_and_marks_open_rows(tmp_path):
     assert det.loc["bicc", "cs_high"] == pytest.approx(ci.high)
     md = (out / "ablation.md").read_text()
     assert "| tiny | grpo (open) |" in md and "## What the seeds can detect" in md and "Seeds for 5 points" in md
+    html = (out / "report.html").read_text()
+    assert "<h2>What the seeds can detect</h2>" in html and "<td>excludes 0</td>" in html
 
 
 def test_a_row_without_the_baseline_is_not_compared_and_not_counted(seeded_sweep):

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bicc_lab.report.data import CURVE_METRICS, RunSet, load_curves, load_problem_scores
-from bicc_lab.report.detect import DetectionOptions, detection_frame, detection_markdown, open_rows
+from bicc_lab.report.detect import (
+    DetectionOptions,
+    detection_frame,
+    detection_markdown,
+    detection_rows,
+    open_rows,
+)
 from bicc_lab.report.plots import Plot, accuracy_plot, curve_plots
 from bicc_lab.report.render import (
     _percent,
@@ -215,9 +221,13 @@ def _outputs(report: Report, formats: Iterable[str]) -> dict[str, bytes]:
             out["detection.csv"] = report.detection.to_csv(index=False).encode()
     if "html" in fmts:
         images = {p.name: (p.caption, p.png) for p in report.plots}
+        detection = None
+        if report.detection is not None:
+            effect = report.detection_options.effect if report.detection_options else None
+            detection = detection_rows(report.detection, rs.row_keys, 100.0 if _percent(report.table) else 1.0, effect)
         out["report.html"] = render_html(
             report.table, title=report.title, meta=report.meta, significance=report.significance,
-            cost=report.cost, images=images,
+            cost=report.cost, images=images, detection=detection,
         ).encode()
     for p in report.plots:
         out[f"{PLOTS_DIR}/{p.name}.png"] = p.png

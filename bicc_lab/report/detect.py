@@ -25,7 +25,7 @@ from bicc_lab.stats.sequential import (
     seeds_needed,
 )
 
-__all__ = ["DetectionOptions", "detection_frame", "detection_markdown", "open_rows"]
+__all__ = ["DetectionOptions", "detection_frame", "detection_markdown", "detection_rows", "open_rows"]
 
 
 @dataclass(frozen=True)
@@ -126,14 +126,16 @@ def _count(value: object) -> str:
     return "—" if value is None or pd.isna(value) else str(int(value))
 
 
-def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: float, effect: float | None) -> str:
-    """The section of ``ablation.md``: a table and how to read it."""
+def detection_rows(
+    detection: pd.DataFrame, row_keys: Sequence[str], scale: float, effect: float | None
+) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows of display strings, legend) of the section, for markdown and HTML."""
     head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys]
     head += ["Benchmark", "Arm", "Seeds", "Δ (points)", "Interval", "State", f"Detectable at {POWER:.0%} power",
              "Seeds for this Δ"]
     if effect:
         head.append(f"Seeds for {effect * scale:g} points")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * (len(row_keys) + 2) + ["--:"] * (len(head) - len(row_keys) - 2)) + "|"]
+    rows = []
     for r in detection.itertuples(index=False):
         d = r._asdict()
         mde = d["detectable_80"]
@@ -145,10 +147,9 @@ def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: 
         ]
         if effect:
             cells.append(_count(d["seeds_for_effect"]))
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     alpha_each = float(detection["alpha_each"].iloc[0]) if not detection.empty else math.nan
-    lines += [
-        "",
+    legend = (
         f"Interval: the anytime-valid (1 − {alpha_each:.2g}) confidence sequence of the mean per-seed "
         "difference (arm − baseline, seeds paired), intersected over the looks; α split evenly over "
         "the comparisons, so all hold together with probability ≥ 1 − α however many seeds are added. "
@@ -156,6 +157,15 @@ def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: 
         f"current seeds exclude 0 for with {POWER:.0%} probability, at the observed per-seed spread; "
         "seeds for this Δ: the seeds at which the observed Δ would be detected with that probability "
         "(—: more than 1,000 seeds, or no spread to judge; both estimates from few seeds: read them as "
-        "orders of magnitude).",
-    ]
-    return "\n".join(lines)
+        "orders of magnitude)."
+    )
+    return head, rows, legend
+
+
+def detection_markdown(detection: pd.DataFrame, row_keys: Sequence[str], scale: float, effect: float | None) -> str:
+    """The section of ``ablation.md``: a table and how to read it."""
+    head, rows, legend = detection_rows(detection, row_keys, scale, effect)
+    left = len(row_keys) + 2
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * left + ["--:"] * (len(head) - left)) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join([*lines, "", legend])
