@@ -418,3 +418,18 @@ def test_plan_and_status_json_carry_the_policy(seeded_sweep, tmp_path):
     plan = CliRunner().invoke(app, ["sweep", "plan", str(seeded_sweep), *common])
     assert "seed policy: 2 to 6 seeds per row, +2 at a time" in plan.output
     assert "tiny/grpo: 2 seeds, waiting (8 cell(s) of the first 2 seeds not finished)" in plan.output
+
+
+def test_the_quickstart_seeds_sweep_starts_with_the_quickstarts_seeds():
+    from bicc_lab.spec import load_sweep
+    from bicc_lab.sweep.seeds import widened
+
+    root = Path(__file__).resolve().parents[1] / "sweeps"
+    seeded = load_sweep(root / "quickstart_seeds.yaml")
+    plain = load_sweep(root / "quickstart.yaml")
+    policy = seeded.seed_policy
+    assert policy.first_seeds == (0, 1) and policy.looks() == [2, 4, 6, 8, 10, 12]
+    assert policy.arms == ("rcc", "bicc", "bicc+rcc") and policy.metric == "avg@4"
+    # the same 16 first cells as the quickstart (the sweep's name is not part of a cell id)
+    assert [c.cell_id for c in seeded.cells] == [c.cell_id for c in plain.cells]
+    assert len(widened(seeded).cells) == 2 * 4 * 12
