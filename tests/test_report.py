@@ -197,7 +197,7 @@ def test_write_report_files_and_content(run_set, tmp_path):
     write_report(report, out)
     names = {p.name for p in out.iterdir()}
     assert names == {"ablation.md", "ablation.tex", "ablation.csv", "significance.csv", "cost.md", "cost.csv",
-                     "report.html", "plots", "README.md"}
+                     "detection.csv", "report.html", "plots", "README.md"}
     assert [p.name for p in tmp_path.joinpath("reports").iterdir()] == ["abl"]  # no temp dir left
     plots = {p.name for p in (out / "plots").iterdir()}
     assert "stale.png" not in plots
@@ -207,6 +207,8 @@ def test_write_report_files_and_content(run_set, tmp_path):
     assert "**100.0 ± 0.0** (+40.0†)" in md  # grpo math500 +BICC, best, significant
     assert f"60.0 ± {100 * T2 * 0.1 / math.sqrt(3):.1f}" in md  # grpo math500 baseline
     assert "| tiny | dapo | 25.0 ± 0.0 |" in md  # single seed: bootstrap over problems
+    # without a seeds: policy the detection section is there, and no row is marked open
+    assert "## What the seeds can detect" in md and "(open)" not in md
     assert "percentile bootstrap over problems and seeds" in md  # the legend says how
     assert "—" in md and "missing seed 2" in md
     tex = (out / "ablation.tex").read_text()

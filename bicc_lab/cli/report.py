@@ -19,9 +19,9 @@ HELP = (
 FORMAT_NAMES = ("md", "tex", "csv", "html")
 
 
-def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | None, dict]:
-    """(experiment, tracking URI, sweep name or None, config hash -> cell config) of a sweep
-    file or experiment name."""
+def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | None, dict, object]:
+    """(experiment, tracking URI, sweep name or None, config hash -> cell config, the
+    sweep's seed policy or None) of a sweep file or experiment name."""
     from bicc_lab.tracking.naming import normalize_uri, resolve_tracking_uri
 
     path = Path(source)
@@ -33,15 +33,20 @@ def _resolve(source: str, tracking_uri: str | None) -> tuple[str, str, str | Non
 
         try:
             ctx = SweepContext.of(load_sweep(path))
+            policy = None
+            if ctx.sweep.seed_policy is not None:
+                from bicc_lab.sweep.seeds import resolve_benchmark
+
+                policy = resolve_benchmark(ctx.sweep).seed_policy
         except SpecError as exc:
             fail(str(exc))
         except OSError as exc:
             fail(f"cannot read {source}: {exc.strerror or exc}")
         uri = normalize_uri(tracking_uri) if tracking_uri else ctx.uri
         configs = {cell.config_hash: cell.config for cell in ctx.sweep.cells}
-        return ctx.experiment, uri, ctx.sweep.name, configs
+        return ctx.experiment, uri, ctx.sweep.name, configs, policy
     uri = normalize_uri(tracking_uri) if tracking_uri else resolve_tracking_uri(None)
-    return source, uri, None, {}
+    return source, uri, None, {}, None
 
 
 def _check_server(uri: str, experiment: str) -> None:
@@ -124,6 +129,10 @@ def report(
              "--no-start: cached scores only.",
         show_default=False,
     ),
+    effect: float = typer.Option(
+        None, "--effect",
+        help="An effect of interest, in points (e.g. 2): the report says how many seeds each comparison needs to detect it.",
+    ),
     open_browser: bool = typer.Option(False, "--open", help="Open report.html in the web browser ($BROWSER) when done."),
 ) -> None:
     """Build ablation tables and plots for a sweep."""
@@ -144,7 +153,9 @@ def report(
             check_writable_dir(project_root() / "reports", f"reports directory {project_root() / 'reports'}")
     except UserError as exc:
         fail(str(exc))
-    experiment, uri, sweep_name, sweep_configs = _resolve(sweep, tracking_uri)
+    if effect is not None and not effect > 0:
+        fail(f"--effect must be a positive number of points, got {effect}")
+    experiment, uri, sweep_name, sweep_configs, policy = _resolve(sweep, tracking_uri)
     _check_server(uri, experiment)
 
     from mlflow.exceptions import MlflowException
@@ -179,9 +190,20 @@ def report(
 
     compute = "tiny" if start is None else "all" if start else "none"
     starting = start_scores(run_set, sweep_configs=sweep_configs, compute=compute, say=say)
+    from bicc_lab.report.detect import DetectionOptions
+
+    # (effects in the metric's units: points / 100 for the accuracy-like metrics)
+    unit = 100.0 if run_set.metric.family in ("avg", "pass", "maj") else 1.0
+    detection = DetectionOptions(effect=effect / unit if effect else None)
+    if policy is not None:  # the interval sweep run decided with: its α, looks, comparisons
+        detection = DetectionOptions(
+            alpha=policy.alpha, looks=tuple(policy.looks()), half_width=policy.half_width,
+            benchmarks=(policy.benchmark,), arms=policy.arms if baseline == policy.baseline else None,
+            effect=detection.effect, mark_open=True,
+        )
     rep = build_report(run_set, baseline=baseline, plots=plots, n_resamples=resamples,
                        command=_command(sys.argv, sweep, root), start=starting.scores,
-                       start_notes=starting.notes, root=root)
+                       start_notes=starting.notes, root=root, detection=detection)
     for renderable in rep.rich():
         console.print(renderable)
     target = out_dir or root / "reports" / _safe(run_set.sweep)

@@ -32,11 +32,43 @@ def _load(
 
             set_ = read_set_file_located(set_file) + list(set_)
         loaded = load_sweep(sweep, set_, lazy=lazy)
+        if loaded.seed_policy is not None:
+            from bicc_lab.sweep.seeds import resolve_benchmark
+
+            loaded = resolve_benchmark(loaded)
     except SpecError as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot read {exc.filename or sweep}: {exc.strerror or exc}")
     return SweepContext.of(loaded, runs_dir)
+
+
+def _widened(ctx):
+    """The sweep with every seed its ``seeds:`` policy may add (a mistake: one line, exit 2)."""
+    from bicc_lab.spec import SpecError
+    from bicc_lab.sweep.seeds import widened
+
+    try:
+        return widened(ctx.sweep)
+    except SpecError as exc:
+        fail(f"seeds: with seeds.max seeds, {exc}")
+
+
+def _policy_state(ctx):
+    """The seed policy replayed over the store's runs (see bicc_lab.sweep.seeds)."""
+    from bicc_lab.sweep.seeds import read_policy_state
+    from bicc_lab.tracking.check import StoreError
+
+    try:
+        return read_policy_state(ctx, _widened(ctx))
+    except StoreError as exc:
+        fail(str(exc))
+
+
+def _print_policy(state) -> None:
+    """Why each row of a sweep with ``seeds:`` is still open (plan and status)."""
+    for line in state.lines():
+        _console().print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _runs(ctx):
@@ -80,7 +112,16 @@ def plan(
     )
     runs = _runs(ctx)
     statuses = iter_cell_statuses(ctx.sweep, ctx.runs_dir, runs)
+    if ctx.sweep.seed_policy is not None and as_json:  # one JSON object, the policy's rows in it
+        from bicc_lab.sweep.views import plan_view, print_view
+
+        view = plan_view(ctx, list(statuses), runs is not None)
+        view.data["seed_policy"] = _policy_state(ctx).as_dict()
+        print_view(_console(), view, as_json=True)
+        return
     print_plan(_console(), ctx, statuses, runs is not None, as_json=as_json)
+    if ctx.sweep.seed_policy is not None:
+        _print_policy(_policy_state(ctx))
 
 
 @app.command(
@@ -137,10 +178,16 @@ def run(
             sweep_checks(ctx.sweep), tracking_uri=ctx.store, create_store=True, tracking_from=ctx.uri_from,
             writes=sweep_writes(ctx, str(runs_dir) if runs_dir else None),
         )
-        outcome = run_sweep(
-            ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
+        run_kwargs = dict(
+            max_parallel=parallel, retry_failed=retry_failed, grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,
         )
+        if ctx.sweep.seed_policy is not None:  # seeds added batch by batch (README: seed policy)
+            from bicc_lab.sweep.seeds import run_with_policy
+
+            outcome = run_with_policy(ctx, _widened(ctx), console=_console(), **run_kwargs)
+        else:
+            outcome = run_sweep(ctx, console=_console(), **run_kwargs)
     except StoreError as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)
@@ -172,4 +219,10 @@ def status(
 
     ctx = _load(sweep, set_, runs_dir)
     statuses, tracked = _statuses(ctx)
-    print_view(_console(), status_view(ctx, statuses, tracked), as_json=as_json)
+    view = status_view(ctx, statuses, tracked)
+    state = _policy_state(ctx) if ctx.sweep.seed_policy is not None else None
+    if state is not None and as_json:
+        view.data["seed_policy"] = state.as_dict()
+    print_view(_console(), view, as_json=as_json)
+    if state is not None and not as_json:
+        _print_policy(state)

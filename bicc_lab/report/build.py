@@ -12,8 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bicc_lab.report.data import CURVE_METRICS, RunSet, load_curves, load_problem_scores
+from bicc_lab.report.detect import (
+    DetectionOptions,
+    detection_frame,
+    detection_markdown,
+    detection_rows,
+    open_rows,
+)
 from bicc_lab.report.plots import Plot, accuracy_plot, curve_plots
 from bicc_lab.report.render import (
+    _percent,
     cost_markdown,
     render_html,
     render_latex,
@@ -78,6 +86,8 @@ class Report:
     created: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     root: str | None = None  # the repository root: paths and URIs under it are shown relative to it
+    detection: pd.DataFrame | None = None  # per comparison: interval, detectable effect (report.detect)
+    detection_options: DetectionOptions | None = None
 
     @property
     def title(self) -> str:
@@ -120,6 +130,7 @@ def build_report(
     start: dict[tuple[str, ...], dict[str, float]] | None = None,
     start_notes: Sequence[str] = (),
     root: str | os.PathLike[str] | None = None,
+    detection: DetectionOptions | None = None,
 ) -> Report:
     """Tables, paired tests and small-seed intervals (``eval.json`` artifacts), plots (metric
     histories). ``start``: row -> benchmark -> the starting model's score
@@ -134,6 +145,15 @@ def build_report(
     table.notes.extend(start_notes)
     table.metric = run_set.metric.spec.replace("_at_", "@")
     cost = build_cost(run_set, baseline=baseline)
+    detection = detection or DetectionOptions()
+    detected = detection_frame(run_set.frame, run_set.row_keys, baseline=baseline, options=detection)
+    table.open_rows = open_rows(detected, run_set.row_keys) if detection.mark_open else set()
+    if table.open_rows:
+        shown = ", ".join("/".join(row) for row in sorted(table.open_rows))
+        table.notes.append(
+            f"(open): a comparison of the row is not resolved yet (interval across 0 and wider than the "
+            f"target): {shown}; see 'What the seeds can detect'"
+        )
     timings["tables_s"] = time.perf_counter() - t0
     rendered: list[Plot] = []
     if plots:
@@ -158,6 +178,8 @@ def build_report(
         created=time.strftime("%Y-%m-%d %H:%M"),
         timings=timings,
         root=None if root is None else str(root),
+        detection=detected,
+        detection_options=detection,
     )
 
 
@@ -168,6 +190,12 @@ def _outputs(report: Report, formats: Iterable[str]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     if "md" in fmts:
         md = render_markdown(report.table, title=report.title, meta=report.meta, significance=report.significance)
+        if report.detection is not None and not report.detection.empty:
+            effect = report.detection_options.effect if report.detection_options else None
+            scale = 100.0 if _percent(report.table) else 1.0
+            md += "\n## What the seeds can detect\n\n" + detection_markdown(
+                report.detection, rs.row_keys, scale, effect
+            ) + "\n"
         if report.plots:
             md += "\n## Plots\n\n" + "\n".join(
                 f"![{p.caption}]({PLOTS_DIR}/{p.name}.png)" for p in report.plots
@@ -189,11 +217,17 @@ def _outputs(report: Report, formats: Iterable[str]) -> dict[str, bytes]:
         out["ablation.csv"] = report.table.to_frame().to_csv(index=False).encode()
         out["significance.csv"] = report.significance.to_csv(index=False).encode()
         out["cost.csv"] = report.cost.to_csv(index=False).encode()
+        if report.detection is not None:
+            out["detection.csv"] = report.detection.to_csv(index=False).encode()
     if "html" in fmts:
         images = {p.name: (p.caption, p.png) for p in report.plots}
+        detection = None
+        if report.detection is not None:
+            effect = report.detection_options.effect if report.detection_options else None
+            detection = detection_rows(report.detection, rs.row_keys, 100.0 if _percent(report.table) else 1.0, effect)
         out["report.html"] = render_html(
             report.table, title=report.title, meta=report.meta, significance=report.significance,
-            cost=report.cost, images=images,
+            cost=report.cost, images=images, detection=detection,
         ).encode()
     for p in report.plots:
         out[f"{PLOTS_DIR}/{p.name}.png"] = p.png

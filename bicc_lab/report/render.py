@@ -181,6 +181,8 @@ def render_markdown(
     lines.append("|" + "|".join([":--"] * len(table.row_keys) + ["--:"] * (len(head) - len(table.row_keys))) + "|")
     for row in table.rows:
         cells = [_md_escape(x) for x in row]
+        if tuple(str(x) for x in row) in table.open_rows:  # more seeds could still change the answer
+            cells[-1] += " (open)"
         for bench in table.columns:
             for arm in cols:
                 if arm == START:
@@ -482,10 +484,11 @@ def render_html(
     significance: pd.DataFrame,
     cost: pd.DataFrame,
     images: Mapping[str, tuple[str, bytes]],
+    detection: tuple[list[str], list[list[str]], str] | None = None,
 ) -> str:
     """One self-contained page: tables, notes and every plot as an embedded PNG.
 
-    ``images``: name -> (caption, PNG bytes).
+    ``images``: name -> (caption, PNG bytes); ``detection``: report.detect.detection_rows.
     """
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -507,6 +510,10 @@ def render_html(
         parts += ["<h2>Failed runs</h2>", _html_frame(head, failed, len(table.row_keys) + 2)]
     if table.notes:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{_h(n)}</li>" for n in table.notes] + ["</ul>"]
+    if detection is not None and detection[1]:
+        head, rows, text = detection
+        parts += ["<h2>What the seeds can detect</h2>", _html_frame(head, rows, len(table.row_keys) + 2),
+                  f"<p class='legend'>{_h(text)}</p>"]
     if images:
         parts.append("<h2>Plots</h2>")
         for name, (caption, png) in images.items():

@@ -115,6 +115,7 @@ class AblationTable:
     start: dict[tuple[RowKey, str], float] = field(default_factory=dict)  # (row, benchmark) -> score before training
     failed: dict[tuple[RowKey, str], list[str]] = field(default_factory=dict)  # (row, arm) -> "seed 1 FAILED", ...
     failed_runs: pd.DataFrame | None = None  # one line per failed run: keys, arm, seed, status, error
+    open_rows: set[RowKey] = field(default_factory=set)  # a comparison still open (report.detect)
 
     @property
     def ci_methods(self) -> set[str]:

@@ -11,7 +11,7 @@ hint (``did you mean ...``, the valid values). Examples::
 Precedence in a sweep cell, lowest first: the base experiment file, the sweep's
 ``set:``, ``--set`` overrides of experiment keys, the cell's grid/zip values, the
 sweep's ``tracking:``. ``--set`` keys that start with a sweep key (``grid.``,
-``set.``, ``zip``, ``exclude``, ``max_parallel``, ``gpus``, ``search.``,
+``set.``, ``zip``, ``exclude``, ``max_parallel``, ``gpus``, ``search.``, ``seeds.``,
 ``tracking.``, ``name``, ``base``) edit the sweep file itself; after ``grid.`` and
 ``set.`` the rest is one dotted key (``--set grid.train.learning_rate=[1e-3,2e-4]``).
 """
@@ -30,6 +30,7 @@ from bicc_lab.spec.errors import Loc, SpecError, display_path, show_value
 from bicc_lab.spec.grid import Axis, Cell, LazyCells, build_cells, format_value, rule_matches
 from bicc_lab.spec.models import PATH_NAME_HINT, ExperimentConfig, SweepConfig, path_name_problem
 from bicc_lab.spec.schema import check_keys, resolve_key, validate_model
+from bicc_lab.spec.seeds import SeedPolicy, check_seed_policy
 from bicc_lab.spec.yamlio import (
     KeyLoc,
     LocMap,
@@ -219,6 +220,7 @@ class Sweep:
     axes: list[Axis]
     cells: Sequence[Cell]
     overrides: list[str] = field(default_factory=list)
+    seed_policy: SeedPolicy | None = None  # the ``seeds:`` block, resolved against the grid
 
     @property
     def axis_keys(self) -> list[str]:
@@ -488,6 +490,13 @@ def load_sweep(
         tracking_locs=tracking_locs,
         sweep_loc=fallback,
     )
+    seed_policy = None
+    if spec.seeds is not None:  # (a lazy walk builds the cells once more: the arms are theirs)
+        arms = {cell.arm for cell in cells}
+        benchmarks = [b for cell in cells for b in cell.config.eval.benchmarks]
+        seed_policy = check_seed_policy(
+            spec.seeds, data.get("grid") or {}, arms, benchmarks, base_config.eval.samples, locs, fallback
+        )
     return Sweep(
         name=name,
         path=sweep_path,
@@ -497,4 +506,5 @@ def load_sweep(
         axes=axes,
         cells=cells,
         overrides=list(overrides or []),
+        seed_policy=seed_policy,
     )

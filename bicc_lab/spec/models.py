@@ -29,6 +29,7 @@ from pydantic import (
 
 from bicc_lab.algorithms.registry import VARIANTS, UnknownVariantError, get_variant
 from bicc_lab.spec.errors import show_value
+from bicc_lab.spec.seeds import SeedPolicyConfig
 
 __all__ = [
     "ARMS",
@@ -968,4 +969,9 @@ class SweepConfig(_Section):
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig,
         description="Tracking for every cell (overrides the base's).",
+    )
+    seeds: SeedPolicyConfig | None = Field(
+        None,
+        description="Adaptive seeds: add seeds to each model x variant row until its "
+        "comparisons with the baseline are resolved (see README, 'Seeds until the answer is clear').",
     )
