@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from bicc_lab.cli._common import console as _console
-from bicc_lab.cli._common import fail
+from bicc_lab.cli._common import fail, overrides_argument, with_overrides
 
 app = typer.Typer(
     help="Grids over model × variant × BICC × RCC × seed.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
@@ -62,6 +62,7 @@ def _statuses(ctx):
 )
 def plan(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -72,7 +73,7 @@ def plan(
 
     # Lazy: the cells are built (and checked) on each walk, never all held, so that a grid
     # raised past max_cells is planned in bounded memory; rows print as they come.
-    ctx = _load(sweep, set_, runs_dir, lazy=True)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir, lazy=True)
     # The checks of `sweep run` (a cell `run` would refuse is refused here too), except
     # whether this machine can fetch the models and data: a plan is made offline.
     preflight(
@@ -89,6 +90,7 @@ def plan(
 )
 def run(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     set_file: Path = typer.Option(
         None,
@@ -121,7 +123,7 @@ def run(
 
     check_grace(grace)
 
-    ctx = _load(sweep, set_, runs_dir, set_file)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir, set_file)
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
     if parallel < 1:
         fail(f"--max-parallel must be >= 1, got {parallel}")
@@ -164,12 +166,13 @@ def ask_cancel_jobs(n: int) -> bool:
 )
 def status(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     from bicc_lab.sweep.views import print_view, status_view
 
-    ctx = _load(sweep, set_, runs_dir)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir)
     statuses, tracked = _statuses(ctx)
     print_view(_console(), status_view(ctx, statuses, tracked), as_json=as_json)
