@@ -115,3 +115,15 @@ def test_both_spellings_reach_the_same_option(spelling):
     command = get_command(app).commands["eval"]
     ctx = command.make_context("eval", [spelling, "7", "--model", "tiny"])
     assert ctx.params["max_new_tokens"] == 7
+
+
+def test_a_first_eval_of_a_tiny_model_is_one_sample_per_problem_and_short(tmp_path, data_dir):
+    """The issue's `eval --model tiny --tasks math500 --limit 3` took 6.5 minutes (32 samples of
+    up to 768 tokens each): one sample per problem and the tiny models' 32-token budget."""
+    env = subprocess_env(tmp_path / "cache")
+    _run([str(BIN / "bicc-lab"), "eval", "--model", "tiny:untrained", "--tasks", "math500", "--limit", "3",
+          "--data_dir", str(data_dir), "--output_path", "r.json"], tmp_path, env)
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert (result["benchmarks"]["math500"]["n"], result["benchmarks"]["math500"]["k"]) == (3, 1)
+    assert result["config"]["max_new_tokens"] == {"math500": 32}
+    assert result["config"]["chat_template"] == {"math500": False}  # lm-eval's default: off
