@@ -1,4 +1,4 @@
-"""`bicc-lab sweep plan|run|status`: grids over model × variant × BICC × RCC × seed."""
+"""`bicc-lab sweep plan|run|status|cancel`: grids over model × variant × BICC × RCC × seed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from bicc_lab.cli._common import console as _console
 from bicc_lab.cli._common import fail, overrides_argument, with_overrides
 
 app = typer.Typer(
-    help="Grids over model × variant × BICC × RCC × seed.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
+    help="Grids over model × variant × BICC × RCC × seed: plan, run, status, cancel.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
     no_args_is_help=True,
 )
 
@@ -86,12 +86,20 @@ def plan(
 
 @app.command(
     "run",
-    help="Train and evaluate every unfinished cell (resumable).\n\nExample: bicc-lab sweep run sweeps/quickstart.yaml --max-parallel 2",
+    help=(
+        "Train and evaluate every unfinished cell (resumable).\n\n"
+        "Where cells run is the sweep's launch: block, or --set launch.*: e.g. --launcher slurm "
+        "--set launch.partition=gpu --set launch.time_min=240 --set launch.gpus_per_node=8 "
+        "(also launch.nodes, cpus_per_task, mem_gb, account, qos, constraint, setup).\n\n"
+        "Example: bicc-lab sweep run sweeps/quickstart.yaml --max-parallel 2"
+    ),
 )
 def run(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
     overrides: list[str] = overrides_argument(),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    set_: list[str] = typer.Option(
+        [], "--set", help=SET_HELP + " SLURM resources too: --set launch.partition=gpu launch.time_min=240."
+    ),
     set_file: Path = typer.Option(
         None,
         "--set-file",
@@ -146,6 +154,43 @@ def run(
     except StoreError as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command(
+    "cancel",
+    help=(
+        "Stop a sweep's running cells and mark them KILLED; a later `sweep run` resumes them. Stops "
+        "the `sweep run` driving it, local workers (SIGTERM, then SIGKILL after --grace) and the "
+        "cells' SLURM jobs (scancel).\n\nExample: bicc-lab sweep cancel sweeps/quickstart.yaml"
+    ),
+)
+def cancel(
+    sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+    grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL for local workers."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was stopped as one JSON object."),
+) -> None:
+    from bicc_lab.cli._common import check_grace
+    from bicc_lab.sweep.cancel import cancel_sweep
+
+    check_grace(grace)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir)
+    say = (lambda _m: None) if as_json else typer.echo
+    result = cancel_sweep(ctx, grace_s=grace, say=say)
+    if as_json:
+        import dataclasses
+        import json
+
+        typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    if not result.anything:
+        typer.echo(f"nothing of sweep {ctx.sweep.name} is running (in {ctx.sweep_dir})")
+        return
+    if result.marked:
+        typer.echo(f"marked KILLED: {', '.join(result.marked)}")
+    typer.echo(f"`bicc-lab sweep run {sweep}` resumes the killed cells")
 
 
 def ask_cancel_jobs(n: int) -> bool:

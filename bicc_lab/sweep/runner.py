@@ -339,6 +339,9 @@ def run_sweep(
 
     display.start()
     previous_term = signal.getsignal(signal.SIGTERM)
+    from bicc_lab.sweep.cancel import clear_runner_pid, write_runner_pid
+
+    write_runner_pid(ctx.sweep_dir)  # `sweep cancel` stops this process first (SIGTERM)
     try:
         if queue:
             # (run_jobs turns SIGTERM into a stop; before it, the default would kill us mid-write)
@@ -376,6 +379,7 @@ def run_sweep(
             outcome.left_running = sum(1 for r in rows.values() if r.state in _IN_QUEUE)
         _quietly(Source().on_tick)
     finally:
+        clear_runner_pid(ctx.sweep_dir)
         try:
             display.stop()
         except OSError:  # the terminal went away
