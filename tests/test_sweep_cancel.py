@@ -74,6 +74,8 @@ def test_cancel_stops_a_running_local_sweep_and_marks_its_cells_killed(tmp_path)
     for pid in workers:  # no worker is left behind
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1]
     assert not (cells / "runner.pid").exists()
+    piped = (tmp_path / "run.out").read_text()
+    assert "sweep: 0 done, 2 running, 0 left" in piped, piped  # the sweep line of piped output
 
     status = _cli(["sweep", "status", *args, "--json"], tmp_path, env)
     states = [c["state"] for c in json.loads(status.stdout)["cells"]]
@@ -85,6 +87,8 @@ def test_cancel_stops_a_running_local_sweep_and_marks_its_cells_killed(tmp_path)
     runs = client.search_runs([experiment.experiment_id])
     children = [r for r in runs if r.data.tags.get("role") == "cell"]
     assert len(children) == 2 and {r.info.status for r in children} == {"KILLED"}
+    # each cell's run leads to its checkpoints, as a `train` run does
+    assert {r.data.tags["output_dir"] for r in children} == {str(d) for d in cells.iterdir() if d.is_dir()}
 
     again = _cli(["sweep", "cancel", *args, "--json"], tmp_path, env)
     assert again.returncode == 0 and json.loads(again.stdout) == {"runner_pid": None, "workers": {}, "jobs": {}, "marked": []}

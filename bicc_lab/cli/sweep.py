@@ -121,6 +121,14 @@ def run(
     detach: bool = typer.Option(
         False, "--detach", help="SLURM: submit the jobs and return; `sweep run` again re-attaches."
     ),
+    progress_every: float = typer.Option(
+        30.0, "--progress-every",
+        help="Piped/CI output: a line per training cell (step, reward, ETA) and the sweep's ETA every this "
+        "many seconds (0: only on state changes).",
+    ),
+    progress_every_steps: int = typer.Option(
+        None, "--progress-every-steps", help="Piped/CI output: also a cell's line every this many training steps."
+    ),
 ) -> None:
     from bicc_lab.sweep.runner import run_sweep
     from bicc_lab.tracking.check import StoreError
@@ -130,6 +138,8 @@ def run(
     from bicc_lab.cli._common import check_grace
 
     check_grace(grace)
+    if progress_every < 0 or (progress_every_steps is not None and progress_every_steps < 1):
+        fail("--progress-every must be >= 0 seconds and --progress-every-steps >= 1")
 
     ctx = _load(sweep, with_overrides(overrides, set_), runs_dir, set_file)
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
@@ -150,6 +160,7 @@ def run(
         outcome = run_sweep(
             ctx, max_parallel=parallel, retry_failed=retry_failed, console=_console(), grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,
+            progress_every_s=progress_every or None, progress_every_steps=progress_every_steps,
         )
     except StoreError as exc:
         fail(str(exc))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -131,8 +132,11 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def run_tags(config: Any, *, digest: str, train_id: str, commit: str, attempts: int) -> dict[str, str]:
-    """The tags every training run starts with, a sweep cell's or a single ``train``'s."""
+def run_tags(
+    config: Any, *, digest: str, train_id: str, commit: str, attempts: int, output_dir: Path | None = None
+) -> dict[str, str]:
+    """The tags every training run starts with, a sweep cell's or a single ``train``'s:
+    ``output_dir`` leads from the run to its checkpoints and final model (``eval --run ID``)."""
     import bicc_lab
     from bicc_lab.tracking.naming import Tag
     from bicc_lab.tracking.store import host_tags
@@ -152,8 +156,10 @@ def run_tags(config: Any, *, digest: str, train_id: str, commit: str, attempts: 
         Tag.HEARTBEAT: f"{time.time():.3f}",
         **host_tags(),
     }
-    if commit:
+    if commit and re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", commit):  # not bicc-lab==<version>
         tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+    if output_dir is not None:
+        tags["output_dir"] = str(Path(output_dir).resolve())
     return tags
 
 
@@ -236,7 +242,7 @@ def run_cell(directory: Path) -> int:
 
     tags = run_tags(
         config, digest=digest, train_id=spec.get("train_id", ""), commit=spec.get("git_commit") or "",
-        attempts=attempts,
+        attempts=attempts, output_dir=directory,
     )
     tags.update({
         Tag.SWEEP: spec["sweep"],

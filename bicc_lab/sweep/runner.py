@@ -137,6 +137,8 @@ def run_sweep(
     launcher_kind: str | None = None,
     detach: bool = False,
     ask_cancel: Callable[[int], bool] | None = None,
+    progress_every_s: float | None = 30.0,
+    progress_every_steps: int | None = None,
 ) -> SweepOutcome:
     """Run every unfinished cell through the sweep's launcher (``launch.kind``, or
     ``launcher_kind``); see the module docstring. ``detach``: submit and return (SLURM)."""
@@ -230,7 +232,9 @@ def run_sweep(
         + (f", {attached} re-attached" if attached else "")
         + f" | {at_once} | MLflow {ctx.uri} (experiment {ctx.experiment}) | {ctx.sweep_dir}"
     )
-    display = make_display(console, title, live)
+    # (lines only: a training cell's progress every N s or N steps, and the sweep's ETA)
+    display = make_display(console, title, live, parallel=max_parallel if launch.kind == "local" else len(queue) or 1,
+                           every_s=progress_every_s, every_steps=progress_every_steps)
 
     def mark_if_running(job: Job, status: str, error: str | None, extra: dict[str, str] | None = None) -> None:
         """The worker could not record its end itself (SIGKILL, crash): do it here."""

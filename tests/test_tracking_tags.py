@@ -1,0 +1,59 @@
+"""The tags that lead from an MLflow run back to its code and its files: `git_commit` outside a
+checkout, `output_dir` on every training run (train and sweep cells alike)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import bicc_lab
+from bicc_lab.launch.worker import run_tags
+from bicc_lab.spec import load_experiment
+from bicc_lab.tracking import naming
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_git_commit_outside_a_checkout_is_the_commit_bicc_lab_came_from(tmp_path, monkeypatch):
+    naming.git_commit.cache_clear()
+    source = Path(bicc_lab.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True).stdout.strip()
+    # tmp_path is no checkout: the checkout bicc_lab is imported from (an editable install)
+    assert naming.git_commit(str(tmp_path)).split("+")[0] == head
+    naming.git_commit.cache_clear()
+
+    class Dist:  # `pip install git+https://...` records the commit in direct_url.json
+        def read_text(self, name):
+            assert name == "direct_url.json"
+            return json.dumps({"url": "https://example.org/bicc-lab.git", "vcs_info": {"vcs": "git", "commit_id": "c" * 40}})
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    assert naming.package_commit() == "c" * 40
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    # a wheel with neither: the version names what ran
+    monkeypatch.setattr(metadata, "distribution", missing)
+    monkeypatch.setattr(bicc_lab, "__file__", str(tmp_path / "site-packages" / "bicc_lab" / "__init__.py"))
+    assert naming.package_commit() == f"bicc-lab=={bicc_lab.__version__}"
+    naming.git_commit.cache_clear()
+
+
+def test_training_run_tags_name_the_output_dir_and_a_source_commit_only_for_a_sha(tmp_path):
+    config = load_experiment(ROOT / "experiments" / "tiny.yaml")
+    tags = run_tags(config, digest="d", train_id="t", commit="a" * 40 + "+dirty", attempts=1, output_dir=tmp_path / "cell")
+    assert tags["output_dir"] == str((tmp_path / "cell").resolve())
+    assert tags["mlflow.source.git.commit"] == "a" * 40 and tags["git_commit"] == "a" * 40 + "+dirty"
+    tags = run_tags(config, digest="d", train_id="t", commit="bicc-lab==0.1.0", attempts=1)
+    assert "mlflow.source.git.commit" not in tags and "output_dir" not in tags and tags["git_commit"] == "bicc-lab==0.1.0"
+
+
+def test_the_seeds_column_is_a_count_with_the_seeds_beside():
+    from bicc_lab.report.render import seeds_cell
+
+    assert seeds_cell("0") == "1 (0)"  # seed 0 is one seed, not none
+    assert seeds_cell("0 1 2") == "3 (0 1 2)"
+    assert seeds_cell("") == "0"
