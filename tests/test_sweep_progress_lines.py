@@ -28,12 +28,12 @@ def test_a_training_cell_speaks_every_n_seconds_and_the_sweep_line_has_an_eta():
     display.update([a, b], now=0.0)
     assert _lines(out) == ["tiny/grpo/base/s0 [aaa]  training  step 0/60", "tiny/grpo/base/s1 [bbb]  queued",
                            "sweep: 0 done, 1 running, 1 left; ETA -"]
-    a.observe(10, 0.25, 5.0)  # 10 steps in 5 s: 0.5 s a step
-    a.observe(20, 0.5, 10.0)
+    a.observe(10, 0.25, 5.0, tokens=1000.0)  # 10 steps in 5 s: 0.5 s a step
+    a.observe(20, 0.5, 10.0, tokens=2000.0)  # 1000 tokens in 5 s
     display.update([a, b], now=10.0)
     assert _lines(out) == []  # nothing changed, 30 s not up
     display.update([a, b], now=31.0)
-    assert _lines(out) == ["tiny/grpo/base/s0 [aaa]  training  step 20/60  reward 0.500  ETA 20s",
+    assert _lines(out) == ["tiny/grpo/base/s0 [aaa]  training  step 20/60  reward 0.500  ETA 20s  200 tok/s",
                            "sweep: 0 done, 1 running, 1 left; ETA -"]
     a.state, a.step = "finished", 60
     b.state = "training"

@@ -49,19 +49,23 @@ class Row:
     max_steps: int = 0
     reward: float | None = None
     eta_s: float | None = None
+    tokens_per_s: float | None = None
     gpu: int | None = None
     note: str = ""
     # rate estimate (this session): first observed (time, step) while training
     _t0: float | None = None
     _s0: int | None = None
+    _k0: float | None = None  # tokens at _t0
 
-    def observe(self, step: int, reward: float | None, now: float) -> None:
+    def observe(self, step: int, reward: float | None, now: float, tokens: float | None = None) -> None:
         if self.state == "training":
             if self._t0 is None or step < (self._s0 or 0):
-                self._t0, self._s0 = now, step
+                self._t0, self._s0, self._k0 = now, step, tokens
             elif step > (self._s0 or 0):
                 rate = (now - self._t0) / (step - (self._s0 or 0))
                 self.eta_s = max(0.0, (self.max_steps - step) * rate)
+                if tokens is not None and self._k0 is not None and now > self._t0:
+                    self.tokens_per_s = (tokens - self._k0) / (now - self._t0)
         self.step = step
         if reward is not None:
             self.reward = reward
@@ -224,7 +228,8 @@ class LineDisplay:
                 changed = True
             elif row.state == "training" and self._due(row, now):
                 self._said[row.cell_id] = (now, row.step)
-                self._print(self._line(row, f"ETA {fmt_duration(row.eta_s)}"))
+                speed = f"  {row.tokens_per_s:,.0f} tok/s" if row.tokens_per_s is not None else ""
+                self._print(self._line(row, f"ETA {fmt_duration(row.eta_s)}{speed}"))
         if changed or (self.every_s is not None and now - self._sweep_said >= self.every_s):
             self._sweep_said = now
             self._print(f"{time.strftime('%H:%M:%S')}  {self.progress.line(rows)}")

@@ -338,7 +338,7 @@ def run_sweep(
                 progress = layout.read_progress(job.directory)
                 if progress.phase in ("starting", "training", "evaluating", "logging"):
                     row.state = progress.phase
-                row.observe(progress.step, progress.reward, now)
+                row.observe(progress.step, progress.reward, now, progress.tokens)
             display.update(list(rows.values()))
 
     display.start()
