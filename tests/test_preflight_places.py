@@ -169,8 +169,8 @@ def test_seeds_outside_numpys_range(project):
     ("flag", "value", "said"),
     [
         ("--temperature", "-1", "--temperature -1: expected a number >= 0"),
-        ("--top-p", "0", "--top-p 0: expected a number > 0 and <= 1"),
-        ("--max-new-tokens", "0", "--max-new-tokens 0: expected a number >= 1"),
+        ("--top_p", "0", "--top_p 0: expected a number > 0 and <= 1"),
+        ("--max-new-tokens", "0", "--max_new_tokens 0: expected a number >= 1"),  # the dash spelling works too
     ],
 )
 def test_eval_sampling_flags(project, flag, value, said):
