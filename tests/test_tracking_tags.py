@@ -57,3 +57,23 @@ def test_the_seeds_column_is_a_count_with_the_seeds_beside():
     assert seeds_cell("0") == "1 (0)"  # seed 0 is one seed, not none
     assert seeds_cell("0 1 2") == "3 (0 1 2)"
     assert seeds_cell("") == "0"
+
+
+def test_report_of_an_experiment_of_train_runs_says_what_it_found(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bicc_lab.cli.main import app
+    from bicc_lab.tracking.single import EVAL_ROLE, TRAIN_ROLE, create_run
+    from bicc_lab.tracking.store import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    for role in (TRAIN_ROLE, TRAIN_ROLE, EVAL_ROLE):
+        _, run_id = create_run(tracker, "tiny-arith", role, role, {})
+        tracker.set_status(run_id, "FINISHED")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["report", "tiny-arith", "--tracking-uri", uri, "--no-start", "--no-log"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "has no finished runs" in text and "it holds 1 eval run, 2 train runs" in text, text
+    assert "bicc-lab sweep run" in text
