@@ -65,3 +65,26 @@ def test_the_sweep_eta_adds_the_queued_cells_in_waves_of_the_parallelism():
     rows[1].eta_s = 20.0
     # 3 queued at 2 at a time: 2 waves of 100 s, after the running cell's 20 s
     assert progress.line(rows) == "sweep: 1 done, 1 running, 3 left; ETA 3m40s"
+
+
+def test_trains_progress_line_shows_the_reward_of_the_step_it_names():
+    from types import SimpleNamespace
+
+    from bicc_lab.backends.trl.callbacks import RichProgressCallback
+
+    class Recorder:
+        def __init__(self):
+            self.fields, self.lines = {"reward": "-"}, []
+
+        def update(self, completed=None, **fields):
+            self.fields.update(fields)
+            self.lines.append((completed, self.fields["reward"]))
+
+    callback = RichProgressCallback()
+    callback._progress = Recorder()
+    state = SimpleNamespace(global_step=1)
+    callback.on_step_end(None, state, SimpleNamespace(should_log=True))  # step 1 will be logged
+    callback.on_log(None, state, SimpleNamespace(), logs={"reward": 0.25})
+    state.global_step = 2
+    callback.on_step_end(None, state, SimpleNamespace(should_log=False))  # not logged: step count only
+    assert callback._progress.lines == [(1, "0.250"), (2, "0.250")]
