@@ -188,7 +188,10 @@ def evaluate(
         fail(f"--num_fewshot must be >= 0, got {num_fewshot}")
     model, backend = _model_and_backend(model, backend, extra)
     ours, others = _split_tasks(tasks)
-    if others or include_path is not None:
+    if include_path is not None and not others:
+        fail(f"--include_path {include_path} adds lm-eval tasks, but --tasks names only our benchmarks "
+             f"({', '.join(ours)}): name the tasks of that directory in --tasks")
+    if others:
         from bicc_lab.cli.lmeval_delegate import run_lm_eval
 
         if ours:
