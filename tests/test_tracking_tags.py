@@ -77,3 +77,20 @@ def test_report_of_an_experiment_of_train_runs_says_what_it_found(tmp_path, monk
     text = " ".join(result.output.split())
     assert "has no finished runs" in text and "it holds 1 eval run, 2 train runs" in text, text
     assert "bicc-lab sweep run" in text
+
+
+def test_a_new_eval_run_has_the_commit_version_and_output_dir_tags(tmp_path):
+    from bicc_lab.cli.evaluate import _log_to_mlflow
+    from bicc_lab.eval.runner import EvalResult
+    from bicc_lab.tracking.store import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    results = tmp_path / "out" / "results.json"
+    results.parent.mkdir()
+    results.write_text("{}")
+    result = EvalResult(benchmarks={}, problems=[], config={"samples": 1}, warnings=[], seconds=1.0, samples={})
+    run_id = _log_to_mlflow({"uri": uri, "new": True}, result, "tiny", [results], experiment="eval")
+    tags = Tracker(uri).client.get_run(run_id).data.tags
+    assert tags["role"] == "eval" and tags["model"] == "tiny"
+    assert tags["output_dir"] == str(results.parent.resolve())
+    assert tags["git_commit"] == naming.git_commit() and tags["bicc_lab_version"] == bicc_lab.__version__

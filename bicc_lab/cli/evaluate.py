@@ -469,7 +469,14 @@ def _log_to_mlflow(target: dict, result: Any, model: str, files: list[Path], *, 
     if target.get("run_dir") is not None:
         step = int((layout.read_json(Path(target["run_dir"]) / layout.TRAIN_RESULT) or {}).get("steps", 0))
     if target.get("new"):
-        _, run_id = create_run(tracker, experiment, f"eval {model}", EVAL_ROLE, {Tag.MODEL: model})
+        import bicc_lab
+        from bicc_lab.tracking.naming import git_commit
+
+        # The tags a training run has, so that an eval run leads to its code and its files too.
+        tags = {Tag.MODEL: model, Tag.GIT_COMMIT: git_commit(), Tag.VERSION: bicc_lab.__version__}
+        if files:
+            tags["output_dir"] = str(Path(files[0]).resolve().parent)
+        _, run_id = create_run(tracker, experiment, f"eval {model}", EVAL_ROLE, tags)
         tracker.log_params(run_id, flatten({"eval": result.config}))
     else:
         run_id = target["run_id"]
