@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,11 @@ def test_vllm_backend_and_slurm_launcher_require_their_packages(tmp_path, data_d
     vllm = _check(report, "vllm")
     assert code == 1 and vllm["required"] and not vllm["ok"] and "eval.backend: vllm" in vllm["status"]
 
+    sbatch = _check(report, "sbatch")
+    assert sbatch["required"] and sbatch["ok"] == (shutil.which("sbatch") is not None)
+
     installed.update(vllm="0.18.0", submitit="1.5.4")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")  # a login node
     code, report = _doctor(str(tmp_path / "s.yaml"), *args, "eval.backend=vllm")
     assert code == 0 and _check(report, "vllm")["value"] == "0.18.0", report
 

@@ -203,6 +203,12 @@ def _config_checks(needs: dict, data_dir: str | None) -> list[Check]:
         checks.append(_optional_package("vllm", "eval.backend: vllm"))
     if needs["launcher"] == "slurm":
         checks.append(_required_package("submitit", "launch.kind: slurm"))
+        import shutil
+
+        for command in ("sbatch", "squeue", "scancel"):  # submitit submits, polls and cancels with these
+            where = shutil.which(command)
+            checks.append(Check(command, where or "missing", "ok" if where else
+                                "needed by launch.kind: slurm: run on a SLURM login node", ok=where is not None))
     else:
         checks.append(_optional_package("submitit", "launch.kind: slurm"))
     return checks
