@@ -1,6 +1,6 @@
 """`bicc-lab sweep cancel SWEEP`: stops the running cells (local workers, SLURM jobs) and
 marks them KILLED, so that the next `sweep run` resumes them; `sweep run -h` says where
-SLURM resources go."""
+SLURM resources go; a cell's MLflow run leads to its files as a `train` run does."""
 
 from __future__ import annotations
 
@@ -188,3 +188,26 @@ def test_cancel_stops_a_worker_left_without_its_sweep_run_and_marks_its_run_kill
             worker.kill()
     assert tracker.get(run_id).status == "KILLED"
     assert (directory / "phase").read_text().strip() == "killed"
+
+
+def test_a_finished_cell_run_has_what_a_train_run_has(tmp_path):
+    """output_dir (to its checkpoints and final model) and the per-problem table of its evaluation."""
+    (tmp_path / "base.yaml").write_text(
+        BASE.replace("max_steps: 100000", "max_steps: 1").replace(
+            "eval: {enabled: false}", "eval: {benchmarks: [arith_test], samples: 1, limit: 2, max_new_tokens: 4}")
+    )
+    (tmp_path / "s.yaml").write_text("base: base.yaml\ngrid: {seed: [0]}\n")
+    env = subprocess_env(tmp_path / "cache")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _cli(["sweep", "run", "s.yaml", "--runs-dir", str(tmp_path / "runs")], tmp_path, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("s")
+    [cell] = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("role") == "cell"]
+    [directory] = [d for d in (tmp_path / "runs" / "s").iterdir() if d.is_dir()]
+    assert cell.info.status == "FINISHED" and cell.data.tags["output_dir"] == str(directory)
+    assert (directory / "final").is_dir()
+    table = json.loads(Path(client.download_artifacts(cell.info.run_id, "eval_samples.json", str(tmp_path / "dl"))).read_text())
+    assert table["columns"][:3] == ["benchmark", "problem_id", "gold"] and len(table["data"]) == 2

@@ -388,8 +388,11 @@ def run_cell(directory: Path) -> int:
 
                 evaluation = evaluate_config(config, result.final_model_dir, out_file=eval_path)
             eval_metrics = unlogged(eval_metrics_of(evaluation, result.steps))
+            from bicc_lab.tracking.single import log_problems_table
+
             with client_lock:
                 tracker.log_metrics(run_id, eval_metrics)
+                log_problems_table(tracker, run_id, evaluation)  # as a `train` run has it
 
         set_phase("logging")
         with client_lock:
