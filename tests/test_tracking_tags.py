@@ -94,3 +94,17 @@ def test_a_new_eval_run_has_the_commit_version_and_output_dir_tags(tmp_path):
     assert tags["role"] == "eval" and tags["model"] == "tiny"
     assert tags["output_dir"] == str(results.parent.resolve())
     assert tags["git_commit"] == naming.git_commit() and tags["bicc_lab_version"] == bicc_lab.__version__
+
+
+def test_training_run_tags_say_which_launcher_and_slurm_job_ran_it(monkeypatch):
+    config = load_experiment(ROOT / "experiments" / "tiny.yaml")
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    tags = run_tags(config, digest="d", train_id="t", commit="", attempts=1)
+    assert tags["launcher"] == "local" and "job_id" not in tags
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    assert run_tags(config, digest="d", train_id="t", commit="", attempts=1)["job_id"] == "1234"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1200")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")  # a job array's task: SLURM's own 1200_3
+    tags = run_tags(config, digest="d", train_id="t", commit="", attempts=1)
+    assert (tags["launcher"], tags["job_id"]) == ("slurm", "1200_3")

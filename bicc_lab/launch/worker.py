@@ -160,6 +160,12 @@ def run_tags(
         tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
     if output_dir is not None:
         tags["output_dir"] = str(Path(output_dir).resolve())
+    # Where it ran: a SLURM job (array task) or this machine's processes.
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    tags["launcher"] = "slurm" if job else "local"
+    if job:
+        tags["job_id"] = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{task}" if task else job
     return tags
 
 
