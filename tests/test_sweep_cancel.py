@@ -211,3 +211,59 @@ def test_a_finished_cell_run_has_what_a_train_run_has(tmp_path):
     assert (directory / "final").is_dir()
     table = json.loads(Path(client.download_artifacts(cell.info.run_id, "eval_samples.json", str(tmp_path / "dl"))).read_text())
     assert table["columns"][:3] == ["benchmark", "problem_id", "gold"] and len(table["data"]) == 2
+
+
+def test_sigterm_cancels_slurm_jobs_without_asking_and_ctrl_c_asks(tmp_path):
+    """`sweep cancel` SIGTERMs a `sweep run` that may sit at a terminal: a prompt there
+    ("cancel the submitted SLURM jobs?") would hang it, so only Ctrl-C asks."""
+    from bicc_lab.launch.base import Job
+    from bicc_lab.launch.schedule import INTERRUPTED, LEFT_RUNNING, run_jobs
+
+    class Cluster:  # a detachable launcher with one job running; the scheduler is stopped on its 2nd poll
+        detachable = True
+
+        def __init__(self, sig):
+            self.running, self.sig, self.polls, self.cancelled = {"a": Job("a", tmp_path)}, sig, 0, False
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 2:
+                os.kill(os.getpid(), self.sig)
+            return []
+
+        def submit(self, cells):
+            return []
+
+        def cancel(self, jobs=None, grace_s=10.0):
+            self.cancelled, jobs = True, list(self.running.values())
+            self.running.clear()
+            return [(job, 143) for job in jobs]
+
+        def release(self):
+            self.running.clear()
+
+    class Source:
+        def next_cells(self, free):
+            return []
+
+        def more(self):
+            return True
+
+        def on_submit(self, job):
+            pass
+
+        def on_exit(self, job, code, stopping):
+            pass
+
+        def on_tick(self):
+            pass
+
+    asked = []
+    cluster = Cluster(signal.SIGTERM)
+    result = run_jobs(cluster, Source(), max_parallel=1, poll_s=0.01, ask_cancel=lambda n: asked.append(n) or False,
+                      say=lambda m: None)
+    assert (result, cluster.cancelled, asked) == (INTERRUPTED, True, [])
+    cluster = Cluster(signal.SIGINT)
+    result = run_jobs(cluster, Source(), max_parallel=1, poll_s=0.01, ask_cancel=lambda n: asked.append(n) or False,
+                      say=lambda m: None)
+    assert (result, cluster.cancelled, asked) == (LEFT_RUNNING, False, [1])  # asked; "no" leaves it queued
