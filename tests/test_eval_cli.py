@@ -152,6 +152,7 @@ def test_output_path_as_lm_eval_reads_it(tmp_path):
         (["--model", "tiny", "-t", "math500,hellaswag"], "mixes our benchmarks (math500) with lm-eval tasks (hellaswag)"),
         (["--model", "tiny", "-t", "hellaswag", "--include_path", "no/such/dir"], "--include_path no/such/dir: no such directory"),
         (["--model", "tiny", "-t", "math500", "--include_path", "tasks"], "--include_path tasks adds lm-eval tasks, but --tasks names only our benchmarks"),
+        (["--model", "tiny", "-t", "hellaswag", "--repeats", "4"], "--repeats 4 is for our benchmarks"),
     ],
 )
 def test_flag_mistakes_are_one_line_exit_2(args, expected, tmp_path, monkeypatch):

@@ -127,3 +127,27 @@ def test_a_first_eval_of_a_tiny_model_is_one_sample_per_problem_and_short(tmp_pa
     assert (result["benchmarks"]["math500"]["n"], result["benchmarks"]["math500"]["k"]) == (3, 1)
     assert result["config"]["max_new_tokens"] == {"math500": 32}
     assert result["config"]["chat_template"] == {"math500": False}  # lm-eval's default: off
+
+
+def test_an_lm_eval_task_gets_the_same_flags_and_our_sampling_flags_as_gen_kwargs(monkeypatch):
+    from typer.testing import CliRunner
+
+    from bicc_lab.cli import lmeval_delegate
+    from bicc_lab.cli.main import app
+
+    seen = {}
+    monkeypatch.setattr(lmeval_delegate, "run_lm_eval", lambda **kwargs: seen.update(kwargs))
+    result = CliRunner().invoke(app, [
+        "eval", "--model", "hf", "--model-args", "pretrained=some/model", "dtype=bfloat16", "-t", "hellaswag", "arc_easy",
+        "--temperature", "0", "--gen_kwargs", "max_gen_toks=16", "--num_fewshot", "5", "--apply_chat_template",
+        "--samples", '{"hellaswag": [1, 2]}', "--seed", "7", "--batch-size", "auto", "--trust_remote_code",
+    ])
+    assert result.exit_code == 0, result.output
+    argv = lmeval_delegate.lm_eval_argv(model_path="some/model", **{k: v for k, v in seen.items() if k != "model"})
+    assert argv[:5] == ["run", "--model", "hf", "--model_args", json.dumps(
+        {"pretrained": "some/model", "dtype": "bfloat16", "trust_remote_code": True})]
+    pairs = dict(zip(argv[5::1], argv[6::1], strict=False))
+    assert pairs["--tasks"] == "hellaswag,arc_easy" and pairs["--num_fewshot"] == "5" and pairs["--seed"] == "7"
+    assert json.loads(pairs["--gen_kwargs"]) == {"temperature": 0.0, "max_gen_toks": 16}
+    assert pairs["--samples"] == '{"hellaswag": [1, 2]}' and pairs["--batch_size"] == "auto"
+    assert "--apply_chat_template" in argv and "--trust_remote_code" in argv and "--log_samples" not in argv

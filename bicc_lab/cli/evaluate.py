@@ -126,8 +126,10 @@ def evaluate(
         help="As lm-eval: one integer for its python, numpy, torch and fewshot seeds, or 3-4 "
         "comma-separated values (None leaves one unset); default 0,1234,1234,1234 as lm-eval.",
     ),
-    temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature (0: greedy)."),
-    top_p: float = typer.Option(0.95, "--top_p", help="Nucleus sampling."),
+    temperature: float = typer.Option(
+        None, "--temperature", help="Sampling temperature (0: greedy; default 0.6 for ours, the task's for lm-eval's)."
+    ),
+    top_p: float = typer.Option(None, "--top_p", help="Nucleus sampling (default 0.95 for ours, the task's for lm-eval's)."),
     max_new_tokens: int = typer.Option(None, "--max_new_tokens", help="Generation budget (capped by the model context; default: each task's, 32 for the tiny models)."),
     backend: str = typer.Option(None, "--backend", hidden=True, help="Old name of --model hf|vllm."),
     output_path: Path = typer.Option(
@@ -179,7 +181,7 @@ def evaluate(
         fail("--apply_chat_template and --no_apply_chat_template disagree; give one")
     extra = parse_key_values("--model_args", model_args)
     if trust_remote_code:
-        extra["trust_remote_code"] = True  # as lm-eval: the model's code, and datasets' below
+        extra["trust_remote_code"] = True  # as lm-eval: the model may run its hub code
     generation = parse_key_values("--gen_kwargs", gen_kwargs)
     selection = parse_doc_selection(samples)
     if selection is not None and limit is not None:
@@ -203,6 +205,15 @@ def evaluate(
             fail("--run / --tracking_uri log our benchmarks' per-problem tables; lm-eval's own tasks are not logged to MLflow")
         if model is None:
             fail("give --model PATH (or --model hf --model_args pretrained=PATH)")
+        if k != 1:
+            fail(f"--repeats {k} is for our benchmarks; an lm-eval task's repeats are set in its YAML")
+        # Our sampling flags are generation settings there, under lm-eval's names; --gen_kwargs wins.
+        sampling = {"temperature": temperature, "top_p": top_p, "max_gen_toks": max_new_tokens}
+        merged = {key: v for key, v in sampling.items() if v is not None} | generation
+        if merged:
+            import json
+
+            gen_kwargs = json.dumps(merged)
         run_lm_eval(
             model=model, backend=backend, model_args=extra, tasks=others, include_path=include_path,
             limit=limit, samples=samples, num_fewshot=num_fewshot, gen_kwargs=gen_kwargs,
@@ -216,7 +227,8 @@ def evaluate(
         if unknown:
             fail(f"--samples names {', '.join(unknown)}, not among --tasks {tasks}")
     benchmarks = ",".join(ours)
-    samples = k  # below: samples per problem, as the runner names it
+    temperature = 0.6 if temperature is None else temperature  # eval.temperature's default
+    top_p = 0.95 if top_p is None else top_p
     if max_new_tokens is None and "max_gen_toks" not in generation and (model or "").split(":")[0] == "tiny":
         # The tiny models answer in a few tokens and never stop on a math prompt: the tasks'
         # 4096-token budget (768 after the context cap) made a first `--limit 3` take minutes.
@@ -288,7 +300,7 @@ def evaluate(
     result = run_evaluation(
         model_ref,
         benchmarks,
-        samples=samples,
+        samples=k,  # the runner's name for samples per problem
         limit=limit_value,
         data_dir=data_dir,
         temperature=temperature,
@@ -307,7 +319,7 @@ def evaluate(
         num_fewshot=num_fewshot,
         doc_indices=selection,
     )
-    print_table(result, title=f"{model} (k={samples})")
+    print_table(result, title=f"{model} (k={k})")
     written: list[Path] = []
     if out is not None:
         from datetime import datetime
