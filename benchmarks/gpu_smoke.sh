@@ -66,13 +66,13 @@ for arm in base rcc bicc bicc+rcc; do
     fi
 done
 
-EVAL=(--benchmarks arith_test --samples 4 --limit 50 --max-new-tokens 6)
+EVAL=(--tasks arith_test --repeats 4 --limit 50 --max_new_tokens 6)
 if [[ -d "$last" ]]; then
-    check "eval-hf" "$PY" -m bicc_lab.cli.main eval --model "$last" "${EVAL[@]}" --backend hf \
-        --output-path "$OUT/eval-hf.json"
+    check "eval-hf" "$PY" -m bicc_lab.cli.main eval --model hf --model_args "pretrained=$last" "${EVAL[@]}" \
+        --output_path "$OUT/eval-hf.json"
     if [[ $has_vllm == 1 ]]; then
-        check "eval-vllm" "$PY" -m bicc_lab.cli.main eval --model "$last" "${EVAL[@]}" --backend vllm \
-            --output-path "$OUT/eval-vllm.json"
+        check "eval-vllm" "$PY" -m bicc_lab.cli.main eval --model vllm --model_args "pretrained=$last" "${EVAL[@]}" \
+            --output_path "$OUT/eval-vllm.json"
     else
         line "SKIP eval-vllm vllm is not installed"
     fi

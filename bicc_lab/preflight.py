@@ -246,7 +246,7 @@ def _check_eval(item: EvalCheck) -> None:
     try:
         check_benchmarks(item.benchmarks, item.data_dir)
     except (UserError, ValueError) as exc:
-        raise SpecError(f"--benchmarks: {_one_line(exc)}", key="eval.benchmarks") from None
+        raise SpecError(f"--tasks: {_one_line(exc)}", key="eval.benchmarks") from None
     _check_machine(item)
 
 
@@ -259,8 +259,8 @@ def _check_generation(item: EvalCheck) -> None:
     fields = EvalConfig.model_fields
     for flag, name, value in (
         ("--temperature", "temperature", item.temperature),
-        ("--top-p", "top_p", item.top_p),
-        ("--max-new-tokens", "max_new_tokens", item.max_new_tokens),
+        ("--top_p", "top_p", item.top_p),
+        ("--max_new_tokens", "max_new_tokens", item.max_new_tokens),
     ):
         if value is None:
             continue

@@ -68,15 +68,18 @@ def test_data_list_reads_the_environment_variable(data_dir):
 
 
 def _visible_options(path: list[str]) -> set[str]:
-    return set(re.findall(r"(--[a-z][a-z0-9-]*)", runner.invoke(app, [*path, "--help"]).output))
+    return set(re.findall(r"(--[a-z][a-z0-9_-]*)", runner.invoke(app, [*path, "--help"]).output))
 
 
 def test_one_name_per_idea_old_names_hidden():
     assert "--max-parallel" in _visible_options(["sweep", "run"])
     tune_run = _visible_options(["tune", "run"])
     assert "--max-parallel" in tune_run and "--n-jobs" not in tune_run
+    # eval spells its flags as lm-eval does; the dash spelling and old names are hidden
     evaluate = _visible_options(["eval"])
-    assert "--output-path" in evaluate and "--out" not in evaluate
+    assert {"--output_path", "--model_args", "--tasks", "--repeats", "--samples"} <= evaluate
+    assert not {"--output-path", "--out", "--benchmarks", "--samples_per_problem", "--backend"} & evaluate
+    assert all("-" not in name[2:] for name in evaluate), evaluate
     best = _visible_options(["tune", "best"])
     assert "--output-path" in best and "--out" not in best
     report = _visible_options(["report"])

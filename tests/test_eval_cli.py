@@ -21,7 +21,8 @@ import pytest
 from conftest import subprocess_env
 from typer.testing import CliRunner
 
-from bicc_lab.cli.evaluate import _model_and_backend, _parse_model_args
+from bicc_lab.cli.evaluate import _model_and_backend
+from bicc_lab.cli.lmeval_flags import parse_key_values
 from bicc_lab.cli.main import app
 from bicc_lab.eval.runner import output_files, parse_limit, parse_seed
 
@@ -93,6 +94,9 @@ def test_bad_seeds_are_refused(text):
 
 
 def test_model_args_parsed_as_lm_eval_parses_them():
+    def _parse_model_args(text):
+        return parse_key_values("--model_args", text)
+
     assert _parse_model_args("dtype=bfloat16,trust_remote_code=True,max_length=64,revision=main") == {
         "dtype": "bfloat16", "trust_remote_code": True, "max_length": 64, "revision": "main",
     }
@@ -104,10 +108,11 @@ def test_model_args_parsed_as_lm_eval_parses_them():
 
 def test_lm_evals_model_hf_with_pretrained_names_the_model():
     args = {"pretrained": "some/model", "dtype": "float32"}
-    assert _model_and_backend("hf", "hf", args) == ("some/model", "hf") and args == {"dtype": "float32"}
-    assert _model_and_backend("vllm", "hf", {"pretrained": "m"}) == ("m", "vllm")
-    assert _model_and_backend(None, "hf", {"pretrained": "m"}) == ("m", "hf")
-    assert _model_and_backend("tiny", "hf", {}) == ("tiny", "hf")
+    assert _model_and_backend("hf", None, args) == ("some/model", "hf") and args == {"dtype": "float32"}
+    assert _model_and_backend("vllm", None, {"pretrained": "m"}) == ("m", "vllm")
+    assert _model_and_backend(None, None, {"pretrained": "m"}) == ("m", "hf")
+    assert _model_and_backend("tiny", None, {}) == ("tiny", "hf")
+    assert _model_and_backend("tiny", "vllm", {}) == ("tiny", "vllm")  # the old --backend flag
 
 
 def test_output_path_as_lm_eval_reads_it(tmp_path):
@@ -133,6 +138,21 @@ def test_output_path_as_lm_eval_reads_it(tmp_path):
         (["--model", "a", "--model_args", "pretrained=b"], "--model a and --model_args pretrained=b disagree"),
         (["--run", "not-a-dir-nor-id"], "not an MLflow run id"),
         (["--model", "tiny", "--output-path", "a.json", "--out", "b.json"], "disagree"),
+        # lm-eval's meanings: --model hf is a backend, --samples picks documents
+        (["--model", "hf"], "--model hf is lm-eval's backend: name the model with --model_args pretrained="),
+        (["--model", "vllm", "--tasks", "math500"], "--model_args pretrained="),
+        (["--model", "tiny", "--samples", "32"], "--samples is lm-eval's document selection"),
+        (["--model", "tiny", "--samples", '{"math500": "all"}'], "list of document indices"),
+        (["--model", "tiny", "--samples", '{"aime24": [0]}', "-t", "math500"], "--samples names aime24, not among --tasks"),
+        (["--model", "tiny", "--samples", '{"math500": [0]}', "--limit", "2"], "--samples and --limit exclude each other"),
+        (["--model", "tiny", "--tasks", "math500", "--benchmarks", "aime24"], "--tasks math500 and --benchmarks aime24 disagree"),
+        (["--model", "tiny", "--repeats", "0"], "--repeats must be >= 1"),
+        (["--model", "tiny", "--num_fewshot", "-1"], "--num_fewshot must be >= 0"),
+        (["--model", "tiny", "--gen_kwargs", "temperature"], "--gen_kwargs 'temperature'"),
+        (["--model", "tiny", "-t", "math500,hellaswag"], "mixes our benchmarks (math500) with lm-eval tasks (hellaswag)"),
+        (["--model", "tiny", "-t", "hellaswag", "--include_path", "no/such/dir"], "--include_path no/such/dir: no such directory"),
+        (["--model", "tiny", "-t", "math500", "--include_path", "tasks"], "--include_path tasks adds lm-eval tasks, but --tasks names only our benchmarks"),
+        (["--model", "tiny", "-t", "hellaswag", "--repeats", "4"], "--repeats 4 is for our benchmarks"),
     ],
 )
 def test_flag_mistakes_are_one_line_exit_2(args, expected, tmp_path, monkeypatch):
@@ -173,7 +193,7 @@ def test_eval_with_lm_eval_flags_writes_what_lm_eval_writes_and_logs_to_mlflow(
         [str(BIN / "bicc-lab"), "eval", "--model", "hf",
          "--model_args", f"pretrained={untrained_tiny_dir},dtype=float32,max_length=64",
          "--benchmarks", "aime24,amc23", "--data-dir", str(data_dir), "--limit", "0.05",
-         "--samples", "2", "--max-new-tokens", "4", "--batch_size", "4", "--seed", "3",
+         "--repeats", "2", "--max-new-tokens", "4", "--batch_size", "4", "--seed", "3",
          "--no_apply_chat_template", "--system_instruction", "Answer briefly.",
          "--log_samples", "--output_path", "results", "--tracking-uri", uri],
         tmp_path, env,

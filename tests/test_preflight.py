@@ -276,7 +276,7 @@ def test_unknown_variant_override_field(experiment):
 def test_eval_check_names_the_flag(experiment, tmp_path):
     assert _error(preflight, EvalCheck("./nope", "arith")) == "--model: ./nope: no such model directory"
     assert _error(preflight, EvalCheck("tiny", "math500", tmp_path)) == (
-        f"--benchmarks: benchmark math500: {tmp_path}/math500.jsonl: file not found in the data dir "
+        f"--tasks: benchmark math500: {tmp_path}/math500.jsonl: file not found in the data dir "
         "(the hub's HuggingFaceH4/MATH-500 is tried only when no data dir is set)"
     )
     preflight(EvalCheck("tiny:untrained", "arith_test"))

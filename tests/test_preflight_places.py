@@ -112,10 +112,10 @@ def test_eval_output_path_is_checked_before_the_evaluation(project):
     before = _entries(project)
     start = time.perf_counter()
     proc = _cli(["eval", "--model", "tiny", "--benchmarks", "arith_test", "--output-path", "afile/res.json"], project)
-    _one_line(proc, "--output-path afile/res.json: ", f"{project / 'afile'} is a file, not a directory")
+    _one_line(proc, "--output_path afile/res.json: ", f"{project / 'afile'} is a file, not a directory")
     for target, said in (("/proc/bicc-lab/out", "cannot create a directory in /proc"), ("/sys/res.json", "cannot write in /sys")):
         proc = _cli(["eval", "--model", "tiny", "--benchmarks", "arith_test", "--output-path", target], project)
-        _one_line(proc, f"--output-path {target}: {said}")
+        _one_line(proc, f"--output_path {target}: {said}")
     assert time.perf_counter() - start < 60  # no tiny model was built, nothing evaluated
     assert _entries(project) == before
 
@@ -169,8 +169,8 @@ def test_seeds_outside_numpys_range(project):
     ("flag", "value", "said"),
     [
         ("--temperature", "-1", "--temperature -1: expected a number >= 0"),
-        ("--top-p", "0", "--top-p 0: expected a number > 0 and <= 1"),
-        ("--max-new-tokens", "0", "--max-new-tokens 0: expected a number >= 1"),
+        ("--top_p", "0", "--top_p 0: expected a number > 0 and <= 1"),
+        ("--max-new-tokens", "0", "--max_new_tokens 0: expected a number >= 1"),  # the dash spelling works too
     ],
 )
 def test_eval_sampling_flags(project, flag, value, said):

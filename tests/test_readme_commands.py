@@ -207,9 +207,9 @@ def test_train_then_resume(project, trained):
 @pytest.mark.slow
 def test_eval_of_the_trained_model_on_the_paper_benchmarks(project, trained, data_dir):
     final = re.search(r"final model: (\S+)", _ok(trained["proc"])).group(1)
-    out = _ok(bicc_lab(project, "eval", "--model", final, "--benchmarks", "math500,aime24,aime25,amc23",
-                       "--samples", "2", "--limit", "1", "--max-new-tokens", "8", "--data-dir", str(data_dir),
-                       "--output-path", "eval.json"))
+    out = _ok(bicc_lab(project, "eval", "--model", final, "--tasks", "math500,aime24,aime25,amc23",
+                       "--repeats", "2", "--limit", "1", "--max_new_tokens", "8", "--data_dir", str(data_dir),
+                       "--output_path", "eval.json"))
     result = json.loads((project["root"] / "eval.json").read_text())
     assert list(result["benchmarks"]) == ["math500", "aime24", "aime25", "amc23"]
     for name, bench in result["benchmarks"].items():
@@ -221,8 +221,8 @@ def test_eval_of_the_trained_model_on_the_paper_benchmarks(project, trained, dat
 @pytest.mark.slow
 def test_eval_takes_the_model_names_of_model_name(project):
     """`--model tiny:<variant>` as in `model.name` (the untrained variant builds in seconds)."""
-    out = _ok(bicc_lab(project, "eval", "--model", "tiny:untrained", "--benchmarks", "arith_test",
-                       "--samples", "2", "--limit", "3"))
+    out = _ok(bicc_lab(project, "eval", "--model", "tiny:untrained", "--tasks", "arith_test",
+                       "--repeats", "2", "--limit", "3"))
     assert re.search(r"arith\s*│\s*3\s*│\s*2\s*│", out), out
 
 

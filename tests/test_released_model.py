@@ -347,7 +347,7 @@ def test_eval_on_gsm8k_and_math500_through_lm_eval_hf_agrees_with_lm_evals_gsm8k
     import yaml
 
     done = _cli(["eval", "--model", str(smollm2_dir), "--benchmarks", "gsm8k,math500", "--limit", "2",
-                 "--samples", "1", "--max-new-tokens", "64", "--data-dir", str(data_dir),
+                 "--repeats", "1", "--max-new-tokens", "64", "--data-dir", str(data_dir), "--apply_chat_template",
                  "--output-path", "out/eval.json", "--log_samples"], subprocess_env(tmp_path / "cache"), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "eval.json").read_text())

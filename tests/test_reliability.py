@@ -268,7 +268,7 @@ def test_a_finished_train_is_never_overwritten_and_a_torn_checkpoint_is_set_asid
     ), proc.stderr
 
     # 2. eval --run writes a new evaluation beside the old one; MLflow keeps both
-    proc = _bicc_lab(["eval", "--run", "out", "--benchmarks", "arith_test", "--samples", "2", "--limit", "2",
+    proc = _bicc_lab(["eval", "--run", "out", "--tasks", "arith_test", "--repeats", "2", "--limit", "2",
                       "--max-new-tokens", "4"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     new = sorted(out.glob("eval-*.json"))

@@ -216,7 +216,8 @@ def test_cli_report_piped_open_and_relative_paths(repo, tmp_path):
     assert opened.read_text().strip() == (target / "report.html").resolve().as_uri()
     md = (target / "ablation.md").read_text()
     html = (target / "report.html").read_text()
-    assert "MLflow experiment ext at sqlite:///mlflow.db" in md
+    assert "MLflow experiment ext at sqlite:///mlflow.db (relative to the repository root)" in md
+    assert f"finished runs of MLflow experiment 'ext' from {repo['uri']}" in out.stdout  # the store it read
     assert "--tracking-uri sqlite:///mlflow.db" in md  # the command line too
     for text in (md, html):
         assert str(root) not in text and str(tmp_path) not in text

@@ -71,7 +71,7 @@ def _root(
 
 app.add_typer(sweep_cmd.app, name="sweep")
 app.command("train", help=train_cmd.HELP)(train_cmd.train)
-app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
+app.command("eval", help=eval_cmd.HELP, cls=eval_cmd.COMMAND_CLASS)(eval_cmd.evaluate)
 app.command("report", help=report_cmd.HELP)(report_cmd.report)
 app.add_typer(tune_cmd.app, name="tune")
 app.add_typer(data_cmd.app, name="data")

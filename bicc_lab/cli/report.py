@@ -188,6 +188,8 @@ def report(
     def say(text: str) -> None:
         console.print(text, markup=False, highlight=False)
 
+    # The report's header names the store relative to the repository; this line, the one it read.
+    say(f"read {len(run_set.runs)} finished runs of MLflow experiment {experiment!r} from {uri}")
     compute = "tiny" if start is None else "all" if start else "none"
     starting = start_scores(run_set, sweep_configs=sweep_configs, compute=compute, say=say)
     from bicc_lab.report.detect import DetectionOptions

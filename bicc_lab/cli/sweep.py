@@ -1,4 +1,4 @@
-"""`bicc-lab sweep plan|run|status`: grids over model × variant × BICC × RCC × seed."""
+"""`bicc-lab sweep plan|run|status|cancel`: grids over model × variant × BICC × RCC × seed."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from bicc_lab.cli._common import console as _console
-from bicc_lab.cli._common import fail
+from bicc_lab.cli._common import fail, overrides_argument, with_overrides
 
 app = typer.Typer(
-    help="Grids over model × variant × BICC × RCC × seed.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
+    help="Grids over model × variant × BICC × RCC × seed: plan, run, status, cancel.\n\nExample: bicc-lab sweep plan sweeps/quickstart.yaml",
     no_args_is_help=True,
 )
 
@@ -94,6 +94,7 @@ def _statuses(ctx):
 )
 def plan(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -104,7 +105,7 @@ def plan(
 
     # Lazy: the cells are built (and checked) on each walk, never all held, so that a grid
     # raised past max_cells is planned in bounded memory; rows print as they come.
-    ctx = _load(sweep, set_, runs_dir, lazy=True)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir, lazy=True)
     # The checks of `sweep run` (a cell `run` would refuse is refused here too), except
     # whether this machine can fetch the models and data: a plan is made offline.
     preflight(
@@ -126,11 +127,20 @@ def plan(
 
 @app.command(
     "run",
-    help="Train and evaluate every unfinished cell (resumable).\n\nExample: bicc-lab sweep run sweeps/quickstart.yaml --max-parallel 2",
+    help=(
+        "Train and evaluate every unfinished cell (resumable).\n\n"
+        "Where cells run is the sweep's launch: block, or --set launch.*: e.g. --launcher slurm "
+        "--set launch.partition=gpu --set launch.time_min=240 --set launch.gpus_per_node=8 "
+        "(also launch.nodes, cpus_per_task, mem_gb, account, qos, constraint, setup).\n\n"
+        "Example: bicc-lab sweep run sweeps/quickstart.yaml --max-parallel 2"
+    ),
 )
 def run(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
-    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    overrides: list[str] = overrides_argument(),
+    set_: list[str] = typer.Option(
+        [], "--set", help=SET_HELP + " SLURM resources too: --set launch.partition=gpu launch.time_min=240."
+    ),
     set_file: Path = typer.Option(
         None,
         "--set-file",
@@ -152,6 +162,14 @@ def run(
     detach: bool = typer.Option(
         False, "--detach", help="SLURM: submit the jobs and return; `sweep run` again re-attaches."
     ),
+    progress_every: float = typer.Option(
+        30.0, "--progress-every",
+        help="Piped/CI output: a line per training cell (step, reward, ETA) and the sweep's ETA every this "
+        "many seconds (0: only on state changes).",
+    ),
+    progress_every_steps: int = typer.Option(
+        None, "--progress-every-steps", help="Piped/CI output: also a cell's line every this many training steps."
+    ),
 ) -> None:
     from bicc_lab.sweep.runner import run_sweep
     from bicc_lab.tracking.check import StoreError
@@ -161,8 +179,10 @@ def run(
     from bicc_lab.cli._common import check_grace
 
     check_grace(grace)
+    if progress_every < 0 or (progress_every_steps is not None and progress_every_steps < 1):
+        fail("--progress-every must be >= 0 seconds and --progress-every-steps >= 1")
 
-    ctx = _load(sweep, set_, runs_dir, set_file)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir, set_file)
     parallel = max_parallel if max_parallel is not None else ctx.sweep.spec.max_parallel
     if parallel < 1:
         fail(f"--max-parallel must be >= 1, got {parallel}")
@@ -181,6 +201,7 @@ def run(
         run_kwargs = dict(
             max_parallel=parallel, retry_failed=retry_failed, grace_s=grace,
             launcher_kind=launcher, detach=detach, ask_cancel=ask_cancel_jobs,
+            progress_every_s=progress_every or None, progress_every_steps=progress_every_steps,
         )
         if ctx.sweep.seed_policy is not None:  # seeds added batch by batch (README: seed policy)
             from bicc_lab.sweep.seeds import run_with_policy
@@ -191,6 +212,43 @@ def run(
     except StoreError as exc:
         fail(str(exc))
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command(
+    "cancel",
+    help=(
+        "Stop a sweep's running cells and mark them KILLED; a later `sweep run` resumes them. Stops "
+        "the `sweep run` driving it, local workers (SIGTERM, then SIGKILL after --grace) and the "
+        "cells' SLURM jobs (scancel).\n\nExample: bicc-lab sweep cancel sweeps/quickstart.yaml"
+    ),
+)
+def cancel(
+    sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
+    grace: float = typer.Option(10.0, "--grace", help="Seconds between SIGTERM and SIGKILL for local workers."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was stopped as one JSON object."),
+) -> None:
+    from bicc_lab.cli._common import check_grace
+    from bicc_lab.sweep.cancel import cancel_sweep
+
+    check_grace(grace)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir)
+    say = (lambda _m: None) if as_json else typer.echo
+    result = cancel_sweep(ctx, grace_s=grace, say=say)
+    if as_json:
+        import dataclasses
+        import json
+
+        typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    if not result.anything:
+        typer.echo(f"nothing of sweep {ctx.sweep.name} is running (in {ctx.sweep_dir})")
+        return
+    if result.marked:
+        typer.echo(f"marked KILLED: {', '.join(result.marked)}")
+    typer.echo(f"`bicc-lab sweep run {sweep}` resumes the killed cells")
 
 
 def ask_cancel_jobs(n: int) -> bool:
@@ -211,13 +269,14 @@ def ask_cancel_jobs(n: int) -> bool:
 )
 def status(
     sweep: Path = typer.Argument(..., help="Sweep YAML, e.g. sweeps/quickstart.yaml."),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     from bicc_lab.sweep.views import print_view, status_view
 
-    ctx = _load(sweep, set_, runs_dir)
+    ctx = _load(sweep, with_overrides(overrides, set_), runs_dir)
     statuses, tracked = _statuses(ctx)
     view = status_view(ctx, statuses, tracked)
     state = _policy_state(ctx) if ctx.sweep.seed_policy is not None else None

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import fail
+from bicc_lab.cli._common import fail, overrides_argument, with_overrides
 
 HELP = (
     "Train one run from an experiment config (then evaluate it if eval.enabled).\n\n"
-    "Example: bicc-lab train experiments/tiny.yaml --set variant=dapo --set bicc.enabled=true "
-    "--set train.max_steps=2"
+    "Example: bicc-lab train experiments/tiny.yaml variant=dapo bicc.enabled=true train.max_steps=2 "
+    "(or --set variant=dapo ...)"
 )
 
 
@@ -23,6 +23,7 @@ def default_output_dir(config) -> Path:
 
 def train(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/tiny.yaml."),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a dotted config key, e.g. --set rcc.coef=0.5 (repeatable)."
     ),
@@ -52,7 +53,7 @@ def train(
     from bicc_lab.preflight import RunCheck, Write, preflight
     from bicc_lab.spec.load import load_experiment_located
 
-    experiment, locs = load_experiment_located(config, set_)
+    experiment, locs = load_experiment_located(config, with_overrides(overrides, set_))
     from bicc_lab.envvars import env_int
 
     main_process = env_int("RANK", 0) == 0  # torchrun: the main process tracks

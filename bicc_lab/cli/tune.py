@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from bicc_lab.cli._common import UserError, fail
+from bicc_lab.cli._common import UserError, fail, overrides_argument, with_overrides
 from bicc_lab.cli._common import console as _console
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ def _setup(study: Path, set_: list[str], set_file: Path | None, runs_dir: Path |
 @app.command("run", help="Run (or resume) a study until n_trials trials finished.\n\nExample: bicc-lab tune run sweeps/rcc_tune.yaml --max-parallel 2")
 def run(
     study: Path = typer.Argument(..., help=STUDY_HELP),
+    overrides: list[str] = overrides_argument(),
     max_parallel: int = typer.Option(
         None, "--max-parallel", help="Trials running at once (default: search.n_jobs, 1); the name `sweep run` uses."
     ),
@@ -62,7 +63,7 @@ def run(
     from bicc_lab.cli._common import check_grace
 
     check_grace(grace)
-    setup = _setup(study, set_, set_file, runs_dir, reports_dir)
+    setup = _setup(study, with_overrides(overrides, set_), set_file, runs_dir, reports_dir)
     from bicc_lab.preflight import Write, preflight, study_checks, sweep_writes
 
     # The base config, every categorical choice and enqueued set, where trials and plots
@@ -80,6 +81,7 @@ def run(
 @app.command("status", help="Trials table, best value and parameter importances; writes the plots.\n\nExample: bicc-lab tune status sweeps/rcc_tune.yaml")
 def status(
     study: Path = typer.Argument(..., help=STUDY_HELP),
+    overrides: list[str] = overrides_argument(),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     runs_dir: Path = typer.Option(None, "--runs-dir", help=RUNS_HELP),
     reports_dir: Path = typer.Option(None, "--reports-dir", help=REPORTS_HELP),
@@ -88,13 +90,14 @@ def status(
 ) -> None:
     from bicc_lab.tune.views import print_status
 
-    setup = _setup(study, set_, None, runs_dir, reports_dir)
+    setup = _setup(study, with_overrides(overrides, set_), None, runs_dir, reports_dir)
     raise typer.Exit(print_status(setup, _console(), reports=plots, as_json=as_json))
 
 
 @app.command("best", help="Export the best parameters as overrides for `sweep run --set-file`.\n\nExample: bicc-lab tune best sweeps/rcc_tune.yaml --output-path best.yaml")
 def best(
     study: Path = typer.Argument(..., help=STUDY_HELP),
+    overrides: list[str] = overrides_argument(),
     output_path: Path = typer.Option(None, "--output-path", help="Write the overrides YAML to this file (default: print it)."),
     out_alias: Path = typer.Option(None, "--out", hidden=True, help="Old name of --output-path (one more release)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -111,7 +114,7 @@ def best(
             check_writable_file(out, f"--output-path {out}")
         except UserError as exc:
             fail(str(exc))
-    setup = _setup(study, set_, None, runs_dir, None)
+    setup = _setup(study, with_overrides(overrides, set_), None, runs_dir, None)
     try:
         text = write_best(setup, out)
         if as_json:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.eval import scoring
-from bicc_lab.eval.data import EvalDataError, check_benchmarks
+from bicc_lab.eval.data import EvalDataError, check_benchmarks, get_benchmark
 from bicc_lab.eval.metrics import aggregate
 from bicc_lab.tasks.data_dir import resolve_data_dir
 
@@ -327,6 +327,9 @@ def evaluate(
     keep_responses: bool = False,
     log_samples: bool = False,
     arith: Mapping[str, Any] | None = None,
+    gen_kwargs: Mapping[str, Any] | None = None,
+    num_fewshot: int | None = None,
+    doc_indices: Mapping[str, Sequence[int]] | None = None,
 ) -> EvalResult:
     """Sample ``samples`` answers per problem on each benchmark and grade them.
 
@@ -352,6 +355,9 @@ def evaluate(
       (``write_samples`` writes them as lm-eval does).
     - ``arith``: options of the arithmetic test split
       (``bicc_lab.tasks.arithmetic.arithmetic_problems``: digits, ops, n_test, seed).
+    - ``gen_kwargs``, ``num_fewshot``, ``doc_indices``: lm-eval's ``--gen_kwargs`` (merged
+      over the sampling arguments), ``--num_fewshot`` and ``--samples`` (benchmark or task
+      name -> document indices; exclusive with ``limit``).
     """
     t0 = time.time()
     limit = parse_limit(limit)
@@ -371,7 +377,9 @@ def evaluate(
 
     if temperature == 0 and k > 1:
         warn(f"temperature=0 is greedy decoding: all {k} samples of a problem will be identical")
-    gen = generation_kwargs(temperature, top_p, None)
+    gen = {**generation_kwargs(temperature, top_p, None), **dict(gen_kwargs or {})}
+    if doc_indices is not None and limit is not None:
+        raise ValueError("limit and doc_indices (lm-eval's --limit and --samples) exclude each other")
     if batch_size is None:
         batch_size = "auto" if backend == "vllm" else 8
     ddir = resolve_data_dir(data_dir)
@@ -416,7 +424,7 @@ def evaluate(
         except Exception:
             context = model_context_length(getattr(lm, "model", model_path_or_obj))
         for b, task in zip(benches, tasks.values(), strict=True):
-            want = max_new_tokens if max_new_tokens is not None else int(task.config.generation_kwargs.get("max_gen_toks", 256))
+            want = next(v for v in (max_new_tokens, task.config.generation_kwargs.get("max_gen_toks"), 256) if v is not None)
             use, msg = clamp_max_new_tokens(int(want), context)
             if msg:
                 warn(f"{b.name}: {msg}")
@@ -426,10 +434,13 @@ def evaluate(
         has_template = _has_chat_template(lm)
         if apply_chat_template and not has_template:
             warn("apply_chat_template=True but the tokenizer has no chat template; using plain prompts")
-        groups: dict[bool, list[str]] = {}
+        groups: dict[bool | str, list[str]] = {}  # a template name (lm-eval's) is kept as it is
         for b in benches:
             chat = has_template and (apply_chat_template if apply_chat_template is not None else b.name != "arith")
-            groups.setdefault(bool(chat), []).append(b.name)
+            groups.setdefault(chat if isinstance(chat, str) else bool(chat), []).append(b.name)
+        selected = None if doc_indices is None else {
+            get_benchmark(name).task: list(indices) for name, indices in doc_indices.items()
+        }
 
         import lm_eval
 
@@ -441,6 +452,8 @@ def evaluate(
                     tasks=[tasks[n] for n in names],
                     task_manager=tm,
                     limit=limit,
+                    samples=selected,
+                    num_fewshot=num_fewshot,
                     log_samples=True,
                     apply_chat_template=chat,
                     system_instruction=system_instruction,
@@ -528,6 +541,9 @@ def evaluate(
         "chat_template": {n: raw[n]["chat"] for n in raw},
         "arith": dict(arith or {}),
         "model_args": {key: str(v) for key, v in (model_args or {}).items()},
+        "gen_kwargs": {key: str(v) for key, v in (gen_kwargs or {}).items()},
+        "num_fewshot": num_fewshot,
+        "doc_indices": selected,
     }
     return EvalResult(benchmarks=bench_results, problems=problems, config=config,
                       warnings=notes, seconds=time.time() - t0, samples=samples)

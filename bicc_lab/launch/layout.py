@@ -100,6 +100,7 @@ class CellProgress:
     step: int = 0
     reward: float | None = None
     step_time: float | None = None
+    tokens: float | None = None  # TRL's num_tokens: tokens processed so far (for tokens/s)
     updated: float | None = None  # mtime of metrics.jsonl
     phase: str | None = None
     trained: bool = False  # train_result.json exists
@@ -127,6 +128,7 @@ def read_progress(directory: str | os.PathLike[str]) -> CellProgress:
         progress.step = int(record.get("step", 0) or 0)
         progress.reward = _float(record.get("reward"))
         progress.step_time = _float(record.get("step_time"))
+        progress.tokens = _float(record.get("num_tokens"))
         try:
             progress.updated = metrics.stat().st_mtime
         except OSError:

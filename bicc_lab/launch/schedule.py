@@ -61,13 +61,17 @@ def run_jobs(
 ) -> str:
     """Run the source's cells to the end; returns DONE, INTERRUPTED, LEFT_RUNNING or DETACHED.
 
-    ``ask_cancel(n)`` answers "cancel the n submitted SLURM jobs?" after Ctrl-C (None: cancel).
+    ``ask_cancel(n)`` answers "cancel the n submitted SLURM jobs?" after Ctrl-C (None: cancel);
+    after SIGTERM / SIGHUP the jobs are cancelled without asking.
     """
     limit = max_parallel
     stop_signals = (signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *stop_signals)}
 
+    stopped_by: list[int] = []  # SIGTERM / SIGHUP; empty for Ctrl-C
+
     def on_stop_signal(signum: int, frame: Any) -> None:
+        stopped_by.append(signum)
         raise KeyboardInterrupt  # SIGTERM / SIGHUP (terminal gone) stop like Ctrl-C
 
     try:
@@ -93,7 +97,9 @@ def run_jobs(
         for sig in (signal.SIGINT, *stop_signals):  # a second Ctrl-C must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)
         n = len(launcher.running)
-        if launcher.detachable and n and ask_cancel is not None and not ask_cancel(n):
+        # Only Ctrl-C has a person to ask: SIGTERM (`sweep cancel`, a scheduler) means stop the
+        # jobs, and after SIGHUP nobody can answer (a prompt would hang the cancel).
+        if launcher.detachable and n and ask_cancel is not None and not stopped_by and not ask_cancel(n):
             launcher.release()
             _quietly(say, f"left {n} job(s) in the SLURM queue; `sweep run` again re-attaches to them")
             return LEFT_RUNNING

@@ -141,8 +141,8 @@ class TrackedTrain:
         layout.write_atomic(self.directory / layout.RUN_ID_FILE, self.run_id + "\n")
         _say(f"{'resuming' if self.resumed else 'new'} MLflow run {self.run_id} (attempt {attempts}) in {self.uri}")
         config = self.config
-        tags = run_tags(config, digest=digest, train_id=train_id(config), commit=git_commit(), attempts=attempts)
-        tags["output_dir"] = str(self.directory.resolve())
+        tags = run_tags(config, digest=digest, train_id=train_id(config), commit=git_commit(), attempts=attempts,
+                        output_dir=self.directory)
         with self._lock:
             self.tracker.set_tags(self.run_id, tags)
             log_config_params(self.tracker, self.run_id, config, first_attempt=not self.resumed, say=_say)

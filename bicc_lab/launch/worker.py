@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -131,8 +132,11 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def run_tags(config: Any, *, digest: str, train_id: str, commit: str, attempts: int) -> dict[str, str]:
-    """The tags every training run starts with, a sweep cell's or a single ``train``'s."""
+def run_tags(
+    config: Any, *, digest: str, train_id: str, commit: str, attempts: int, output_dir: Path | None = None
+) -> dict[str, str]:
+    """The tags every training run starts with, a sweep cell's or a single ``train``'s:
+    ``output_dir`` leads from the run to its checkpoints and final model (``eval --run ID``)."""
     import bicc_lab
     from bicc_lab.tracking.naming import Tag
     from bicc_lab.tracking.store import host_tags
@@ -152,8 +156,16 @@ def run_tags(config: Any, *, digest: str, train_id: str, commit: str, attempts: 
         Tag.HEARTBEAT: f"{time.time():.3f}",
         **host_tags(),
     }
-    if commit:
+    if commit and re.fullmatch(r"[0-9a-f]{7,40}(\+dirty)?", commit):  # not bicc-lab==<version>
         tags[Tag.SOURCE_COMMIT] = commit.split("+", 1)[0]
+    if output_dir is not None:
+        tags["output_dir"] = str(Path(output_dir).resolve())
+    # Where it ran: a SLURM job (array task) or this machine's processes.
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    tags["launcher"] = "slurm" if job else "local"
+    if job:
+        tags["job_id"] = f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{task}" if task else job
     from bicc_lab.models.released import model_source
 
     source = model_source(config.model.name)
@@ -241,7 +253,7 @@ def run_cell(directory: Path) -> int:
 
     tags = run_tags(
         config, digest=digest, train_id=spec.get("train_id", ""), commit=spec.get("git_commit") or "",
-        attempts=attempts,
+        attempts=attempts, output_dir=directory,
     )
     tags.update({
         Tag.SWEEP: spec["sweep"],
@@ -387,8 +399,11 @@ def run_cell(directory: Path) -> int:
 
                 evaluation = evaluate_config(config, result.final_model_dir, out_file=eval_path)
             eval_metrics = unlogged(eval_metrics_of(evaluation, result.steps))
+            from bicc_lab.tracking.single import log_problems_table
+
             with client_lock:
                 tracker.log_metrics(run_id, eval_metrics)
+                log_problems_table(tracker, run_id, evaluation)  # as a `train` run has it
 
         set_phase("logging")
         with client_lock:

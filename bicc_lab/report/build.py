@@ -103,8 +103,11 @@ class Report:
             for bench in rs.benchmarks:
                 if bench in found.index:
                     names[bench] = str(found[bench]).replace("_at_", "@")
+        shown = display_uri(rs.uri, self.root)
+        if shown != rs.uri and shown.startswith(("sqlite:///", "file://")) and not shown.startswith("sqlite:////"):
+            shown += " (relative to the repository root)"  # a report names no machine's folders
         lines = [
-            f"Sweep {rs.sweep}; MLflow experiment {rs.experiment} at {display_uri(rs.uri, self.root)}",
+            f"Sweep {rs.sweep}; MLflow experiment {rs.experiment} at {shown}",
             f"{len(rs.runs)} finished runs" + (f" (not counted: {skipped})" if skipped else "")
             + (f"; parent run {rs.parent_run_id}" if rs.parent_run_id else ""),
         ]

@@ -277,7 +277,7 @@ def load_runs(
         counts = ", ".join(f"{n} {s}" for s, n in sorted(run_set.skipped.items()))
         raise ReportDataError(
             f"experiment {experiment!r} at {uri} has no finished runs"
-            + (f" ({counts})" if counts else "")
+            + (f" ({counts})" if counts else "") + _other_kinds(client, exp.experiment_id)
         )
     run_set.uri = uri
     run_set.experiment = experiment
@@ -292,6 +292,20 @@ def load_runs(
         parents.sort(key=lambda r: r.info.start_time or 0)
         run_set.parent_run_id = parents[0].info.run_id
     return run_set
+
+
+def _other_kinds(client: Any, experiment_id: str) -> str:
+    """What the experiment holds instead of sweep cells (e.g. `train` or `eval` runs): a
+    report of an experiment of `train` runs said "no finished runs" without saying why."""
+    from collections import Counter
+
+    roles = Counter(r.data.tags.get(Tag.ROLE, "untagged") for r in search_all_runs(client, experiment_id, ""))
+    roles.pop("cell", None)
+    if not roles:
+        return ""
+    found = ", ".join(f"{n} {role} run{'s' if n > 1 else ''}" for role, n in sorted(roles.items()))
+    return (f"; it holds {found}, and a report tables sweep cells (role=cell): run the configs as a sweep "
+            "(bicc-lab sweep run SWEEP.yaml) and report that")
 
 
 def _quote(value: str) -> str:

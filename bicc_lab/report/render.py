@@ -212,6 +212,13 @@ def render_markdown(
     return "\n".join(lines)
 
 
+def seeds_cell(seeds: str) -> str:
+    """The paired seeds as a count with the list beside ("1 (0)", "3 (0 1 2)"): a bare list
+    read "0" as no seeds."""
+    values = str(seeds).split()
+    return f"{len(values)} ({' '.join(values)})" if values else "0"
+
+
 def _significance_md(table: AblationTable, sig: pd.DataFrame, scale: float) -> str:
     unit = " (points)" if scale == 100.0 else ""
     head = _header_keys(table) + ["Benchmark", "Arm", "Seeds", "Problems", f"Δ{unit}", "95% CI", "p"]
@@ -222,7 +229,7 @@ def _significance_md(table: AblationTable, sig: pd.DataFrame, scale: float) -> s
         bold = rec["p_value"] < SIGNIFICANCE_LEVEL
         p = fmt_p(rec["p_value"])
         out.append("| " + " | ".join(row + [
-            bench_label(rec["benchmark"]), arm_label(rec["arm"]), str(rec["seeds"]), str(rec["n_problems"]),
+            bench_label(rec["benchmark"]), arm_label(rec["arm"]), seeds_cell(rec["seeds"]), str(rec["n_problems"]),
             _signed(rec["diff"], scale), f"[{_num(rec['ci_low'], scale)}, {_num(rec['ci_high'], scale)}]",
             f"**{p}**" if bold else p,
         ]) + " |")
@@ -443,7 +450,7 @@ def significance_rows(table: AblationTable, sig: pd.DataFrame) -> tuple[list[str
     rows = []
     for rec in sig.to_dict("records"):
         rows.append([str(rec[k]) for k in table.row_keys] + [
-            bench_label(rec["benchmark"]), arm_label(rec["arm"]), str(rec["seeds"]), str(rec["n_problems"]),
+            bench_label(rec["benchmark"]), arm_label(rec["arm"]), seeds_cell(rec["seeds"]), str(rec["n_problems"]),
             _signed(rec["diff"], scale), f"[{_num(rec['ci_low'], scale)}, {_num(rec['ci_high'], scale)}]",
             fmt_p(rec["p_value"]),
         ])

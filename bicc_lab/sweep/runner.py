@@ -137,6 +137,8 @@ def run_sweep(
     launcher_kind: str | None = None,
     detach: bool = False,
     ask_cancel: Callable[[int], bool] | None = None,
+    progress_every_s: float | None = 30.0,
+    progress_every_steps: int | None = None,
 ) -> SweepOutcome:
     """Run every unfinished cell through the sweep's launcher (``launch.kind``, or
     ``launcher_kind``); see the module docstring. ``detach``: submit and return (SLURM)."""
@@ -230,7 +232,9 @@ def run_sweep(
         + (f", {attached} re-attached" if attached else "")
         + f" | {at_once} | MLflow {ctx.uri} (experiment {ctx.experiment}) | {ctx.sweep_dir}"
     )
-    display = make_display(console, title, live)
+    # (lines only: a training cell's progress every N s or N steps, and the sweep's ETA)
+    display = make_display(console, title, live, parallel=max_parallel if launch.kind == "local" else len(queue) or 1,
+                           every_s=progress_every_s, every_steps=progress_every_steps)
 
     def mark_if_running(job: Job, status: str, error: str | None, extra: dict[str, str] | None = None) -> None:
         """The worker could not record its end itself (SIGKILL, crash): do it here."""
@@ -334,11 +338,14 @@ def run_sweep(
                 progress = layout.read_progress(job.directory)
                 if progress.phase in ("starting", "training", "evaluating", "logging"):
                     row.state = progress.phase
-                row.observe(progress.step, progress.reward, now)
+                row.observe(progress.step, progress.reward, now, progress.tokens)
             display.update(list(rows.values()))
 
     display.start()
     previous_term = signal.getsignal(signal.SIGTERM)
+    from bicc_lab.sweep.cancel import clear_runner_pid, write_runner_pid
+
+    write_runner_pid(ctx.sweep_dir)  # `sweep cancel` stops this process first (SIGTERM)
     try:
         if queue:
             # (run_jobs turns SIGTERM into a stop; before it, the default would kill us mid-write)
@@ -376,6 +383,7 @@ def run_sweep(
             outcome.left_running = sum(1 for r in rows.values() if r.state in _IN_QUEUE)
         _quietly(Source().on_tick)
     finally:
+        clear_runner_pid(ctx.sweep_dir)
         try:
             display.stop()
         except OSError:  # the terminal went away

@@ -286,8 +286,36 @@ def sqlite_path(uri: str | StoreURI) -> Path | None:
 
 @lru_cache(maxsize=8)
 def git_commit(root: str | None = None) -> str:
-    """``git rev-parse HEAD`` of the project (``+dirty`` when the tree has changes); "" if none."""
-    cwd = str(project_root(root))
+    """``git rev-parse HEAD`` of the project (``+dirty`` when the tree has changes); outside a
+    checkout, the commit bicc-lab itself was installed from (:func:`package_commit`)."""
+    return _checkout_commit(str(project_root(root))) or package_commit()
+
+
+def package_commit() -> str:
+    """Which bicc-lab ran, for a user who runs it outside any checkout (a wheel in a job's
+    venv): the commit pip recorded (``pip install git+...``), else that of the checkout the
+    package is imported from (an editable install), else ``bicc-lab==<version>``."""
+    from importlib import metadata
+
+    import bicc_lab
+
+    try:
+        direct = json.loads(metadata.distribution("bicc-lab").read_text("direct_url.json") or "{}")
+        commit = (direct.get("vcs_info") or {}).get("commit_id")
+        if commit:
+            return str(commit)
+    except (metadata.PackageNotFoundError, json.JSONDecodeError, AttributeError):
+        pass
+    source = Path(bicc_lab.__file__).resolve().parent.parent
+    if (source / ".git").exists():
+        commit = _checkout_commit(str(source))
+        if commit:
+            return commit
+    return f"bicc-lab=={bicc_lab.__version__}"
+
+
+def _checkout_commit(cwd: str) -> str:
+    """``git rev-parse HEAD`` in ``cwd`` (``+dirty`` when the tree has changes); "" if none."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10

@@ -64,11 +64,17 @@ def log_evaluation(
     one: ``log_table`` would append to it) and ``files`` as artifacts."""
     metrics = [m for m in eval_metrics(evaluation, step) if m.step not in (logged or {}).get(m.key, ())]
     tracker.log_metrics(run_id, metrics)
+    log_problems_table(tracker, run_id, evaluation)
+    tracker.log_artifacts(run_id, list(files))
+
+
+def log_problems_table(tracker: Tracker, run_id: str, evaluation: Any) -> None:
+    """The per-problem table (:data:`SAMPLES_TABLE`) of an evaluation, replacing an earlier
+    one; a sweep cell logs it as a `train` run does."""
     if evaluation.problems:
         tracker.delete_artifact(run_id, SAMPLES_TABLE)
         table = samples_table(evaluation)
         tracker.call(lambda: tracker.client.log_table(run_id, data=table, artifact_file=SAMPLES_TABLE))
-    tracker.log_artifacts(run_id, list(files))
 
 
 def create_run(tracker: Tracker, experiment: str, name: str, role: str, tags: Mapping[str, str]) -> tuple[str, str]:

@@ -99,7 +99,10 @@ class RichProgressCallback(TrainerCallback):
         self._progress.update(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._progress is not None:
+        # A step that is logged gets its line from on_log, with its own reward: updating here
+        # first printed "step N" with step N-1's reward (DefaultFlowCallback, first in the
+        # list, has already set control.should_log for this step).
+        if self._progress is not None and not getattr(control, "should_log", False):
             self._progress.update(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
