@@ -55,6 +55,7 @@ from bicc_lab.algorithms.variants import (
     policy_loss,
 )
 from bicc_lab.backends.trl import rollout_record
+from bicc_lab.backends.trl.peak_memory import peak_memory_mib
 from bicc_lab.backends.trl.sampler_logps import SamplerLogpCapture
 from bicc_lab.backends.trl.shared_prefix import (
     group_permutation,
@@ -94,6 +95,8 @@ class BiccGRPOTrainer(GRPOTrainer):
             sampling, diagnostics). None: the only reward function.
         max_generation_rounds: dynamic sampling's bound on generation rounds per batch
             (``train.dynamic_sampling_max_rounds``); None: no bound.
+        shared_prefix: every forward of the run (with gradient or not, every arm) runs each
+            distinct prompt of a batch once (``train.shared_prefix``); False: per sequence.
     """
 
     def __init__(
@@ -108,8 +111,10 @@ class BiccGRPOTrainer(GRPOTrainer):
         transfer_every: int | None = None,
         outcome_reward: str | None = None,
         max_generation_rounds: int | None = 10,
+        shared_prefix: bool = True,
         **kwargs: Any,
     ) -> None:
+        self.shared_prefix = shared_prefix
         self.variant = variant
         self.outcome_reward = outcome_reward
         self.max_generation_rounds = max_generation_rounds
@@ -132,8 +137,8 @@ class BiccGRPOTrainer(GRPOTrainer):
         self._grad_stats: dict[str, Any] | None = None
         self._grad_variance_pending: float | None = None
         self._lagged_reference = None
-        # Shared-prefix conditioned forward: decided at the first conditioned forward, when the
-        # Trainer has set gradient checkpointing up (None: usable; a string: why not).
+        # Shared-prefix forward: decided at the first forward, when the Trainer has set
+        # gradient checkpointing up (None: usable; a string: why not).
         self._shared_prefix_reason: str | None = None
         self._shared_prefix_checked = False
         self._token_totals: dict[str, float] = defaultdict(float)
@@ -199,11 +204,12 @@ class BiccGRPOTrainer(GRPOTrainer):
                counter: str = "nograd_policy") -> torch.Tensor:
         """No-grad per-token log-probs of the completions; ``counter`` names the token count it adds to."""
         batch_size = self.args.per_device_train_batch_size if self.model.training else self.args.per_device_eval_batch_size
-        if self._shared_prefix_usable(bicc_only=False):
+        if self._shared_prefix_usable():
             # Every prompt of a group is the same (q, or one of its two conditioned prompts): run each once.
             shared = shared_prefix_logps(
                 model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                num_layers=self._num_layers, batch_size=batch_size, autocast=self.accelerator.autocast,
+                num_layers=self._num_layers, temperature=self.temperature, batch_size=batch_size,
+                autocast=self.accelerator.autocast,
             )
             self._count_tokens(counter, shared.prompt_tokens + shared.completion_tokens)
             return shared.logps
@@ -229,15 +235,15 @@ class BiccGRPOTrainer(GRPOTrainer):
                                counter="nograd_reference")
 
     # ------------------------------------------------------------------ shared prefix, token accounting
-    def _shared_prefix_usable(self, *, bicc_only: bool = True) -> bool:
-        """Whether a forward takes the shared-prefix path (``bicc.shared_prefix``): BICC's
-        conditioned forward, and (``bicc_only=False``) every no-grad pass of any arm, since
-        every prompt appears G times in a batch.
+    def _shared_prefix_usable(self) -> bool:
+        """Whether the run's forwards take the shared-prefix path (``train.shared_prefix``):
+        the loss forward of every arm (q, or BICC's conditioned prompts) and every no-grad
+        pass, since every prompt appears G times in a batch.
 
         Checked once, at the first use: gradient checkpointing is set up by then. A model or
         setting the path is not checked on falls back to the plain forward with one warning.
         """
-        if not getattr(self.bicc, "shared_prefix", True) or (bicc_only and not self.bicc.enabled):
+        if not self.shared_prefix:
             return False
         if not self._shared_prefix_checked:
             import warnings
@@ -250,7 +256,7 @@ class BiccGRPOTrainer(GRPOTrainer):
             self._shared_prefix_checked = True
             if self._shared_prefix_reason is not None:
                 warnings.warn(
-                    f"bicc.shared_prefix: {self._shared_prefix_reason}; forwards run unshared "
+                    f"train.shared_prefix: {self._shared_prefix_reason}; forwards run unshared "
                     "(same numbers, each completion recomputes its prompt)",
                     stacklevel=2,
                 )
@@ -287,9 +293,11 @@ class BiccGRPOTrainer(GRPOTrainer):
         # GRPOTrainer._prepare_inputs with one change: the buffered generation batch is
         # shuffled by whole groups, not by sample, so a micro-batch holds complete groups
         # (when its size is a multiple of G) and each distinct prompt runs once per group.
-        # With one optimizer step per generation batch (on-policy) the step's gradient is the
-        # same sum either way; the order only decides which groups share an optimizer step
-        # when there are several.
+        # The group order is drawn with the same random draw as TRL's sample order
+        # (group_permutation), so the sampler's generator, and every later rollout, does not
+        # depend on the path. With one optimizer step per generation batch (on-policy) the
+        # step's gradient is the same sum either way; with several, the order decides which
+        # groups share an optimizer step, so the two paths then train on other mixes.
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
             batch = self._generate_and_score_completions(generation_batch)
@@ -750,10 +758,11 @@ class BiccGRPOTrainer(GRPOTrainer):
         prompt_mask = inputs.get("bicc_prompt_mask", inputs["prompt_mask"])
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        if "bicc_prompt_ids" in inputs and self._shared_prefix_usable():
+        if self._shared_prefix_usable():
             shared = shared_prefix_logps(
                 model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                num_layers=self._num_layers, compute_entropy=True, autocast=self.accelerator.autocast,
+                num_layers=self._num_layers, temperature=self.temperature, compute_entropy=True,
+                autocast=self.accelerator.autocast,
             )
             logps, entropies = shared.logps, shared.entropies
             prompt_tokens, completion_tokens = shared.prompt_tokens, shared.completion_tokens
@@ -903,6 +912,9 @@ class BiccGRPOTrainer(GRPOTrainer):
                 for counter, total in zip(_TOKEN_COUNTERS, totals, strict=True):
                     if total > 0:  # a pass that never ran is not logged
                         self._metrics[mode][f"tokens/{counter}_per_step"].append(total / steps)
+            # The busiest process's peak so far: the last logged value is the run's peak.
+            peak = torch.tensor([peak_memory_mib(self.accelerator.device)], device=self.accelerator.device)
+            self._metrics[mode]["perf/peak_memory_mib"].append(self.accelerator.gather(peak).max().item())
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ gradient variance
