@@ -40,8 +40,12 @@ ARMS = {
     "rcc": {"rcc.enabled": "true"},
     "bicc": {"bicc.enabled": "true"},
     "bicc+rcc": {"bicc.enabled": "true", "rcc.enabled": "true"},
-    "bicc-unshared": {"bicc.enabled": "true", "bicc.shared_prefix": "false"},
-    "bicc+rcc-unshared": {"bicc.enabled": "true", "rcc.enabled": "true", "bicc.shared_prefix": "false"},
+    # The per-sequence path (train.shared_prefix: false) for every arm: ratios compare arms
+    # on the same path.
+    "base-unshared": {"train.shared_prefix": "false"},
+    "rcc-unshared": {"rcc.enabled": "true", "train.shared_prefix": "false"},
+    "bicc-unshared": {"bicc.enabled": "true", "train.shared_prefix": "false"},
+    "bicc+rcc-unshared": {"bicc.enabled": "true", "rcc.enabled": "true", "train.shared_prefix": "false"},
 }
 COMPUTE = {"layers": 4, "hidden": 512, "heads": 8, "kv_heads": 2, "intermediate": 1024}
 

@@ -132,11 +132,12 @@ CASES = [  # every layout on the tiny model's family; the chat layout on the oth
 ]
 
 
+@pytest.mark.parametrize("batch_size", [None, 5])  # 5: completion calls that split groups
 @pytest.mark.parametrize(
     "family,template,chat,checkpointing", CASES,
     ids=[f"{f}-{t}-{'chat' if c else 'plain'}-{'ckpt' if k else 'no-ckpt'}" for f, t, c, k in CASES],
 )
-def test_shared_prefix_equals_the_plain_forward(tokenizer, family, template, chat, checkpointing):
+def test_shared_prefix_equals_the_plain_forward(tokenizer, family, template, chat, checkpointing, batch_size):
     model = random_model(family, len(tokenizer))
     model.train()
     if checkpointing:
@@ -153,7 +154,7 @@ def test_shared_prefix_equals_the_plain_forward(tokenizer, family, template, cha
 
     def shared():
         out = shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                  num_layers=2, compute_entropy=True)
+                                  num_layers=2, temperature=TEMPERATURE, compute_entropy=True, batch_size=batch_size)
         # 12 rows, 5 distinct prompts: the mixed group's two sides, the degenerate group's q,
         # the single-trace group's two sides.
         assert out.distinct_prompts == 5
@@ -175,13 +176,29 @@ def test_shared_prefix_equals_the_plain_forward(tokenizer, family, template, cha
 def test_token_counts_are_distinct_prompts_plus_completions(tokenizer):
     model = random_model("qwen2", len(tokenizer))
     prompt_ids, prompt_mask, completion_ids, completion_mask = conditioned_batch(tokenizer, "separator", False)
-    out = shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, num_layers=2)
+    out = shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, num_layers=2,
+                              temperature=TEMPERATURE)
     distinct = {tuple(row[m.bool()].tolist()) for row, m in zip(prompt_ids, prompt_mask, strict=True)}
-    rows = prompt_ids.size(0)
-    # Each distinct prompt once without its last token, which opens every completion row.
-    assert out.prompt_tokens == sum(len(p) - 1 for p in distinct) + rows
+    # Each distinct prompt once, each completion once: the limit for these groups.
+    assert out.prompt_tokens == sum(len(p) for p in distinct)
     assert out.completion_tokens == int(completion_mask.sum())
     assert out.prompt_tokens < int(prompt_mask.sum())
+
+
+def test_one_token_completions_are_scored_from_the_prefix_call(tokenizer):
+    # Width 1: no completion call at all; the first (only) token comes from the prompt's logits.
+    model = random_model("qwen2", len(tokenizer))
+    prompt_ids, prompt_mask, completion_ids, completion_mask = conditioned_batch(tokenizer, "default", True)
+    completion_ids, completion_mask = completion_ids[:, :1], completion_mask[:, :1]
+    completion_mask[3, 0] = 0  # a masked row scores 0, as TRL's forward
+    plain, plain_entropy, _ = _PLAIN_FORWARD(
+        _NO_TRAINER, model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
+        1, compute_entropy=True)
+    out = shared_prefix_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, num_layers=2,
+                              temperature=TEMPERATURE, compute_entropy=True)
+    torch.testing.assert_close(out.logps, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.entropies, plain_entropy, atol=1e-5, rtol=0)
+    assert out.logps[3, 0] == 0
 
 
 def test_distinct_rows_keys_on_real_tokens_only():
@@ -204,6 +221,24 @@ def test_group_permutation_keeps_groups_together():
         assert (permuted == permuted[:, :1]).all()  # each group's rows stay adjacent
         orders.add(tuple(permuted[:, 0].tolist()))
     assert len(orders) > 1  # the group order is random
+
+
+def test_group_permutation_draws_what_trls_sample_shuffle_draws():
+    # The sampler's generator ends in the same state on both paths, so later rollouts match.
+    from trl.trainer.utils import shuffle_sequence_dict
+
+    group_index = torch.tensor([0, 0, 1, 1, 2, 2])
+    torch.manual_seed(11)
+    shuffle_sequence_dict({"rows": group_index})
+    after_trl = torch.rand(3)
+    torch.manual_seed(11)
+    permutation = group_permutation(group_index)
+    assert torch.equal(torch.rand(3), after_trl)
+    # By hand: randperm(6) under seed 11, groups ranked by their first row's position in it.
+    torch.manual_seed(11)
+    sample_order = torch.randperm(6).tolist()
+    group_order = list(dict.fromkeys(group_index[sample_order].tolist()))
+    assert group_index[permutation].tolist() == [g for g in group_order for _ in range(2)]
 
 
 def test_unsupported_settings_are_named(tokenizer):
@@ -260,7 +295,7 @@ def test_trainer_shared_and_unshared_paths_give_the_same_loss_and_gradients(untr
     out = mixed_batch(trainer)
     assert trainer._shared_prefix_usable()
     shared_loss, shared_grads = _loss_and_grads(trainer, out)
-    trainer.bicc = trainer.bicc.model_copy(update={"shared_prefix": False})
+    trainer.shared_prefix = False
     assert not trainer._shared_prefix_usable()
     plain_loss, plain_grads = _loss_and_grads(trainer, out)
     torch.testing.assert_close(shared_loss, plain_loss, atol=1e-6, rtol=1e-5)
@@ -381,7 +416,7 @@ def test_reentrant_checkpointing_falls_back_with_one_warning(untrained_tiny_dir,
     trainer.args.gradient_checkpointing_kwargs = {"use_reentrant": True}
     trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     out = mixed_batch(trainer)
-    with pytest.warns(UserWarning, match="bicc.shared_prefix: gradient checkpointing is reentrant"):
+    with pytest.warns(UserWarning, match="train.shared_prefix: gradient checkpointing is reentrant"):
         first = trainer._compute_loss(trainer.model, dict(out))
     with warnings.catch_warnings(record=True) as later:
         warnings.simplefilter("always")
@@ -398,8 +433,8 @@ def test_training_logs_token_counts_per_step(untrained_tiny_dir, tmp_path):
     from bicc_lab.backends.trl.run import train_run
 
     logged = {}
-    for arm, overrides in {"base": {}, "bicc": {"bicc.enabled": True}, "plain": {"bicc.enabled": True, "bicc.shared_prefix": False},
-                           "rcc": {"rcc.enabled": True}, "rcc-plain": {"rcc.enabled": True, "bicc.shared_prefix": False},
+    for arm, overrides in {"base": {}, "bicc": {"bicc.enabled": True}, "plain": {"bicc.enabled": True, "train.shared_prefix": False},
+                           "rcc": {"rcc.enabled": True}, "rcc-plain": {"rcc.enabled": True, "train.shared_prefix": False},
                            }.items():
         config = tiny_config(untrained_tiny_dir, **overrides)
         train_run(config, tmp_path / arm, progress=False)
@@ -409,8 +444,12 @@ def test_training_logs_token_counts_per_step(untrained_tiny_dir, tmp_path):
     # RCC: one reference pass over the plain batch; π_old came from the sampler, no policy pass.
     rcc, plain = logged["rcc"], logged["rcc-plain"]
     assert plain["tokens/nograd_reference_per_step"] == pytest.approx(plain["tokens/grad_per_step"])
-    # ... which runs each group's prompt once when prompts may be shared.
-    assert 0 < rcc["tokens/nograd_reference_per_step"] < rcc["tokens/grad_per_step"]
+    # ... and on the shared path the reference pass and the loss forward both run each
+    # group's prompt once: the same count, below the per-sequence path's.
+    assert rcc["tokens/nograd_reference_per_step"] == pytest.approx(rcc["tokens/grad_per_step"])
+    assert 0 < rcc["tokens/grad_per_step"] < plain["tokens/grad_per_step"]
+    # The process's peak memory is logged with the costs (here a CPU: its peak resident set).
+    assert all(x["perf/peak_memory_mib"] > 0 for x in logged.values())
     assert "tokens/nograd_policy_per_step" not in logged["rcc"] and "tokens/nograd_policy_per_step" not in logged["bicc"]
     # The shared path runs each group's prompt once; the plain one once per completion.
     assert logged["bicc"]["tokens/grad_per_step"] < logged["plain"]["tokens/grad_per_step"]

@@ -97,7 +97,7 @@ def test_every_arm_trains_two_steps(untrained_tiny_dir, tmp_path, variant):
 def test_bicc_changes_logps_of_mixed_groups_only_and_grads_flow_through_context(untrained_tiny_dir, tmp_path):
     # The unshared forward, whose embedding columns line up with [prompt ⊕ completion]; the
     # shared-prefix path gives the same gradients (tests/test_shared_prefix.py).
-    config = tiny_config(untrained_tiny_dir, **{"bicc.enabled": True, "bicc.shared_prefix": False})
+    config = tiny_config(untrained_tiny_dir, **{"bicc.enabled": True, "train.shared_prefix": False})
     trainer = build_trainer(config, tmp_path, progress=False)
     force_mixed_rewards(trainer)
     trainer.model.train()

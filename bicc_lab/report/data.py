@@ -76,6 +76,10 @@ NOGRAD_TOKENS = ("tokens/nograd_policy_per_step", "tokens/nograd_reference_per_s
 # Prompt + completion tokens of every rollout sampled per optimizer step (dynamic sampling's
 # extra rounds included).
 GENERATION_TOKENS = "tokens/generation_per_step"
+# The process's peak memory in MiB (CUDA's peak allocation on a GPU, peak resident set on a CPU).
+PEAK_MEMORY = "perf/peak_memory_mib"
+# The forward path of a run's loss forward (``train.shared_prefix``): cost ratios compare arms on one path.
+SHARED_PATH, PER_SEQUENCE_PATH, BICC_ONLY_PATH = "shared", "per-sequence", "shared (BICC only)"
 EVAL_PREFIX = "eval/"
 FINISHED = "FINISHED"
 FAILED_STATUSES = ("FAILED", "KILLED")  # shown as failed rows; RUNNING runs are only counted
@@ -324,6 +328,18 @@ def _arm_of(tags: Mapping[str, str], params: Mapping[str, str]) -> str:
     return "bicc+rcc" if bicc and rcc else "bicc" if bicc else "rcc" if rcc else "base"
 
 
+def forward_path_of(params: Mapping[str, str]) -> str:
+    """Which forward the run's loss took: ``shared`` (each distinct prompt of a group once)
+    or ``per-sequence``. Runs from before ``train.shared_prefix`` shared BICC's conditioned
+    forward only, when ``bicc.shared_prefix`` was on: their own label, so that no ratio
+    compares such a BICC arm with a per-sequence baseline."""
+    if "train.shared_prefix" in params:
+        return SHARED_PATH if _bool_param(params, "train.shared_prefix") else PER_SEQUENCE_PATH
+    if _bool_param(params, "bicc.enabled") and _bool_param(params, "bicc.shared_prefix"):
+        return BICC_ONLY_PATH
+    return PER_SEQUENCE_PATH
+
+
 def _seed_of(tags: Mapping[str, str], params: Mapping[str, str]) -> int | None:
     for text in (tags.get(Tag.SEED), params.get("seed")):
         try:
@@ -418,6 +434,7 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
             "model_id": tags.get(Tag.MODEL) or params.get("model.name") or "?",
             "variant": tags.get(Tag.VARIANT) or params.get("variant") or "?",
             "arm": _arm_of(tags, params),
+            "forward_path": forward_path_of(params),
             "seed": _seed_of(tags, params),
             "start_time": start,
             "end_time": end,
@@ -430,6 +447,7 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
                                        if GRAD_TOKENS in metrics else math.nan),
             "generated_tokens_per_step": (float(metrics[GENERATION_TOKENS])
                                           if GENERATION_TOKENS in metrics else math.nan),
+            "peak_memory_mib": float(metrics[PEAK_MEMORY]) if PEAK_MEMORY in metrics else math.nan,
             "steps": float(metrics["train/steps"]) if "train/steps" in metrics else math.nan,
         }
         for key in SUMMARY_METRICS:

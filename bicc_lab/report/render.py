@@ -261,20 +261,28 @@ def _fmt_ratio(x: float) -> str:
     return DASH if x is None or math.isnan(x) else f"{x:.2f}×"
 
 
+def _fmt_mib(x: float) -> str:
+    if x is None or math.isnan(x):
+        return DASH
+    return f"{x / 1024:.2f} GiB" if x >= 1024 else f"{x:.0f} MiB"
+
+
 def cost_rows(cost: pd.DataFrame, row_keys: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     head = [k.capitalize() if k in ("model", "variant") else k for k in row_keys] + [
-        "Arm", "Runs", "Wall time", "Step time", "Tokens", "Tokens/s", "Step-time ratio",
+        "Arm", "Path", "Runs", "Wall time", "Step time", "Tokens", "Tokens/s", "Step-time ratio",
         "Grad tokens/step", "No-grad tokens/step", "Grad-token ratio", "Token ratio",
-        "Sampled tokens/step", "Sampling ratio"]
+        "Peak memory", "Memory ratio", "Sampled tokens/step", "Sampling ratio"]
     rows = []
     for rec in cost.to_dict("records"):
         rows.append([str(rec[k]) for k in row_keys] + [
-            arm_label(rec["arm"]), str(rec["runs"]), _fmt_seconds(rec["wall_time_s"]),
+            arm_label(rec["arm"]), str(rec.get("forward_path", DASH)), str(rec["runs"]),
+            _fmt_seconds(rec["wall_time_s"]),
             _fmt_seconds(rec["mean_step_time_s"]), _fmt_count(rec["tokens"]),
             _fmt_count(rec["tokens_per_s"]), _fmt_ratio(rec["step_time_ratio"]),
             _fmt_count(rec.get("grad_tokens_per_step", math.nan)),
             _fmt_count(rec.get("nograd_tokens_per_step", math.nan)),
             _fmt_ratio(rec.get("grad_token_ratio", math.nan)), _fmt_ratio(rec.get("token_ratio", math.nan)),
+            _fmt_mib(rec.get("peak_memory_mib", math.nan)), _fmt_ratio(rec.get("memory_ratio", math.nan)),
             _fmt_count(rec.get("generated_tokens_per_step", math.nan)),
             _fmt_ratio(rec.get("generation_ratio", math.nan)),
         ])
@@ -287,13 +295,19 @@ def cost_markdown(cost: pd.DataFrame, row_keys: Sequence[str], *, title: str, ba
              "| " + " | ".join(head) + " |",
              "|" + "|".join([":--"] * (len(row_keys) + 1) + ["--:"] * (len(head) - len(row_keys) - 1)) + "|"]
     lines += ["| " + " | ".join(_md_escape(x) for x in r) + " |" for r in rows]
-    lines += ["", f"Means over the seeds of each arm. Wall time: training (`train/wall_time_s`); step time: "
+    lines += ["", f"Means over the seeds of each arm. Every ratio is against {arm_label(baseline)} of the "
+              f"same row on the same forward path (Path: `shared` runs each distinct prompt of a group "
+              f"once, `per-sequence` recomputes it per completion, `train.shared_prefix`; "
+              f"`shared (BICC only)`: a run from before every arm could share); an arm with no "
+              f"{arm_label(baseline)} on its path has no ratio. "
+              f"Wall time: training (`train/wall_time_s`); step time: "
               f"mean training step (`train/mean_step_time_s`); tokens: TRL's `num_tokens` at the end; "
-              f"step-time ratio: against {arm_label(baseline)} of the same row (the BICC overhead). "
+              f"step-time ratio: the arm's overhead. "
               f"Grad / no-grad tokens per step: tokens run per optimizer step with gradient and in "
               f"no-grad policy and reference passes (`tokens/*_per_step`), a cost that does not depend "
-              f"on the hardware; grad-token ratio and token ratio (grad + no-grad): against "
-              f"{arm_label(baseline)} of the same row. Sampled tokens per step: prompt + completion "
+              f"on the hardware; grad-token ratio and token ratio (grad + no-grad). Peak memory "
+              f"(`perf/peak_memory_mib`): CUDA's peak allocation on a GPU, the process's peak "
+              f"resident set on a CPU (Python and libraries included). Sampled tokens per step: prompt + completion "
               f"tokens of every rollout generated (`tokens/generation_per_step`, DAPO's dynamic-sampling "
               f"rounds included), with its own ratio: a sampled token costs a decode step, not a share "
               f"of a forward pass.", ""]

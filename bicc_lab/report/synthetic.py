@@ -39,6 +39,7 @@ class SyntheticCell:
     error: str = ""  # the worker's error tag of a FAILED run
     config: Mapping[str, Any] | None = None  # logged as the run's config.yaml artifact
     config_hash: str = ""  # default: one per cell; the same value marks a retry of a cell
+    params: Mapping[str, Any] = field(default_factory=dict)  # extra run params (dotted keys)
 
     @property
     def name(self) -> str:
@@ -115,6 +116,7 @@ def fill_store(
             metrics += [Metric(eval_metric_key(bench, key), float(v), ts, 0) for key, v in values.items()]
         flat = flatten({**base_params, "variant": cell.variant, "seed": cell.seed,
                         "model": {"name": cell.model}, "bicc": {"enabled": bicc}, "rcc": {"enabled": rcc}})
+        flat.update({k: str(v) for k, v in cell.params.items()})
         plist = [Param(k, v) for k, v in flat.items()]
         for j in range(0, max(len(metrics), len(plist), 1), 1000):
             client.log_batch(rid, metrics=metrics[j : j + 1000], params=plist[j : j + 100] if j == 0 else [],

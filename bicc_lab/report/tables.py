@@ -469,8 +469,13 @@ def _add_notes(
 
 
 def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
-    """Per row × arm: runs, mean wall time, mean step time, tokens, and the step-time
-    ratio against the baseline arm of the same row (the BICC overhead).
+    """Per row × forward path × arm: runs, mean wall time, mean step time, tokens, peak
+    memory, and ratios against the baseline arm of the same row *on the same forward path*.
+
+    The forward path (``forward_path``: ``shared``, each distinct prompt of a group once, or
+    ``per-sequence``, from ``train.shared_prefix``) changes every arm's cost by itself, so a
+    ratio across paths would measure the path, not the arm; an arm whose row has no baseline
+    on its path gets no ratio.
 
     Beside the measured time, a hardware-independent cost: tokens per optimizer step run
     with gradient and in no-grad passes (policy and reference), from the trainer's
@@ -478,24 +483,28 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
     and all tokens (gradient + no-grad). Sampled tokens (every rollout generated, DAPO's
     refill rounds included) have a column and a ratio of their own: a sampled token costs a
     decode step, not a share of one batched forward, so adding it to the forward tokens
-    would weigh unlike things alike.
+    would weigh unlike things alike. Peak memory (``perf/peak_memory_mib``: CUDA's peak
+    allocation on a GPU, the process's peak resident set on a CPU) and its ratio.
     """
     import pandas as pd
 
     runs = run_set.runs
     keys = run_set.row_keys
-    cols = [*keys, "arm", "runs", "wall_time_s", "mean_step_time_s", "tokens", "tokens_per_s",
+    cols = [*keys, "arm", "forward_path", "runs", "wall_time_s", "mean_step_time_s", "tokens", "tokens_per_s",
             "step_time_ratio", "wall_time_ratio", "grad_tokens_per_step", "nograd_tokens_per_step",
-            "grad_token_ratio", "token_ratio", "generated_tokens_per_step", "generation_ratio"]
+            "grad_token_ratio", "token_ratio", "peak_memory_mib", "memory_ratio",
+            "generated_tokens_per_step", "generation_ratio"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
-    token_cols = ["grad_tokens_per_step", "nograd_tokens_per_step", "generated_tokens_per_step"]
+    measured = ["grad_tokens_per_step", "nograd_tokens_per_step", "generated_tokens_per_step", "peak_memory_mib"]
     data = runs[[*keys, "arm", "wall_time_s", "mean_step_time_s", "tokens"]].copy()
-    for col in token_cols:  # runs read before the trainer counted tokens have none
+    for col in measured:  # runs read before the trainer counted tokens or memory have none
         data[col] = runs[col] if col in runs else math.nan
+    data["forward_path"] = runs["forward_path"] if "forward_path" in runs else "per-sequence"
     for k in keys:
         data[k] = data[k].astype(str)
-    grouped = data.groupby([*keys, "arm"], sort=False)
+    group_keys = [*keys, "forward_path"]
+    grouped = data.groupby([*group_keys, "arm"], sort=False)
     cost = grouped.agg(
         runs=("arm", "size"),
         wall_time_s=("wall_time_s", "mean"),
@@ -504,27 +513,25 @@ def build_cost(run_set: RunSet, *, baseline: str = "base") -> pd.DataFrame:
         grad_tokens_per_step=("grad_tokens_per_step", "mean"),
         nograd_tokens_per_step=("nograd_tokens_per_step", "mean"),
         generated_tokens_per_step=("generated_tokens_per_step", "mean"),
+        peak_memory_mib=("peak_memory_mib", "mean"),
     ).reset_index()
     cost["tokens_per_s"] = cost["tokens"] / cost["wall_time_s"]
-    base = cost[cost["arm"] == baseline].set_index(keys)
-    ref_step = [base["mean_step_time_s"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
-                for r in cost[keys].itertuples(index=False)]
-    ref_wall = [base["wall_time_s"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
-                for r in cost[keys].itertuples(index=False)]
-    cost["step_time_ratio"] = cost["mean_step_time_s"] / np.asarray(ref_step, dtype=float)
-    cost["wall_time_ratio"] = cost["wall_time_s"] / np.asarray(ref_wall, dtype=float)
-    all_tokens = cost["grad_tokens_per_step"] + cost["nograd_tokens_per_step"]
-    base_all = base["grad_tokens_per_step"] + base["nograd_tokens_per_step"]
-    ref_grad = [base["grad_tokens_per_step"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
-                for r in cost[keys].itertuples(index=False)]
-    ref_all = [base_all.get(tuple(r) if len(keys) > 1 else r[0], math.nan)
-               for r in cost[keys].itertuples(index=False)]
-    cost["grad_token_ratio"] = cost["grad_tokens_per_step"] / np.asarray(ref_grad, dtype=float)
-    cost["token_ratio"] = all_tokens / np.asarray(ref_all, dtype=float)
-    ref_generated = [base["generated_tokens_per_step"].get(tuple(r) if len(keys) > 1 else r[0], math.nan)
-                     for r in cost[keys].itertuples(index=False)]
-    cost["generation_ratio"] = cost["generated_tokens_per_step"] / np.asarray(ref_generated, dtype=float)
+    cost["all_tokens"] = cost["grad_tokens_per_step"] + cost["nograd_tokens_per_step"]
+    base = cost[cost["arm"] == baseline].set_index(group_keys)
+    here = [tuple(r) for r in cost[group_keys].itertuples(index=False)]
+
+    def ratio(column: str) -> np.ndarray:
+        """The column over the same row's baseline on the same forward path (NaN: none)."""
+        reference = [base[column].get(r, math.nan) for r in here]
+        return cost[column].to_numpy(dtype=float) / np.asarray(reference, dtype=float)
+
+    cost["step_time_ratio"] = ratio("mean_step_time_s")
+    cost["wall_time_ratio"] = ratio("wall_time_s")
+    cost["grad_token_ratio"] = ratio("grad_tokens_per_step")
+    cost["token_ratio"] = ratio("all_tokens")
+    cost["memory_ratio"] = ratio("peak_memory_mib")
+    cost["generation_ratio"] = ratio("generated_tokens_per_step")
     arm_order = {a: i for i, a in enumerate(order_arms(list(cost["arm"]), baseline))}
     cost["_a"] = cost["arm"].map(arm_order)
-    cost = cost.sort_values([*keys, "_a"]).drop(columns="_a").reset_index(drop=True)
+    cost = cost.sort_values([*keys, "forward_path", "_a"]).drop(columns="_a").reset_index(drop=True)
     return cost[cols]

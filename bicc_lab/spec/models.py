@@ -381,6 +381,13 @@ class TrainConfig(_Section):
         ge=1,
         description="Prompt part of the max sequence length BICC's budget is a fraction of; null: longest prompt of each batch.",
     )
+    shared_prefix: bool = Field(
+        True,
+        description="Every forward of the run, every arm (loss and no-grad passes): run each distinct "
+        "prompt of a group once (q, or BICC's conditioned prompt) and score its completions against its "
+        "key/value cache (same numbers, fewer tokens); false: every completion recomputes its prompt "
+        "(TRL's path). Models or settings it is not checked on fall back with a warning.",
+    )
     temperature: Float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     top_p: Float = Field(1.0, gt=0, le=1, description="Rollout nucleus sampling.")
     beta: Float = Field(
@@ -481,12 +488,6 @@ class BiccConfig(_Section):
         "whole",
         description="whole: a trace that does not fit the remaining budget is skipped, never cut; "
         "cut: the last trace is right-truncated to the budget (authors' code).",
-    )
-    shared_prefix: bool = Field(
-        True,
-        description="Run each distinct conditioned prompt of a group once and score its completions "
-        "against its key/value cache (same numbers, fewer tokens); false: every completion recomputes "
-        "its prompt. Models or settings it is not checked on fall back with a warning.",
     )
 
 

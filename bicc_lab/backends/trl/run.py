@@ -282,6 +282,7 @@ def build_trainer(config: ExperimentConfig, output_dir: Path, *, progress: bool 
         transfer_every=config.diagnostics.transfer_every,
         outcome_reward=rewards[0].__name__,  # TRL names a function reward by its __name__
         max_generation_rounds=config.train.dynamic_sampling_max_rounds,
+        shared_prefix=config.train.shared_prefix,
     )
     from transformers.trainer_callback import PrinterCallback
 

@@ -11,11 +11,15 @@ parameter gradients as the plain forward up to float rounding (``tests/test_shar
 
 Two calls per batch, both through the (possibly wrapped) top-level model, so wrappers'
 hooks (FSDP, DeepSpeed, PEFT) see them:
-- prefix call: the distinct prompts minus their last token, recording each layer's
-  keys/values (``logits_to_keep=1``: no LM head over the prompt);
-- completion call: ``[last prompt token ⊕ completion]`` against a cache of the recorded
-  keys/values indexed per completion row, through TRL's fused LM head (log-probs, entropy),
-  so the outputs line up with the completion tokens exactly as TRL's own forward.
+- prefix call: the distinct prompts, recording each layer's keys/values, with the LM head
+  on the last prompt position only (``logits_to_keep=1``): those logits score every
+  completion's first token;
+- completion call: the completions against a cache of the recorded keys/values indexed
+  per completion row, through TRL's fused LM head (log-probs, entropy) for the tokens
+  after the first.
+So each real token of a batch's distinct prompts and completions runs exactly once (the
+limit a forward over these groups can reach), and the outputs line up with the completion
+tokens as TRL's own forward's do.
 
 Gradient checkpointing: transformers drops the cache inside checkpointed decoder layers
 unless the layer class allows it. While these calls run, the layers are allowed to keep
@@ -43,7 +47,7 @@ CHECKED_FAMILIES = ("llama", "qwen2", "qwen3")
 class SharedPrefixOutput:
     logps: torch.Tensor  # (B, T) log-probs of the completion tokens, 0 where masked
     entropies: torch.Tensor | None  # (B, T) or None
-    prompt_tokens: int  # prompt tokens run: each distinct prompt once, its last token once per completion
+    prompt_tokens: int  # prompt tokens run: each distinct prompt once
     completion_tokens: int  # completion tokens run (real, not padding)
     distinct_prompts: int
 
@@ -138,6 +142,7 @@ def shared_prefix_logps(
     completion_mask: torch.Tensor,
     *,
     num_layers: int,
+    temperature: float,
     compute_entropy: bool = False,
     batch_size: int | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -150,54 +155,64 @@ def shared_prefix_logps(
         prompt_ids, prompt_mask: (B, P) left-padded prompts; every row has at least one token.
         completion_ids, completion_mask: (B, T) right-padded completions.
         num_layers: decoder layers of the model (cache layers to record).
+        temperature: the one the fused head divides by (the first completion token is scored
+            from the prefix call's last logits, outside the fused head).
         batch_size: completion rows per completion call (None: all at once); the prefix
             call always runs once.
         autocast: context factory wrapped around both calls (the trainer's autocast).
 
     Same outputs as TRL's ``_get_per_token_logps_and_entropies`` on
     ``cat([prompt, completion])``: log-probs (and entropies) of the completion tokens at
-    the trainer's temperature, 0 where ``completion_mask`` is 0.
+    the trainer's temperature, 0 where ``completion_mask`` is 0. Every real token runs
+    once: each distinct prompt in the prefix call, each completion in the completion call.
     """
     ids, mask, inverse = distinct_rows(prompt_ids, prompt_mask)
     lengths = mask.sum(dim=1)  # real tokens per distinct prompt
-    body_ids, body_mask = ids[:, :-1], mask[:, :-1]  # the last prompt token opens the completion call
-    positions = (body_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
     record = Cache(layers=[_RecordLayer() for _ in range(num_layers)])
     with _cache_through_checkpoints(model):
-        if body_ids.size(1) > 0:
-            with autocast():
-                model(input_ids=body_ids, attention_mask=body_mask, position_ids=positions,
-                      past_key_values=record, use_cache=False, logits_to_keep=1)
+        with autocast():
+            # Left-padded: the last column is every prompt's last real token, whose logits
+            # score the first completion token (one row per distinct prompt, not per completion).
+            last_logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=record, use_cache=False, logits_to_keep=1).logits[:, -1]
+        last_log_probs = torch.log_softmax(last_logits.float() / temperature, dim=-1)
 
-        rows = completion_ids.size(0)
+        rows, width = completion_ids.shape
         step = batch_size or rows
-        width = completion_ids.size(1) + 1
         all_logps, all_entropies = [], []
         for start in range(0, rows, step):
             chunk = slice(start, min(start + step, rows))
             which = inverse[chunk]
-            input_ids = torch.cat([ids[which, -1:], completion_ids[chunk]], dim=1)
-            new_mask = torch.cat([torch.ones_like(completion_mask[chunk, :1]), completion_mask[chunk]], dim=1)
-            attention_mask = torch.cat([body_mask[which], new_mask.to(body_mask.dtype)], dim=1)
-            position_ids = (lengths[which] - 1).unsqueeze(1) + torch.arange(width, device=input_ids.device)
-            labels = input_ids.masked_fill(new_mask == 0, -100)
-            labels[:, 0] = -100  # the last prompt token is context, not scored
-            cache = None
-            if body_ids.size(1) > 0:
-                cache = Cache(layers=[
-                    _FrozenPrefixLayer(layer.keys.index_select(0, which), layer.values.index_select(0, which))
-                    for layer in record.layers
-                ])
+            first_mask = completion_mask[chunk, :1].bool()
+            first_log_probs = last_log_probs[which]
+            first_logps = first_log_probs.gather(1, completion_ids[chunk, :1]).masked_fill(~first_mask, 0.0)
+            first_entropy = None
+            if compute_entropy:
+                first_entropy = -(first_log_probs.exp() * first_log_probs).sum(-1, keepdim=True)
+                first_entropy = first_entropy.masked_fill(~first_mask, 0.0)
+            if width == 1:
+                all_logps.append(first_logps)
+                all_entropies.append(first_entropy)
+                continue
+            input_ids = completion_ids[chunk]
+            attention_mask = torch.cat([mask[which], completion_mask[chunk].to(mask.dtype)], dim=1)
+            position_ids = lengths[which].unsqueeze(1) + torch.arange(width, device=input_ids.device)
+            labels = input_ids.masked_fill(completion_mask[chunk] == 0, -100)  # the head scores labels[:, 1:]
+            cache = Cache(layers=[
+                _FrozenPrefixLayer(layer.keys.index_select(0, which), layer.values.index_select(0, which))
+                for layer in record.layers
+            ])
             with autocast():
                 outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=cache, labels=labels, fused_lm_head=True)
-            all_logps.append(outputs.log_probs)
+            all_logps.append(torch.cat([first_logps.to(outputs.log_probs.dtype), outputs.log_probs], dim=1))
             if compute_entropy:
-                all_entropies.append(outputs.entropy)
+                all_entropies.append(torch.cat([first_entropy.to(outputs.entropy.dtype), outputs.entropy], dim=1))
     return SharedPrefixOutput(
         logps=torch.cat(all_logps, dim=0),
         entropies=torch.cat(all_entropies, dim=0) if compute_entropy else None,
-        prompt_tokens=int(body_mask.sum()) + rows,
+        prompt_tokens=int(mask.sum()),
         completion_tokens=int(completion_mask.sum()),
         distinct_prompts=int(ids.size(0)),
     )
@@ -205,10 +220,20 @@ def shared_prefix_logps(
 
 def group_permutation(group_index: torch.Tensor) -> torch.Tensor:
     """A random order of whole groups: row indices with each group's rows adjacent, in their
-    original order (torch's global generator, like TRL's per-sample shuffle)."""
+    original order.
+
+    It draws exactly what TRL's per-sample shuffle draws (``torch.randperm`` over the rows,
+    torch's global generator) and orders the groups by where their first row falls in that
+    sample permutation. So the global generator, and with it every later rollout, is in the
+    same state whichever forward path a run takes.
+    """
+    sample_order = torch.randperm(group_index.numel())
     _, inverse = torch.unique(group_index.cpu(), return_inverse=True)
-    group_rank = torch.randperm(int(inverse.max()) + 1 if inverse.numel() else 0)
-    return torch.argsort(group_rank[inverse], stable=True).to(group_index.device)
+    groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    # Each group's rank: the earliest position of any of its rows in the sample permutation.
+    first_seen = torch.full((groups,), group_index.numel(), dtype=torch.long)
+    first_seen.scatter_reduce_(0, inverse[sample_order], torch.arange(group_index.numel()), reduce="amin")
+    return torch.argsort(first_seen[inverse], stable=True).to(group_index.device)
 
 
 def permute_rows(value, permutation: torch.Tensor):
