@@ -21,7 +21,9 @@ with BICC forced on. Then, over the completions of mixed groups:
    the same weights, and the change of the plain-prompt log π(o|q) it makes, in nats per
    completion, averaged over right and over wrong completions of mixed groups.
 
-Numbers come with n (completions) and are per completion or per token as labelled.
+Also the rollouts' accuracy and how many groups were mixed: where the task puts the model
+at step 0, under the config's own sampling settings. Numbers come with n (completions)
+and are per completion or per token as labelled.
 """
 
 from __future__ import annotations
@@ -103,11 +105,17 @@ def main() -> None:
 
     batches, right_shifts, wrong_shifts = [], [], []
     outside = beyond_dual = tokens_total = negative_tokens = 0
+    rollouts = rollouts_right = groups_total = groups_mixed = 0
     rows = [trainer.train_dataset[i] for i in range(args.prompts)]
     for start in range(0, len(rows), args.chunk):
         torch.manual_seed(args.seed * 1000 + start)
         inputs = [dict(row) for row in rows[start:start + args.chunk] for _ in range(group)]
         batch = trainer._generate_and_score_completions(inputs)
+        outcomes = (batch["bicc_rewards"] > config.bicc.success_threshold).view(-1, group)
+        rollouts += outcomes.numel()
+        rollouts_right += int(outcomes.sum())
+        groups_total += outcomes.size(0)
+        groups_mixed += int((outcomes.any(1) & ~outcomes.all(1)).sum())
         conditioned = batch["bicc_conditioned"].bool()
         if not conditioned.any():
             continue
@@ -181,6 +189,8 @@ def main() -> None:
     result = {
         "config": str(args.config), "overrides": args.overrides, "model": config.model.name,
         "prompts": len(rows), "group_size": group, "seed": args.seed,
+        "rollouts": rollouts, "rollout_accuracy": rollouts_right / max(rollouts, 1),
+        "groups": groups_total, "mixed_groups": groups_mixed,
         "right_under_wrong_traces": side_summary(right_shifts),
         "wrong_under_right_traces": side_summary(wrong_shifts),
         "clip_range": [low, high], "tokens": tokens_total,

@@ -294,11 +294,11 @@ def test_shared_prefix_on_and_off_give_the_same_loss_on_the_real_model(real_trai
     out = mixed_batch(real_trainer)
     assert real_trainer._shared_prefix_usable()
     shared_loss, shared_grads = _loss_and_grads(real_trainer, out)
-    real_trainer.bicc = real_trainer.bicc.model_copy(update={"shared_prefix": False})
+    real_trainer.shared_prefix = False
     try:
         plain_loss, plain_grads = _loss_and_grads(real_trainer, out)
     finally:
-        real_trainer.bicc = real_trainer.bicc.model_copy(update={"shared_prefix": True})
+        real_trainer.shared_prefix = True
     torch = pytest.importorskip("torch")
     torch.testing.assert_close(shared_loss, plain_loss, atol=1e-5, rtol=0)
     cosine = torch.nn.functional.cosine_similarity(
