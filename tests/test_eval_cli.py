@@ -297,7 +297,7 @@ def test_train_logs_its_own_run_a_killed_train_continues_it_and_eval_run_joins_i
 
     # `eval --run DIR` evaluates DIR/final and logs into the train's run, at its last step
     evaluated = _run([str(BIN / "bicc-lab"), "eval", "--run", "run", "--benchmarks", "arith_test",
-                      "--samples", "2", "--limit", "3", "--max-new-tokens", "4"], tmp_path, env)
+                      "--repeats", "2", "--limit", "3", "--max-new-tokens", "4"], tmp_path, env)
     assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
     assert f"MLflow run {run_id}" in evaluated.stdout
     assert json.loads((out / "eval.json").read_text())["benchmarks"]["arith"]["n"] == 3
