@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bicc_mechanism.py --config experiments/smollm2.yaml
          [--set KEY=VALUE ...] [--prompts 96] [--chunk 16] [--seed 0] [--out result.json]
+     .venv/bin/python benchmarks/bicc_mechanism.py --table a.json b.json   (side by side, markdown)
 
 The config's own trainer (model, chat template, reward, BICC packer and budget, variant,
 clip) takes its first ``--prompts`` training prompts, G = train.num_generations rollouts
@@ -67,7 +68,45 @@ def side_summary(shifts: list[list[float]]) -> dict:
     }
 
 
+def table(paths: list[Path]) -> str:
+    """The results of several runs side by side, one column per file."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+
+    def side(r, key):
+        s = r[key]
+        if not s.get("n"):
+            return "n = 0"
+        low, high = s["ci95"]
+        return (f"{s['per_token_mean_by_completion']:+.3f} [{low:+.3f}, {high:+.3f}], median "
+                f"{s['median_by_completion']:+.3f} (n = {s['n']}, {s['tokens']} tokens)")
+
+    rows = [
+        ("model", lambda r: f"{r['model']} ({r['config']})"),
+        ("rollouts (prompts x G)", lambda r: f"{r['rollouts']} ({r['prompts']} x {r['group_size']})"),
+        ("rollout accuracy", lambda r: f"{100 * r['rollout_accuracy']:.1f}%"),
+        ("mixed groups", lambda r: f"{r['mixed_groups']} of {r['groups']}"),
+        ("shift per token, right under wrong traces (nats)", lambda r: side(r, "right_under_wrong_traces")),
+        ("shift per token, wrong under right traces (nats)", lambda r: side(r, "wrong_under_right_traces")),
+        ("tokens outside the clip range", lambda r: f"{100 * r['frac_tokens_outside_clip']:.1f}% of {r['tokens']} "
+                                                   f"({r['clip_range'][0]:g}-{r['clip_range'][1]:g})"),
+        ("negative-advantage tokens beyond the dual clip", lambda r: "off" if r["dual_clip"] is None else
+         f"{100 * r['frac_negative_tokens_beyond_dual_clip']:.2f}% of {r['negative_advantage_tokens']} (c = {r['dual_clip']:g})"),
+        ("gradient cosine, BICC vs GRPO", lambda r: f"{r['grad_cosine_bicc_vs_grpo']:.3f}"),
+        ("plain log p change of right answers, one BICC / GRPO step", lambda r: "{:+.3f} / {:+.3f} nats".format(
+            r["plain_logp_change_after_one_step"]["bicc"]["right"], r["plain_logp_change_after_one_step"]["grpo"]["right"])),
+        ("plain log p change of wrong answers, one BICC / GRPO step", lambda r: "{:+.3f} / {:+.3f} nats".format(
+            r["plain_logp_change_after_one_step"]["bicc"]["wrong"], r["plain_logp_change_after_one_step"]["grpo"]["wrong"])),
+        ("learning rate of that step", lambda r: f"{r['learning_rate']:g}"),
+    ]
+    lines = ["| | " + " | ".join(Path(p).stem for p in paths) + " |", "|---|" + "---|" * len(runs)]
+    lines += [f"| {label} | " + " | ".join(cell(r) for r in runs) + " |" for label, cell in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--table":
+        print(table([Path(p) for p in sys.argv[2:]]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "smollm2.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
