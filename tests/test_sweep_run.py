@@ -135,7 +135,7 @@ def test_a_failing_cell_fails_alone_and_the_others_finish(sqlite_run, project):
     assert f"FAILED {failed['name']}: " in proc.stdout
     for r in by_status["FINISHED"]:
         assert r["mlflow_status"] == "FINISHED"
-        assert r["artifacts"] == ["config.yaml", "eval.json", "run.log", "train_result.json"]
+        assert r["artifacts"] == ["config.yaml", "eval.json", "eval_samples.json", "run.log", "train_result.json"]
         assert {"reward", "loss", "eval/arith/avg_at_2", "eval/arith/pass_at_2"} <= set(
             r["metrics"]
         )
