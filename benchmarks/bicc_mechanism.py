@@ -111,7 +111,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "smollm2.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--prompts", type=int, default=96, help="training prompts, G rollouts each")
-    parser.add_argument("--chunk", type=int, default=16, help="prompts per generation call")
+    parser.add_argument("--chunk", type=int, default=4,
+                        help="prompts per generation and loss call (memory: a loss call holds chunk x G x length "
+                             "x vocabulary float32 logits; 16 x 4 on SmolLM2 reached 18 GB)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
