@@ -231,7 +231,7 @@ def test_the_converted_model_is_the_gguf_model_as_a_plain_directory(smollm2_dir,
 
 
 def _real_config(model_dir: Path, **overrides):
-    from bicc_lab.spec import validate_experiment
+    from test_trl_trainer import config_with
 
     raw = {
         "name": "real",
@@ -242,13 +242,7 @@ def _real_config(model_dir: Path, **overrides):
         "bicc": {"context_fraction": 0.4, "truncate": "cut"},
         "eval": {"enabled": False},
     }
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return validate_experiment(raw)
+    return config_with(raw, overrides)
 
 
 @pytest.mark.slow

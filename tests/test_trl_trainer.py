@@ -36,6 +36,11 @@ def tiny_config(model_dir: Path, **overrides):
         "bicc": {"template": "separator", "context_fraction": 0.5},
         "eval": {"enabled": False},
     }
+    return config_with(raw, overrides)
+
+
+def config_with(raw: dict, overrides: dict):
+    """``raw`` with dotted-key ``overrides`` set, validated as an experiment."""
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
