@@ -12,13 +12,23 @@ export BICC_LAB_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 
 .PHONY: install test test-fast quickstart lint bench mutation clean
 
+# uv (one wheel from PyPI) resolves and installs the ~150 packages in seconds where pip takes
+# minutes; without it (no index for it, USE_UV=0) pip installs the same pins and extras.
+# torch always goes through pip: the CPU wheel lies on local disk, where only pip looks.
+USE_UV ?= 1
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
+	@if [ "$(USE_UV)" = 1 ]; then $(BIN)/pip install -q uv || echo "make: uv could not be installed; pip installs everything"; fi
+	@if [ ! -x $(BIN)/uv ]; then $(BIN)/pip install --upgrade pip; fi
 
 install: $(BIN)/python
 	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install "$(TORCH)"; fi
-	$(BIN)/pip install -e '.[dev,released]'
+	@if [ "$(USE_UV)" = 1 ] && [ -x $(BIN)/uv ]; then \
+		$(BIN)/uv pip install --python $(BIN)/python -e '.[dev,released]'; \
+	else \
+		$(BIN)/pip install -e '.[dev,released]'; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest -q
