@@ -122,7 +122,7 @@ def _study_with_trials(tmp_path):
     """The rcc_tune study with three told trials (values 0.2, 0.5, and a pruned one)."""
     from optuna.trial import TrialState
 
-    from bicc_lab.tune.runner import open_study, prepare
+    from bicc_lab.tune.setup import open_study, prepare
 
     setup = prepare(ROOT / "sweeps" / "rcc_tune.yaml", runs_dir=tmp_path / "runs", reports_dir=tmp_path / "rep")
     study, _ = open_study(setup, create=True)

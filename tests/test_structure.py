@@ -98,6 +98,25 @@ def test_imports_point_down():
     assert wrong == []
 
 
+# Modules of one part that must not import another (the layer ranks above see only parts):
+# (importer, forbidden import, why).
+FORBIDDEN: list[tuple[str, str, str]] = [
+    ("bicc_lab.tune.views", "bicc_lab.tune.runner",
+     "the views and the study loop imported each other; what both need lives in bicc_lab.tune.setup"),
+]
+
+
+def test_forbidden_module_imports():
+    wrong = []
+    for importer, forbidden, why in FORBIDDEN:
+        path = ROOT / (importer.replace(".", "/") + ".py")
+        assert path.is_file(), f"{importer}: no such module; update FORBIDDEN"
+        for name, line in _imported_modules(path):
+            if name == forbidden or name.startswith(forbidden + "."):
+                wrong.append(f"{path.relative_to(ROOT)}:{line}: imports {name} ({why})")
+    assert wrong == []
+
+
 def test_the_layer_check_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
     # The check itself: an upward import inside a function, written relatively, is found.
     package = tmp_path / "bicc_lab"

@@ -38,7 +38,7 @@ def _write(path: Path, text: str) -> Path:
 
 def test_objective_names_are_the_logged_metric_names():
     from bicc_lab.spec import ExperimentConfig
-    from bicc_lab.tune.runner import TuneError, objective_key
+    from bicc_lab.tune.setup import TuneError, objective_key
 
     config = ExperimentConfig(name="x")  # eval: arith_test, 4 samples
     assert objective_key("eval/arith_test/avg@4", config) == "eval/arith/avg_at_4"

@@ -26,7 +26,7 @@ def _setup(study: Path, set_: list[str], set_file: Path | None, runs_dir: Path |
     """Load the study file; user mistakes end here with one line and exit 2."""
     from bicc_lab.spec import SpecError
     from bicc_lab.spec.search import read_set_file_located
-    from bicc_lab.tune.runner import TuneError, prepare
+    from bicc_lab.tune.setup import TuneError, prepare
 
     try:
         items = read_set_file_located(set_file) if set_file is not None else []
@@ -53,7 +53,8 @@ def run(
     launcher: str = typer.Option(None, "--launcher", help="local or slurm: where trials run (default: the file's launch.kind)."),
 ) -> None:
     from bicc_lab.sweep.context import TrackingUnavailable
-    from bicc_lab.tune.runner import TuneError, run_study
+    from bicc_lab.tune.runner import run_study
+    from bicc_lab.tune.setup import TuneError
 
     if max_parallel is not None and n_jobs_alias is not None and max_parallel != n_jobs_alias:
         fail(f"--max-parallel {max_parallel} and its old name --n-jobs {n_jobs_alias} disagree; give one")

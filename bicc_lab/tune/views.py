@@ -17,7 +17,7 @@ from bicc_lab.tune import study as st
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from bicc_lab.tune.runner import TuneSetup
+    from bicc_lab.tune.setup import TuneSetup
 
 __all__ = ["best_json", "best_overrides", "importances", "print_status", "status_data", "write_best", "write_reports"]
 
@@ -102,7 +102,7 @@ def _trial_record(t: Any) -> dict[str, Any]:
 
 def status_data(setup: TuneSetup) -> dict[str, Any]:
     """The study as JSON-able data: trials, best trial, importances (``tune status --json``)."""
-    from bicc_lab.tune.runner import open_study
+    from bicc_lab.tune.setup import open_study
 
     search = setup.search
     data: dict[str, Any] = {
@@ -142,7 +142,7 @@ def print_status(setup: TuneSetup, console: Console, *, reports: bool = True, as
     import json
     import sys
 
-    from bicc_lab.tune.runner import open_study
+    from bicc_lab.tune.setup import open_study
 
     def say(text: str) -> None:
         if not as_json:
@@ -286,7 +286,7 @@ def best_overrides(study: Any) -> tuple[Any, dict[str, Any]]:
 
 def _open_best(setup: TuneSetup) -> tuple[Any, Any, dict[str, Any]]:
     """(study, best trial, overrides); ValueError when there is no complete trial."""
-    from bicc_lab.tune.runner import open_study
+    from bicc_lab.tune.setup import open_study
 
     if not st.storage_exists(setup.storage_url):
         raise ValueError(f"study {setup.study_name} has not started (no storage at {setup.storage_url})")
