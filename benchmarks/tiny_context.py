@@ -47,7 +47,8 @@ def main() -> None:
 
     from bicc_lab.algorithms.bicc import context_budget, get_template, pack_conditioned_prompts
     from bicc_lab.backends.trl.run import resolve_model
-    from bicc_lab.models.tiny import context_probe, describe_probe, read_record
+    from bicc_lab.models.tiny import read_record
+    from bicc_lab.models.tiny_probe import context_probe, describe_probe
     from bicc_lab.spec import load_experiment
     from bicc_lab.tasks.arithmetic import arithmetic_problems
 

@@ -26,7 +26,7 @@ ARMS = {"base": (False, False), "rcc": (False, True), "bicc": (True, False), "bi
 def test_accuracy(model_dir: str, seed: int) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bicc_lab.models.tiny import sampled_accuracy
+    from bicc_lab.models.tiny_probe import sampled_accuracy
     from bicc_lab.tasks.arithmetic import arithmetic_problems
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from pathlib import Path  # noqa: E402
 
 from bicc_lab.models import tiny as T  # noqa: E402
+from bicc_lab.models import tiny_probe as P  # noqa: E402
+from bicc_lab.models import tiny_warmstart as W  # noqa: E402
 from bicc_lab.models.loading import (  # noqa: E402
     ModelNotFoundError,
     check_model_reference,
@@ -205,7 +207,7 @@ def test_cache_hit_returns_same_dir_without_training(fast_model_dir, monkeypatch
     def boom(*a, **k):
         raise AssertionError("cache hit must not retrain")
 
-    monkeypatch.setattr(T, "warm_start", boom)
+    monkeypatch.setattr(W, "warm_start", boom)
     t0 = time.perf_counter()
     again = T.build_tiny_model(FAST, root, progress=False)
     assert again == path
@@ -221,7 +223,7 @@ def test_warm_start_is_deterministic():
     states, records = [], []
     for _ in range(2):
         model = T.build_untrained_model(cfg, tok)
-        records.append(T.warm_start(model, tok, cfg, progress=False))
+        records.append(W.warm_start(model, tok, cfg, progress=False))
         states.append({k: v.clone() for k, v in model.state_dict().items()})
     assert records[0]["history"] == [
         {**h, "seconds": records[0]["history"][i]["seconds"]}
@@ -266,7 +268,7 @@ def test_sampled_accuracy_counts_exact_answers():
                 outs.append(ids)
             return torch.tensor(outs)
 
-    assert T.sampled_accuracy(Oracle(), tok, rows) == 1.0
+    assert P.sampled_accuracy(Oracle(), tok, rows) == 1.0
 
 
 # ------------------------------------------------------------------ loading
@@ -386,7 +388,7 @@ def test_quickstart_trains_bicc_with_the_layout_the_model_was_warm_started_on():
 def _draw(config, n, rows=None):
     tok = T.build_tokenizer()
     rows = rows or [{"prompt": "47+38=", "solution": "85"}]
-    examples = T._WarmStartPrompts(tok, rows, config)
+    examples = W._WarmStartPrompts(tok, rows, config)
     return [(tok.decode(p), tok.decode(a)) for p, a in (examples.example(i % len(rows)) for i in range(n))]
 
 
@@ -448,7 +450,7 @@ def test_wrong_answers_are_wrong_and_nonnegative():
 
     rng = random.Random(0)
     for answer in (0, 5, 85, 100, 198):
-        guesses = [T.wrong_answer(answer, rng) for _ in range(200)]
+        guesses = [W.wrong_answer(answer, rng) for _ in range(200)]
         assert all(g != answer and g >= 0 for g in guesses)
         assert len(set(guesses)) > 5
 
@@ -503,9 +505,9 @@ def test_sequence_logps_ignore_padding():
     model = T.build_untrained_model(cfg, tok)
     prompts = [tok.encode(t, add_special_tokens=False) for t in ("47+38=", "84\n91\n47+38=")]
     completions = [tok.encode("85", add_special_tokens=False) + [2], tok.encode("7", add_special_tokens=False) + [2]]
-    p_ids, p_mask = T._left_pad(prompts, 0)
-    c_ids, c_mask = T._right_pad(completions, 0)
-    batched = T.sequence_logps(model, p_ids, p_mask, c_ids, c_mask)
+    p_ids, p_mask = P._left_pad(prompts, 0)
+    c_ids, c_mask = P._right_pad(completions, 0)
+    batched = P.sequence_logps(model, p_ids, p_mask, c_ids, c_mask)
     for k in range(2):
         seq = torch.tensor([prompts[k] + completions[k]])
         with torch.no_grad():
@@ -518,7 +520,7 @@ def test_sequence_logps_ignore_padding():
 def test_build_records_the_context_probe(fast_model_dir):
     _, path, _ = fast_model_dir
     probe = T.read_record(path)["context_probe"]
-    held_out = T.warm_start_rows(FAST)[1]  # the probe reads the held-out slice, never the test split
+    held_out = W.warm_start_rows(FAST)[1]  # the probe reads the held-out slice, never the test split
     assert probe["prompts"] == len(held_out) and probe["group_size"] == FAST.probe_group_size
     assert probe["template"] == "compact" and probe["budget_tokens"] == FAST.probe_budget_tokens
     assert probe["n_correct_scored"] + probe["n_incorrect_scored"] > 0
@@ -526,13 +528,13 @@ def test_build_records_the_context_probe(fast_model_dir):
     for key in ("logp_shift_correct", "logp_shift_incorrect", "accuracy_plain", "accuracy_wrong_context"):
         assert isinstance(probe[key], float)
     assert abs(probe["accuracy_delta"] - (probe["accuracy_wrong_context"] - probe["accuracy_plain"])) < 1e-6
-    assert "logp shift of correct answers under wrong attempts" in T.describe_probe(probe)
+    assert "logp shift of correct answers under wrong attempts" in P.describe_probe(probe)
     for side in ("correct", "incorrect"):
         summary = probe[f"shift_{side}"]
         if summary is not None:
             assert summary["n"] == probe[f"n_{side}_scored"]
             assert summary["per_sequence_mean"] == pytest.approx(probe[f"logp_shift_{side}"], abs=1e-6)
-            assert "nats/token" in T.describe_probe(probe)
+            assert "nats/token" in P.describe_probe(probe)
 
 
 def test_probe_with_no_room_for_a_trace_conditions_nothing(fast_model_dir):
@@ -542,8 +544,8 @@ def test_probe_with_no_room_for_a_trace_conditions_nothing(fast_model_dir):
 
     _, path, _ = fast_model_dir
     model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    rows = T.warm_start_rows(FAST)[1][:10]
-    probe = T.context_probe(model, tok, rows, template=get_template("compact"), budget_tokens=1,
+    rows = W.warm_start_rows(FAST)[1][:10]
+    probe = P.context_probe(model, tok, rows, template=get_template("compact"), budget_tokens=1,
                             group_size=4, samples=2)
     # one token of budget holds the separator or one digit, never a trace + separator
     assert probe["n_correct_scored"] == probe["n_incorrect_scored"] == probe["mixed_groups"] == 0
@@ -557,7 +559,7 @@ def test_shift_summary_hand_computed():
     import torch
 
     # shifts -1, -2, -6 nats over 1, 2, 3 tokens
-    summary = T.shift_summary(torch.tensor([-1.0, -2.0, -6.0]), torch.tensor([1.0, 2.0, 3.0]))
+    summary = P.shift_summary(torch.tensor([-1.0, -2.0, -6.0]), torch.tensor([1.0, 2.0, 3.0]))
     assert summary["n"] == 3 and summary["tokens"] == 6
     assert summary["per_sequence_mean"] == pytest.approx(-3.0)
     assert summary["per_sequence_median"] == pytest.approx(-2.0)
@@ -567,7 +569,7 @@ def test_shift_summary_hand_computed():
     # delta method: residuals s - r n = (0.5, 1, -1.5), sd sqrt(3.5/2), se = sd sqrt(3) / 6
     per_token_se = (3.5 / 2) ** 0.5 * 3**0.5 / 6
     assert summary["per_token_ci95"] == pytest.approx([-1.5 - 1.96 * per_token_se, -1.5 + 1.96 * per_token_se])
-    assert T.shift_summary(torch.tensor([]), torch.tensor([])) is None
+    assert P.shift_summary(torch.tensor([]), torch.tensor([])) is None
 
 
 def test_cache_key_covers_threads_and_library_versions(monkeypatch):
