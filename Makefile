@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # is not a directory; an empty one is unset).
 export BICC_LAB_DATA_DIR ?= $(wildcard $(abspath ../shared/data))
 
-.PHONY: install test test-fast quickstart lint bench mutation clean
+.PHONY: install test test-fast quickstart lint docs bench mutation clean
 
 # uv (one wheel from PyPI) resolves and installs the ~150 packages in seconds where pip takes
 # minutes; without it (no index for it, USE_UV=0) pip installs the same pins and extras.
@@ -42,6 +42,11 @@ quickstart: install
 
 lint:
 	$(BIN)/ruff check bicc_lab tests
+
+# README.md's "Command reference" from every command's --help (tests/test_command_reference.py
+# fails when the two differ).
+docs:
+	$(BIN)/python -m bicc_lab.cli.reference
 
 bench: install
 	$(BIN)/python benchmarks/cli_startup.py

@@ -148,14 +148,16 @@ def test_tune_status_and_best_json(tmp_path):
     data = json.loads(status.stdout)
     assert data["started"] and data["objective"] == "eval/arith/avg_at_4" and data["direction"] == "maximize"
     assert [t["state"] for t in data["trials"]] == ["COMPLETE", "COMPLETE", "PRUNED"]
-    assert [t["value"] for t in data["trials"]] == [0.2, 0.5, None]
-    assert data["best"]["number"] == 1 and data["best"]["value"] == 0.5
+    # the study keeps avg@4 as fractions (0.2, 0.5); every output shows points
+    assert data["score_unit"] == "percent"
+    assert [t["value"] for t in data["trials"]] == [20.0, 50.0, None]
+    assert data["best"]["number"] == 1 and data["best"]["value"] == 50.0
     assert data["best"]["params"] == {"rcc.coef": 3.0, "rcc.max_shift": None, "rcc.delta": "sum"}
 
     best = runner.invoke(app, ["tune", "best", *common, "--json"])
     assert best.exit_code == 0, best.output
     data = json.loads(best.stdout)
-    assert (data["trial"], data["value"]) == (1, 0.5)
+    assert (data["trial"], data["value"], data["score_unit"]) == (1, 50.0, "percent")
     assert data["params"] == {"rcc.coef": 3.0, "rcc.max_shift": None, "rcc.delta": "sum"}
 
     # the new name writes the file, the old one still does (hidden alias)
@@ -164,6 +166,7 @@ def test_tune_status_and_best_json(tmp_path):
         result = runner.invoke(app, ["tune", "best", *common, flag, str(target)])
         assert result.exit_code == 0, result.output
         assert "rcc.coef:" in target.read_text()
+        assert "eval/arith/avg_at_4 = 50 (%)" in target.read_text()  # the header speaks in points
 
 
 def test_tune_status_json_before_the_study_started(tmp_path):

@@ -233,6 +233,13 @@ def test_eval_with_lm_eval_flags_writes_what_lm_eval_writes_and_logs_to_mlflow(
     assert run.info.status == "FINISHED" and run.data.tags["role"] == "eval"
     assert run.data.metrics["eval/aime24/n"] == 2 and run.data.metrics["eval/amc23/n"] == 2
     assert run.data.metrics["eval/aime24/avg_at_2"] == result["benchmarks"]["aime24"]["metrics"]["avg@2"]
+    # one unit: the table, the results file and the MLflow metrics all in percent points
+    assert result["score_unit"] == "percent" and run.data.tags["score_unit"] == "percent"
+    assert "avg@2 (%)" in proc.stdout
+    for bench in ("aime24", "amc23"):
+        problems = [p for p in result["problems"] if p["benchmark"] == bench]
+        points = 100 * sum(p["n_correct"] / p["k"] for p in problems) / len(problems)
+        assert result["benchmarks"][bench]["metrics"]["avg@2"] == pytest.approx(points)
     assert run.data.params["eval.limit"] == "0.05"
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "eval_samples.json", str(tmp_path / "dl"))).read_text())
     assert table["columns"][:3] == ["benchmark", "problem_id", "gold"] and "responses" in table["columns"]

@@ -216,9 +216,11 @@ def test_write_report_files_and_content(run_set, tmp_path):
     assert "\\multicolumn{4}{c}{MATH500}" in tex and "\\textbf{100.0$\\pm$0.0}" in tex
     csv = pd.read_csv(out / "ablation.csv")
     row = csv[(csv.variant == "grpo") & (csv.benchmark == "math500") & (csv.arm == "base")].iloc[0]
-    assert row["mean"] == pytest.approx(0.6) and row["ci_high"] == pytest.approx(0.6 + T2 * 0.1 / math.sqrt(3))
+    # the CSV speaks in points, as every table: 0.6 of the problems is 60 (%)
+    assert row["mean"] == pytest.approx(60.0) and row["ci_high"] == pytest.approx(100 * (0.6 + T2 * 0.1 / math.sqrt(3)))
+    assert set(csv.unit) == {"percent"}
     sig = pd.read_csv(out / "significance.csv")
-    assert set(sig.arm) == {"rcc", "bicc", "bicc+rcc"}
+    assert set(sig.arm) == {"rcc", "bicc", "bicc+rcc"} and set(sig.unit) == {"percent"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(report.plots) >= 3
     assert "<td class='best'" in html

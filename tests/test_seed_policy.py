@@ -380,7 +380,8 @@ def test_report_of_a_seeds_sweep_uses_the_policy_and_marks_open_rows(tmp_path):
     assert det.loc["bicc", "state"] == "excludes 0" and det.loc["rcc", "state"] == "open"
     diffs = [b - a for a, b in zip(base, bicc, strict=True)]
     ci = running_confidence_sequence(diffs, 0.1, looks=[2, 4, 6])  # the policy's looks
-    assert det.loc["bicc", "cs_high"] == pytest.approx(ci.high)
+    assert det.loc["bicc", "cs_high"] == pytest.approx(100 * ci.high)  # detection.csv: in points
+    assert det.loc["bicc", "diff"] == pytest.approx(100 * sum(diffs) / len(diffs)) and set(det.unit) == {"percent"}
     md = (out / "ablation.md").read_text()
     assert "| tiny | grpo (open) |" in md and "## What the seeds can detect" in md and "Seeds for 5 points" in md
     html = (out / "report.html").read_text()

@@ -243,7 +243,8 @@ def test_plan_and_status_read_states_from_mlflow_and_the_runs_dir(sweep_dir):
 
     status = _invoke("sweep", "status", str(path), *args)
     assert status.exit_code == 0, status.output
-    assert "arith avg@4" in status.output and "0.500" in status.output and "0.750" in status.output
+    # avg@4 0.5 logged without a score_unit tag (an older run): shown in points
+    assert "arith avg@4 (%)" in status.output and "50.0" in status.output and "0.750" in status.output
     assert "training steps 3/8" in status.output  # 2 (finished) + 1 (interrupted) of 4 x 2
 
 

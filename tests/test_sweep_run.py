@@ -146,6 +146,7 @@ def test_a_failing_cell_fails_alone_and_the_others_finish(sqlite_run, project):
         tags = r["tags"]
         assert tags["progress"] == "2/2" and tags["arm"] == "base" and tags["variant"] == "grpo"
         assert tags["config_hash"].startswith(tags["cell_id"]) and tags["bicc_lab_version"]
+        assert tags["score_unit"] == "percent"  # a cell's eval scores are logged in points
     # per-step metrics were logged at their steps
     from bicc_lab.tracking.store import Tracker
 
@@ -157,7 +158,7 @@ def test_a_failing_cell_fails_alone_and_the_others_finish(sqlite_run, project):
         ["sweep", "status", "fail.yaml", *sqlite_run["args"][3:]], sqlite_run["env"], project
     )
     assert status.returncode == 0, status.stderr
-    assert "2 finished, 1 failed" in status.stdout and "arith avg@2" in status.stdout
+    assert "2 finished, 1 failed" in status.stdout and "arith avg@2 (%)" in status.stdout
 
 
 def test_rerun_skips_finished_cells_and_retries_failed_ones_only_when_asked(sqlite_run, project):

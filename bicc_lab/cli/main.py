@@ -37,7 +37,8 @@ ENVIRONMENT = {
     "at the repo root); eval logs there when it is set",
 }
 # Click rewraps epilog paragraphs; \b keeps this block's lines as they are.
-ENV_HELP = "Environment variables:\n\n\b\n" + "\n".join(f"  {k:<24}{v}" for k, v in ENVIRONMENT.items())
+_NAME_WIDTH = max(len(k) for k in ENVIRONMENT) + 2
+ENV_HELP = "Environment variables:\n\n\b\n" + "\n".join(f"  {k:<{_NAME_WIDTH}}{v}" for k, v in ENVIRONMENT.items())
 
 app = typer.Typer(
     name="bicc-lab",

@@ -27,6 +27,7 @@ from bicc_lab.eval import scoring
 from bicc_lab.eval.data import EvalDataError, check_benchmarks, get_benchmark
 from bicc_lab.eval.metrics import aggregate
 from bicc_lab.tasks.data_dir import resolve_data_dir
+from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT, is_score
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,17 @@ class EvalResult:
         return [p for p in self.problems if p["benchmark"] == benchmark]
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``eval.json``): scores in points (``"score_unit": "percent"``), as every
+        output shows them; lm-eval's own numbers (``lm_eval``) stay in lm-eval's fractions."""
+        benchmarks = {}
+        for k, v in self.benchmarks.items():
+            d = asdict(v)
+            d["metrics"] = {m: _to_points(m, x) for m, x in v.metrics.items()}
+            benchmarks[k] = d
         return {
             "format": RESULT_FORMAT,
-            "benchmarks": {k: asdict(v) for k, v in self.benchmarks.items()},
+            "score_unit": SCORE_UNIT,
+            "benchmarks": benchmarks,
             "problems": self.problems,
             "config": self.config,
             "warnings": self.warnings,
@@ -87,8 +96,16 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalResult:
+        """Back from :meth:`to_dict`, scores in fractions again (the statistics' unit); a file
+        without ``score_unit`` was written by an older version, in fractions."""
+        scale = SCORE_SCALE if d.get("score_unit") == SCORE_UNIT else 1.0
+        benchmarks = {}
+        for k, v in d["benchmarks"].items():
+            metrics = {m: x / scale if is_score(m) and isinstance(x, int | float) else x
+                       for m, x in (v.get("metrics") or {}).items()}
+            benchmarks[k] = BenchmarkResult(**{**v, "metrics": metrics})
         return cls(
-            benchmarks={k: BenchmarkResult(**v) for k, v in d["benchmarks"].items()},
+            benchmarks=benchmarks,
             problems=list(d["problems"]),
             config=dict(d.get("config", {})),
             warnings=list(d.get("warnings", [])),
@@ -106,6 +123,10 @@ class EvalResult:
     def from_json(cls, path: str | os.PathLike[str]) -> EvalResult:
         with open(path, encoding="utf-8") as fh:
             return cls.from_dict(json.load(fh))
+
+
+def _to_points(name: str, value: Any) -> Any:
+    return value * SCORE_SCALE if is_score(name) and isinstance(value, int | float) else value
 
 
 # ------------------------------------------------------------------ helpers
@@ -640,9 +661,10 @@ def print_table(result: EvalResult, title: str = "evaluation") -> None:
             if key not in metric_names:
                 metric_names.append(key)
     for column in ("benchmark", "n", "k", *metric_names):
-        table.add_column(column, justify="left" if column == "benchmark" else "right")
+        title = f"{column} (%)" if is_score(column) else column  # scores in points, as everywhere
+        table.add_column(title, justify="left" if column == "benchmark" else "right")
     for name, bench in result.benchmarks.items():
-        values = [f"{100 * bench.metrics[m]:.1f}" if m in bench.metrics else "—" for m in metric_names]
+        values = [f"{_to_points(m, bench.metrics[m]):.1f}" if m in bench.metrics else "—" for m in metric_names]
         table.add_row(name, str(bench.n), str(bench.k), *values)
     console().print(table)  # off a terminal: full width, every metric column kept
     for note in result.warnings:

@@ -398,10 +398,12 @@ def run_cell(directory: Path) -> int:
                 from bicc_lab.eval.runner import evaluate_config
 
                 evaluation = evaluate_config(config, result.final_model_dir, out_file=eval_path)
-            eval_metrics = unlogged(eval_metrics_of(evaluation, result.steps))
             from bicc_lab.tracking.single import log_problems_table
 
             with client_lock:
+                # points, or fractions on a run an older version logged its scores to
+                scale = tracker.score_scale(run_id)
+                eval_metrics = unlogged(eval_metrics_of(evaluation, result.steps, scale=scale))
                 tracker.log_metrics(run_id, eval_metrics)
                 log_problems_table(tracker, run_id, evaluation)  # as a `train` run has it
 

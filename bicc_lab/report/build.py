@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bicc_lab.report.data import CURVE_METRICS, RunSet, load_curves, load_problem_scores
 from bicc_lab.report.detect import (
@@ -41,6 +41,25 @@ __all__ = ["FORMATS", "REPORT_ARTIFACT_DIR", "Report", "build_report", "display_
 FORMATS = ("md", "tex", "csv", "html")
 REPORT_ARTIFACT_DIR = "report"
 PLOTS_DIR = "plots"
+
+
+# The columns of the CSV files that hold a score or a difference of scores: in points for the
+# accuracy-like metrics (avg@k, pass@k, maj@k), as every table shows them, with a `unit` column.
+_ABLATION_SCORES = ("mean", "ci_low", "ci_high", "std", "delta", "diff_ci_low", "diff_ci_high")
+_SIGNIFICANCE_SCORES = ("diff", "ci_low", "ci_high")
+_DETECTION_SCORES = ("diff", "cs_low", "cs_high", "detectable_80")
+
+
+def _in_points(frame: Any, columns: Sequence[str], percent: bool) -> Any:
+    """``frame`` with its score ``columns`` in points and a ``unit`` column ("percent" or
+    "metric": a metric such as a loss is written in its own unit)."""
+    frame = frame.copy()
+    if percent:
+        for column in columns:
+            if column in frame.columns:
+                frame[column] = frame[column] * 100.0
+    frame["unit"] = "percent" if percent else "metric"
+    return frame
 
 
 def display_path(path: str | os.PathLike[str], root: str | os.PathLike[str] | None) -> str:
@@ -217,11 +236,15 @@ def _outputs(report: Report, formats: Iterable[str]) -> dict[str, bytes]:
                    f"{report.table.confidence:.0%} CI ({how}); ($\\Delta$) vs baseline{start}.")
         out["ablation.tex"] = render_latex(report.table, caption=caption, label=label).encode()
     if "csv" in fmts:
-        out["ablation.csv"] = report.table.to_frame().to_csv(index=False).encode()
-        out["significance.csv"] = report.significance.to_csv(index=False).encode()
+        percent = _percent(report.table)
+        ablation = _in_points(report.table.to_frame(), _ABLATION_SCORES, percent)
+        out["ablation.csv"] = ablation.to_csv(index=False).encode()
+        significance = _in_points(report.significance, _SIGNIFICANCE_SCORES, percent)
+        out["significance.csv"] = significance.to_csv(index=False).encode()
         out["cost.csv"] = report.cost.to_csv(index=False).encode()
         if report.detection is not None:
-            out["detection.csv"] = report.detection.to_csv(index=False).encode()
+            detection_frame = _in_points(report.detection, _DETECTION_SCORES, percent)
+            out["detection.csv"] = detection_frame.to_csv(index=False).encode()
     if "html" in fmts:
         images = {p.name: (p.caption, p.png) for p in report.plots}
         detection = None

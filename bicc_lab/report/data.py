@@ -30,7 +30,7 @@ from bicc_lab.errors import UserError
 from bicc_lab.launch.layout import EVAL_FILE
 from bicc_lab.spec.grid import NAMED_AXES, format_value, model_short_name
 from bicc_lab.spec.models import ARMS
-from bicc_lab.tracking.naming import Tag, metric_key, sqlite_path
+from bicc_lab.tracking.naming import Tag, metric_key, scores_as_fractions, sqlite_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -399,7 +399,7 @@ def runs_to_frames(runs: Sequence[Any], selector: MetricSelector, *, sweep: str 
                     failed_by_key[key] = (record["start_time"], record, axes)
             continue
         params = run.data.params
-        metrics = run.data.metrics
+        metrics = scores_as_fractions(run.data.metrics, tags)  # fractions, whichever unit was logged
         run_id = run.info.run_id
         start = run.info.start_time / 1000 if run.info.start_time else math.nan
         end = run.info.end_time / 1000 if run.info.end_time else math.nan

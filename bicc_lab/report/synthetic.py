@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bicc_lab.launch.layout import EVAL_FILE
-from bicc_lab.tracking.naming import Tag, eval_metric_key, flatten
+from bicc_lab.tracking.naming import (
+    SCORE_SCALE,
+    SCORE_UNIT,
+    Tag,
+    eval_metric_key,
+    flatten,
+    is_score,
+)
 
 __all__ = ["SyntheticCell", "fill_store", "eval_payload"]
 
@@ -34,6 +41,9 @@ class SyntheticCell:
     history: Mapping[str, Sequence[tuple[int, float]]] = field(default_factory=dict)
     summary: Mapping[str, float] = field(default_factory=dict)  # e.g. train/wall_time_s
     status: str = "FINISHED"
+    # the unit the run's eval scores are logged in: "percent" (tagged, as runs are now) or
+    # None (fractions, no tag: a run an older version logged); the values above are fractions
+    score_unit: str | None = "percent"
     axes: Mapping[str, Any] = field(default_factory=dict)  # extra grid axes
     artifact: bool = True
     error: str = ""  # the worker's error tag of a FAILED run
@@ -103,6 +113,9 @@ def fill_store(
         }
         if cell.error:
             tags[Tag.ERROR] = cell.error
+        if cell.score_unit is not None:
+            tags[Tag.SCORE_UNIT] = cell.score_unit
+        scale = SCORE_SCALE if cell.score_unit == SCORE_UNIT else 1.0
         run = client.create_run(exp_id, run_name=cell.name, tags=tags)
         rid = run.info.run_id
         ts = int(time.time() * 1000)
@@ -113,7 +126,8 @@ def fill_store(
             payload = eval_payload(cell.correct)
             evals = {b: {**r["metrics"], "n": r["n"]} for b, r in payload["benchmarks"].items()}
         for bench, values in evals.items():
-            metrics += [Metric(eval_metric_key(bench, key), float(v), ts, 0) for key, v in values.items()]
+            metrics += [Metric(eval_metric_key(bench, key), float(v) * (scale if is_score(key) else 1.0), ts, 0)
+                        for key, v in values.items()]
         flat = flatten({**base_params, "variant": cell.variant, "seed": cell.seed,
                         "model": {"name": cell.model}, "bicc": {"enabled": bicc}, "rcc": {"enabled": rcc}})
         flat.update({k: str(v) for k, v in cell.params.items()})

@@ -10,7 +10,7 @@
     seeds:
       max: 10                   # never more seeds per row than this
       batch: 2                  # seeds added at a time to a row still open
-      half_width: 0.03          # a comparison is also resolved when its interval is this narrow
+      half_width_points: 3      # a comparison is also resolved when its interval is this narrow
       benchmark: arith          # the comparisons' metric: eval/<benchmark>/<metric>
       metric: avg@4
 
@@ -46,11 +46,17 @@ class SeedPolicyConfig(BaseModel):
     )
     max: int = Field(..., ge=2, description="The most seeds a row gets.")
     batch: int = Field(2, ge=1, description="Seeds added at a time to a row that is still open.")
-    half_width: float = Field(
-        ...,
+    half_width_points: float | None = Field(
+        None,
         gt=0,
         description="A comparison is resolved when its interval excludes 0 or is at most this "
-        "half-width, in the metric's units (avg@k is a fraction: 0.02 is 2 points).",
+        "half-width, in percent points (2: ±2 points), the unit every score is shown in.",
+    )
+    half_width: float | None = Field(
+        None,
+        gt=0,
+        description="The older spelling of half_width_points, as a fraction (0.02 is 2 points); "
+        "sweep files written before scores were shown in points keep their meaning.",
     )
     alpha: float = Field(
         0.05, gt=0, lt=1, description="Family-wise error rate over all comparisons of the sweep."
@@ -68,6 +74,11 @@ class SeedPolicyConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SeedPolicyConfig:
+        if (self.half_width is None) == (self.half_width_points is None):
+            raise ValueError(
+                "seeds needs one of half_width_points (in points, e.g. 3) or half_width "
+                "(the older spelling, a fraction, e.g. 0.03)"
+            )
         if self.min is not None and self.max < self.min:
             raise ValueError(f"seeds.max ({self.max}) is below seeds.min ({self.min})")
         if self.arms is not None and self.baseline in self.arms:
@@ -105,6 +116,12 @@ class SeedPolicy:
 
     @property
     def half_width(self) -> float:
+        """In fractions, the unit the statistics work in (``half_width_points`` / 100)."""
+        if self.config.half_width_points is not None:
+            from bicc_lab.tracking.naming import SCORE_SCALE
+
+            return self.config.half_width_points / SCORE_SCALE
+        assert self.config.half_width is not None
         return self.config.half_width
 
     def seeds(self, n: int) -> list[int]:

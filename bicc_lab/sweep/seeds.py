@@ -7,7 +7,7 @@ against the baseline, on one benchmark's metric) gets the anytime-valid interval
 α / (number of comparisons in the sweep) so that the family-wise error rate over the
 whole sweep and every look stays at most α (Bonferroni over comparisons; the confidence
 sequence covers the looks). A comparison is resolved when its interval excludes 0 or its
-half-width is at most ``seeds.half_width``; a row is closed when all its comparisons are,
+half-width is at most ``seeds.half_width_points`` (points; the older ``half_width``: a fraction); a row is closed when all its comparisons are,
 or at ``seeds.max`` seeds; otherwise it gets the next ``seeds.batch`` seeds.
 
 The decisions are a function of the finished results alone: ``sweep run`` after a crash,
@@ -187,7 +187,15 @@ class PolicyState:
         return out
 
     def as_dict(self) -> dict[str, Any]:
+        """The JSON form (``--json``): differences and their bounds in points, as every score."""
+        from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT
+
+        def points(x: float | None) -> float | None:
+            return None if x is None else round(x * SCORE_SCALE, 6)
+
         return {
+            "score_unit": SCORE_UNIT,
+            "half_width": points(self.policy.half_width),
             "alpha": self.policy.alpha,
             "alpha_each": self.alpha_each,
             "rows": [
@@ -200,9 +208,9 @@ class PolicyState:
                         {
                             "arm": c.arm,
                             "state": c.state,
-                            "diff": c.ci.mean if c.ci else None,
-                            "low": c.ci.low if c.ci and math.isfinite(c.ci.low) else None,
-                            "high": c.ci.high if c.ci and math.isfinite(c.ci.high) else None,
+                            "diff": points(c.ci.mean) if c.ci else None,
+                            "low": points(c.ci.low) if c.ci and math.isfinite(c.ci.low) else None,
+                            "high": points(c.ci.high) if c.ci and math.isfinite(c.ci.high) else None,
                         }
                         for c in r.comparisons
                     ],

@@ -25,6 +25,7 @@ from bicc_lab.spec.grid import NAMED_AXES, format_value
 from bicc_lab.sweep import state as st
 from bicc_lab.sweep.context import SweepContext
 from bicc_lab.sweep.display import STATE_STYLE, fmt_duration
+from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT
 
 __all__ = ["PLAN_CHUNK", "View", "plan_view", "print_plan", "print_view", "status_view"]
 
@@ -242,20 +243,28 @@ def _eval_columns(statuses: list[st.CellStatus]) -> list[tuple[str, str]]:
         for key in keys:
             m = _EVAL_KEY.match(key)
             if m and key not in seen:
-                seen[key] = f"{m['bench']} avg@{m['k']}"
+                seen[key] = f"{m['bench']} avg@{m['k']} (%)"  # scores in points, as everywhere
     return sorted(seen.items())
 
 
 def _eval_from_file(directory: Any) -> dict[str, float]:
-    from bicc_lab.tracking.naming import eval_metric_key
+    """The scores of a cell's ``eval.json`` in fractions, as a run's metrics are read."""
+    from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT, eval_metric_key, is_score
 
     data = layout.read_json(directory / layout.EVAL_FILE) or {}
+    scale = SCORE_SCALE if data.get("score_unit") == SCORE_UNIT else 1.0  # absent: an older file, fractions
     out = {}
     for bench, result in (data.get("benchmarks") or {}).items():
         for key, value in (result.get("metrics") or {}).items():
             if isinstance(value, int | float):
-                out[eval_metric_key(bench, key)] = float(value)
+                out[eval_metric_key(bench, key)] = float(value) / scale if is_score(key) else float(value)
     return out
+
+
+def _points(fraction: float | None) -> float | None:
+    """A score in points (None for NaN or missing), rounded to what a table can show."""
+    value = _finite(fraction)
+    return None if value is None else round(value * SCORE_SCALE, 6)
 
 
 def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool) -> View:
@@ -290,7 +299,7 @@ def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool)
             "step": step,
             "max_steps": s.max_steps,
             "reward": _finite(reward),
-            "eval": {key: _finite(run_metrics.get(key)) for key, _ in eval_cols if run_metrics.get(key) is not None},
+            "eval": {key: _points(run_metrics.get(key)) for key, _ in eval_cols if run_metrics.get(key) is not None},
             "seconds": seconds,
             "run_id": s.run.run_id if s.run is not None else None,
             "note": _note(s),
@@ -319,7 +328,7 @@ def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool)
         ]
         for key, _ in eval_cols:
             value = rec["eval"].get(key)
-            row.append("-" if value is None else f"{value:.3f}")
+            row.append("-" if value is None else f"{value:.1f}")
         row += [fmt_duration(rec["seconds"]), rec["note"][:160]]
         table.add_row(*row)
     pct = 100.0 * steps_done / steps_total if steps_total else 0.0
@@ -331,6 +340,7 @@ def status_view(ctx: SweepContext, statuses: list[st.CellStatus], tracked: bool)
         "steps_done": steps_done,
         "steps_total": steps_total,
         "eval_metrics": [key for key, _ in eval_cols],
+        "score_unit": SCORE_UNIT,  # the "eval" values of the cells: percent points
         "cells": records,
     }
     return View(_header(ctx, tracked), table, footer, data)

@@ -12,6 +12,11 @@ A cell is finished when a child run with its ``config_hash`` tag has ``status=FI
 keys as they are (``reward``, ``rewards/accuracy_reward/mean``, ``loss``, ...) at each
 training step, and ``eval/<benchmark>/<metric>`` at the end, where ``@`` (not allowed by
 MLflow) is spelled ``_at_``: ``eval/arith/avg_at_4``, ``eval/arith/pass_at_4``.
+
+Scores (avg@k, pass@k, maj@k) are logged in percent points (0-100), and such a run carries
+the tag ``score_unit=percent``; a run without the tag was logged by an older version, in
+fractions (0-1). Readers take a run's scores through :func:`scores_as_fractions`, the unit
+the statistics work in; every output shows them in points (:data:`SCORE_SCALE`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "ACTIVE_STATUSES",
     "DEFAULT_DB_NAME",
     "HEARTBEAT_ENV",
+    "SCORE_SCALE",
+    "SCORE_UNIT",
     "STALE_AFTER_S",
     "STATUSES",
     "StoreURI",
@@ -40,10 +47,14 @@ __all__ = [
     "flatten",
     "git_commit",
     "heartbeat_interval",
+    "is_score",
+    "is_score_key",
+    "run_score_scale",
     "metric_key",
     "normalize_uri",
     "project_root",
     "resolve_tracking_uri",
+    "scores_as_fractions",
     "stale_after",
     "tracking_uri_source",
 ]
@@ -88,6 +99,7 @@ class Tag:
     RUN_NAME = "mlflow.runName"
     PARENT_RUN_ID = "mlflow.parentRunId"
     SOURCE_COMMIT = "mlflow.source.git.commit"
+    SCORE_UNIT = "score_unit"  # "percent": eval scores in points; absent: fractions (older runs)
 
 
 def heartbeat_interval() -> float:
@@ -125,6 +137,48 @@ def metric_key(name: str) -> str:
 def eval_metric_key(benchmark: str, metric: str) -> str:
     """``eval/<benchmark>/<metric>`` as logged, e.g. ``eval/arith/avg_at_4``."""
     return metric_key(f"eval/{benchmark}/{metric}")
+
+
+# --------------------------------------------------------------------------- score unit
+
+SCORE_UNIT = "percent"
+"""The unit of every score (avg@k, pass@k, maj@k) shown or written: percent points, 0-100."""
+SCORE_SCALE = 100.0
+"""Points per unit of fraction: the statistics work in fractions, every output multiplies."""
+_SCORE_NAME = re.compile(r"^(avg|pass|maj)(@|_at_)\d+$")
+
+
+def is_score(name: str) -> bool:
+    """``avg@4``, ``pass_at_1``, ``maj@8``: a share of problems (not ``n``, not a loss).
+
+    >>> is_score("avg_at_4"), is_score("pass@1"), is_score("n")
+    (True, True, False)
+    """
+    return bool(_SCORE_NAME.match(str(name)))
+
+
+def is_score_key(key: str) -> bool:
+    """``eval/<benchmark>/<score>`` as logged (``eval/arith/avg_at_4``)."""
+    parts = str(key).split("/")
+    return len(parts) == 3 and parts[0] == "eval" and is_score(parts[2])
+
+
+def run_score_scale(tags: Mapping[str, str], metric_keys: Any = ()) -> float:
+    """What a run's logged scores are multiplied by: 100 for a run tagged ``score_unit=percent``;
+    1 for a run that has scores but no tag (an older version logged fractions); 100 for a run
+    with no scores yet (they will be logged in points, and the tag with them)."""
+    unit = tags.get(Tag.SCORE_UNIT)
+    if unit is not None:
+        return SCORE_SCALE if unit == SCORE_UNIT else 1.0
+    return 1.0 if any(is_score_key(k) for k in metric_keys) else SCORE_SCALE
+
+
+def scores_as_fractions(metrics: Mapping[str, float], tags: Mapping[str, str]) -> dict[str, float]:
+    """A run's metrics with its ``eval/<bench>/<score>`` values in fractions, whichever unit
+    they were logged in (the tag ``score_unit``; absent: fractions, as older versions logged)."""
+    if tags.get(Tag.SCORE_UNIT) != SCORE_UNIT:
+        return dict(metrics)
+    return {k: v / SCORE_SCALE if is_score_key(k) else v for k, v in metrics.items()}
 
 
 # --------------------------------------------------------------------------- params

@@ -30,7 +30,7 @@ RECORD_FILE = "tracking.json"
 
 def samples_table(evaluation: Any) -> dict[str, list[Any]]:
     """The per-problem rows of an ``EvalResult`` as columns: benchmark, problem_id, gold,
-    n_correct, k, avg (n_correct / k), maj_correct, correct (JSON list of 0/1), and the
+    n_correct, k, avg (100 n_correct / k, in points), maj_correct, correct (JSON list of 0/1), and the
     prompt and responses where the evaluation kept them."""
     rows = evaluation.problems
     table: dict[str, list[Any]] = {
@@ -39,7 +39,7 @@ def samples_table(evaluation: Any) -> dict[str, list[Any]]:
         "gold": [str(r["gold"]) for r in rows],
         "n_correct": [int(r["n_correct"]) for r in rows],
         "k": [int(r["k"]) for r in rows],
-        "avg": [r["n_correct"] / r["k"] if r["k"] else 0.0 for r in rows],
+        "avg": [100.0 * r["n_correct"] / r["k"] if r["k"] else 0.0 for r in rows],  # points
         "maj_correct": [bool(r["maj_correct"]) for r in rows],
         "correct": [json.dumps([int(x) for x in r["correct"]]) for r in rows],
     }
@@ -62,7 +62,8 @@ def log_evaluation(
     ``eval/seconds``) at ``step`` (except those ``logged`` already has at that step, as a
     resumed cell does), the per-problem table (:data:`SAMPLES_TABLE`, replacing an earlier
     one: ``log_table`` would append to it) and ``files`` as artifacts."""
-    metrics = [m for m in eval_metrics(evaluation, step) if m.step not in (logged or {}).get(m.key, ())]
+    scale = tracker.score_scale(run_id)  # points, or fractions on a run an older version logged to
+    metrics = [m for m in eval_metrics(evaluation, step, scale=scale) if m.step not in (logged or {}).get(m.key, ())]
     tracker.log_metrics(run_id, metrics)
     log_problems_table(tracker, run_id, evaluation)
     tracker.log_artifacts(run_id, list(files))

@@ -36,7 +36,18 @@ from bicc_lab.tracking.check import (
     store_initialised,
     store_wait_s,
 )
-from bicc_lab.tracking.naming import StoreURI, Tag, metric_key, sqlite_path, stale_after
+from bicc_lab.tracking.naming import (
+    SCORE_SCALE,
+    SCORE_UNIT,
+    StoreURI,
+    Tag,
+    is_score,
+    metric_key,
+    run_score_scale,
+    scores_as_fractions,
+    sqlite_path,
+    stale_after,
+)
 
 T = TypeVar("T")
 
@@ -173,7 +184,7 @@ class CellRun:
             start_time=run.info.start_time / 1000 if run.info.start_time else None,
             end_time=run.info.end_time / 1000 if run.info.end_time else None,
             tags=tags,
-            metrics=dict(run.data.metrics),
+            metrics=scores_as_fractions(run.data.metrics, tags),  # whichever unit they were logged in
             params=dict(run.data.params),
         )
 
@@ -409,6 +420,17 @@ class Tracker:
 
     # ------------------------------------------------------------------ exact resume
 
+    def score_scale(self, run_id: str) -> float:
+        """The factor a run's eval scores are logged with: 100 (points) and the tag
+        ``score_unit=percent`` for a run without scores yet; a run that an older version
+        logged fractions to keeps fractions, so that one run never mixes units."""
+        run = self.call(lambda: self.client.get_run(run_id))
+        tags = dict(run.data.tags)
+        scale = run_score_scale(tags, run.data.metrics)
+        if scale == SCORE_SCALE and tags.get(Tag.SCORE_UNIT) != SCORE_UNIT:
+            self.set_tags(run_id, {Tag.SCORE_UNIT: SCORE_UNIT})
+        return scale
+
     def metric_steps(self, run_id: str) -> dict[str, set[int]]:
         """``{metric key: steps logged}`` of a run (every entry of every metric's history)."""
         sql = self._sql_store()
@@ -575,8 +597,12 @@ def dumps_axes(axes: Mapping[str, Any]) -> str:
     return json.dumps(dict(axes), sort_keys=False, default=str)
 
 
-def eval_metrics(evaluation: Any, step: int, timestamp_ms: int | None = None) -> list[Metric]:
-    """The MLflow metrics of an ``EvalResult``: ``eval/<benchmark>/<metric>`` plus ``eval/seconds``."""
+def eval_metrics(
+    evaluation: Any, step: int, timestamp_ms: int | None = None, *, scale: float = SCORE_SCALE
+) -> list[Metric]:
+    """The MLflow metrics of an ``EvalResult``: ``eval/<benchmark>/<metric>`` plus ``eval/seconds``;
+    scores (avg@k, pass@k, maj@k) times ``scale``: in points by default, as a run tagged
+    ``score_unit=percent`` holds them (:meth:`Tracker.score_scale` says which a run takes)."""
     from bicc_lab.tracking.naming import eval_metric_key
 
     ts = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
@@ -584,6 +610,7 @@ def eval_metrics(evaluation: Any, step: int, timestamp_ms: int | None = None) ->
     for bench, result in evaluation.benchmarks.items():
         for key, value in {**result.metrics, "n": result.n}.items():
             if value is not None:
-                metrics.append(Metric(eval_metric_key(bench, key), float(value), ts, step))
+                value = float(value) * scale if is_score(key) else float(value)
+                metrics.append(Metric(eval_metric_key(bench, key), value, ts, step))
     metrics.append(Metric("eval/seconds", float(evaluation.seconds), ts, step))
     return metrics

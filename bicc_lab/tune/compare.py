@@ -17,7 +17,22 @@ from typing import Any
 
 from bicc_lab.stats.gaps import score_gap_bound
 
-__all__ = ["RunnerUp", "compare_best", "runner_up"]
+__all__ = ["RunnerUp", "compare_best", "objective_scale", "objective_unit", "runner_up"]
+
+
+def objective_scale(objective_key: str) -> float:
+    """What the study's values are multiplied by when shown: 100 for an eval score (avg@k,
+    pass@k, maj@k: the study keeps fractions, every output shows points), else 1."""
+    from bicc_lab.tracking.naming import SCORE_SCALE, is_score_key
+
+    return SCORE_SCALE if is_score_key(objective_key) else 1.0
+
+
+def objective_unit(objective_key: str) -> str | None:
+    """``"percent"`` for an eval score objective, None for a metric in its own unit."""
+    from bicc_lab.tracking.naming import SCORE_UNIT
+
+    return SCORE_UNIT if objective_scale(objective_key) != 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -31,8 +46,13 @@ class RunnerUp:
     distinguishable: bool | None  # None: no noise estimate for this objective
     verdict: str
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+    def as_dict(self, scale: float = 1.0) -> dict[str, Any]:
+        """JSON-able; ``value``, ``gap`` and ``bound`` times ``scale`` (100: in points)."""
+        out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        for key in ("value", "gap", "bound"):
+            if isinstance(out[key], float):
+                out[key] = round(out[key] * scale, 9)
+        return out
 
 
 def runner_up(trials: Sequence[Any], best: Any, direction: str) -> Any | None:

@@ -80,6 +80,15 @@ class _Active:
     started: float
 
 
+def fmt_value(objective_key: str, value: float) -> str:
+    """A study value as printed: an eval score in points (``45.2 (%)``; the study keeps
+    fractions), another metric in its own unit."""
+    from bicc_lab.tune.compare import objective_scale
+
+    scale = objective_scale(objective_key)
+    return f"{value * scale:.4g} (%)" if scale != 1.0 else f"{value:.4g}"
+
+
 def fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
@@ -204,7 +213,7 @@ def run_study(
         try:
             tags = {T_STATE: state}
             if value is not None:
-                tags[T_VALUE] = repr(value)
+                tags[T_VALUE] = repr(value)  # the study's own value (fractions for a score)
             tracker.set_tags(run_id, tags)
             if status is not None:
                 run = tracker.get(run_id)
@@ -301,7 +310,7 @@ def run_study(
             best = study.best_trial
         except ValueError:
             return "no complete trial yet"
-        return f"best: trial {best.number} {setup.objective_key}={best.value:.4g} ({fmt_params(best.params)})"
+        return f"best: trial {best.number} {setup.objective_key}={fmt_value(setup.objective_key, best.value)} ({fmt_params(best.params)})"
 
     def start_trial(trial: Any) -> tuple[str, Path] | None:
         """Prepare the trial's cell, to be submitted; None when it was told at once (a
@@ -314,7 +323,7 @@ def run_study(
             if other.params == params:
                 tell(a, TrialState.COMPLETE, other.value, {st.A_DUPLICATE_OF: other.number,
                                                              st.A_RUN_ID: other.user_attrs.get(st.A_RUN_ID, "")})
-                say(f"trial {number}: same parameters as trial {other.number}; its value {other.value:.4g} is reused")
+                say(f"trial {number}: same parameters as trial {other.number}; its value {fmt_value(setup.objective_key, other.value)} is reused")
                 return
         try:
             config = with_overrides(base, params)
@@ -406,7 +415,7 @@ def run_study(
             else:
                 tell(a, TrialState.COMPLETE, float(value), attrs)
                 mark_run(run_id, "COMPLETE", float(value))
-                say(f"trial {a.number} COMPLETE {setup.objective_key}={value:.4g} ({steps}, {seconds:.0f}s); {describe_best()}")
+                say(f"trial {a.number} COMPLETE {setup.objective_key}={fmt_value(setup.objective_key, value)} ({steps}, {seconds:.0f}s); {describe_best()}")
                 return
         elif code == EXIT_FAILED:
             reason = first_error_line(directory) or "the worker failed"

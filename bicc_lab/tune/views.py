@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bicc_lab.tune import study as st
+from bicc_lab.tune.compare import objective_scale, objective_unit
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,13 +86,19 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _trial_record(t: Any) -> dict[str, Any]:
+def _shown(value: Any, scale: float) -> Any:
+    """A study value as shown: an eval score in points (``scale`` 100), NaN as None."""
+    value = _finite(value)
+    return round(value * scale, 9) if isinstance(value, float) and scale != 1.0 else value
+
+
+def _trial_record(t: Any, scale: float = 1.0) -> dict[str, Any]:
     attrs = t.user_attrs
     seconds = attrs.get(st.A_SECONDS)
     return {
         "number": t.number,
         "state": _state(t),
-        "value": _finite(t.value) if t.state.name == "COMPLETE" else None,
+        "value": _shown(t.value, scale) if t.state.name == "COMPLETE" else None,
         "params": {k: _finite(v) for k, v in t.params.items()},
         "steps": attrs.get(st.A_STEPS),
         "max_steps": attrs.get(st.A_MAX_STEPS),
@@ -109,6 +116,7 @@ def status_data(setup: TuneSetup) -> dict[str, Any]:
         "study": setup.study_name,
         "storage": setup.storage_url,
         "objective": setup.objective_key,
+        "score_unit": objective_unit(setup.objective_key),  # "percent": values in points; null: the metric's own
         "direction": search.direction,
         "n_trials": search.n_trials,
         "started": False,
@@ -123,12 +131,13 @@ def status_data(setup: TuneSetup) -> dict[str, Any]:
     complete = _complete(study)
     imp, why = importances(study)
     best = study.best_trial if complete else None
+    scale = objective_scale(setup.objective_key)
     data.update(
         started=True,
         finished=sum(1 for t in trials if st.counts(t)),
         running=len(st.running(trials)),
-        trials=[_trial_record(t) for t in trials],
-        best=None if best is None else {"number": best.number, "value": _finite(best.value),
+        trials=[_trial_record(t, scale) for t in trials],
+        best=None if best is None else {"number": best.number, "value": _shown(best.value, scale),
                                         "params": {k: _finite(v) for k, v in best.params.items()}},
         importances=imp,
         importances_note=why or None,
@@ -191,7 +200,9 @@ def _print_trials(setup: TuneSetup, study: Any, console: Console, say: Any) -> N
     for t in trials:
         keys.extend(k for k in t.params if k not in keys)
     table = Table(title_justify="left", expand=False)
-    for column in ["#", "state", "value", *keys, "steps", "time", "note"]:
+    scale = objective_scale(setup.objective_key)
+    value_title = "value (%)" if scale != 1.0 else "value"  # an eval score: in points
+    for column in ["#", "state", value_title, *keys, "steps", "time", "note"]:
         table.add_column(column, overflow="fold")
     for t in trials:
         attrs = t.user_attrs
@@ -202,7 +213,7 @@ def _print_trials(setup: TuneSetup, study: Any, console: Console, say: Any) -> N
         table.add_row(
             str(t.number),
             _state(t),
-            _value(t.value) if t.state.name == "COMPLETE" else "-",  # PRUNED keeps its last report
+            _value(_shown(t.value, scale)) if t.state.name == "COMPLETE" else "-",  # PRUNED keeps its last report
             *[_param(t.params[k]) if k in t.params else "" for k in keys],
             steps_text,
             f"{seconds:.0f}s" if isinstance(seconds, int | float) else "-",
@@ -214,7 +225,7 @@ def _print_trials(setup: TuneSetup, study: Any, console: Console, say: Any) -> N
     complete = _complete(study)
     if complete:
         best = study.best_trial
-        say(f"best: trial {best.number}, {setup.objective_key} = {best.value:.6g}")
+        say(f"best: trial {best.number}, {setup.objective_key} = {_show_value(setup, best.value)}")
         for key, value in best.params.items():
             say(f"  {key}: {_param(value)}")
     else:
@@ -240,6 +251,8 @@ def write_reports(study: Any, setup: TuneSetup) -> list[Path]:
     trials = study.get_trials(deepcopy=False)
     if not trials:
         return written
+    scale = objective_scale(setup.objective_key)  # an eval score: plotted and written in points
+    objective_title = f"{setup.objective_key} (%)"
     out.mkdir(parents=True, exist_ok=True)
 
     def save(ax: Any, name: str, title: str) -> None:
@@ -255,7 +268,9 @@ def write_reports(study: Any, setup: TuneSetup) -> list[Path]:
     complete = _complete(study)
     if complete:
         save(
-            ovm.plot_optimization_history(study, target_name=setup.objective_key),
+            ovm.plot_optimization_history(
+                study, target=lambda t: t.value * scale, target_name=objective_title
+            ) if scale != 1.0 else ovm.plot_optimization_history(study, target_name=setup.objective_key),
             "history.png",
             f"{setup.study_name}: {setup.objective_key}",
         )
@@ -272,10 +287,18 @@ def write_reports(study: Any, setup: TuneSetup) -> list[Path]:
             f"{setup.study_name}: pruner metric per step",
         )
     frame = study.trials_dataframe()
+    if scale != 1.0 and "value" in frame.columns:
+        frame["value"] = frame["value"] * scale  # an eval score: in points, as every output
     path = out / "trials.csv"
     frame.to_csv(path, index=False)
     written.append(path)
     return written
+
+
+def _show_value(setup: TuneSetup, value: float) -> str:
+    """A study value as printed: an eval score in points (``45.2 (%)``), else as it is."""
+    scale = objective_scale(setup.objective_key)
+    return f"{value * scale:.4g} (%)" if scale != 1.0 else f"{value:.6g}"
 
 
 def best_overrides(study: Any) -> tuple[Any, dict[str, Any]]:
@@ -314,7 +337,7 @@ def write_best(setup: TuneSetup, out: Path | None) -> str:
     second = compare_with_runner_up(setup, study, best)
     header = (
         f"# bicc-lab tune best: study {setup.study_name}, trial {best.number}, "
-        f"{setup.objective_key} = {best.value:.6g} ({setup.search.direction})\n"
+        f"{setup.objective_key} = {_show_value(setup, best.value)} ({setup.search.direction})\n"
         + (f"# {second.verdict}\n" if second is not None else "# no runner-up with other parameters\n")
         + f"# apply with: bicc-lab sweep run SWEEP.yaml --set-file {out or 'THIS_FILE'}\n"
     )
@@ -334,15 +357,17 @@ def best_json(setup: TuneSetup, out: Path | None = None) -> str:
 
     study, best, overrides = _open_best(setup)
     second = compare_with_runner_up(setup, study, best)
+    scale = objective_scale(setup.objective_key)
     return json.dumps({
         "study": setup.study_name,
         "objective": setup.objective_key,
         "direction": setup.search.direction,
+        "score_unit": objective_unit(setup.objective_key),
         "trial": best.number,
-        "value": _finite(best.value),
+        "value": _shown(best.value, scale),
         "params": {k: _finite(v) for k, v in overrides.items()},
         "output_path": None if out is None else str(out),
-        "runner_up": second.as_dict() if second is not None else None,
+        "runner_up": second.as_dict(scale) if second is not None else None,
     }, indent=2, allow_nan=False)
 
 
