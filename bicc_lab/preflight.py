@@ -254,7 +254,7 @@ def _check_generation(item: EvalCheck) -> None:
     """The sampling flags, with the bounds of ``eval.*`` in the config (one source: EvalConfig)."""
     import math
 
-    from bicc_lab.spec.models import EvalConfig
+    from bicc_lab.spec.sections import EvalConfig
 
     fields = EvalConfig.model_fields
     for flag, name, value in (

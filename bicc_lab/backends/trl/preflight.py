@@ -11,7 +11,8 @@ import difflib
 from pathlib import Path
 
 from bicc_lab.spec.errors import SpecError
-from bicc_lab.spec.models import ExperimentConfig, TrainConfig
+from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.sections import TrainConfig
 
 __all__ = ["OVERRIDABLE", "check_config", "check_data_size", "check_extra", "check_variant", "check_vllm"]
 

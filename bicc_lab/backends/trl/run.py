@@ -25,7 +25,8 @@ from typing import Any
 
 from bicc_lab.errors import UserError
 from bicc_lab.fileio import write_atomic
-from bicc_lab.spec.models import ExperimentConfig, tiny_preset
+from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.sections import tiny_preset
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
