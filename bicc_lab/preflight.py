@@ -153,7 +153,7 @@ def _check_run(run: RunCheck, *, available: bool = True) -> None:
     from bicc_lab.backends.trl.preflight import check_variant, check_vllm
     from bicc_lab.eval.data import check_benchmark, get_benchmark
     from bicc_lab.models.loading import check_model_available, check_model_reference
-    from bicc_lab.tasks.math import check_task_records
+    from bicc_lab.tasks.registry import check_task_records
 
     config = run.config
     with _located(run, ("model", "name")):
@@ -254,7 +254,7 @@ def _check_generation(item: EvalCheck) -> None:
     """The sampling flags, with the bounds of ``eval.*`` in the config (one source: EvalConfig)."""
     import math
 
-    from bicc_lab.spec.models import EvalConfig
+    from bicc_lab.spec.sections import EvalConfig
 
     fields = EvalConfig.model_fields
     for flag, name, value in (

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bicc_lab.spec import SpecError, load_sweep
-from bicc_lab.spec.models import LaunchConfig
+from bicc_lab.spec.sweep_sections import LaunchConfig
 
 
 def _sweep(tmp_path: Path, launch: str, extra: str = ""):

@@ -612,7 +612,7 @@ def test_build_does_not_depend_on_the_host(host, fast_model_dir, tmp_path):
     _, reference, _ = fast_model_dir
     code = (
         "import sys; from bicc_lab.models import tiny as T; "
-        "from bicc_lab.spec.models import TinyModelConfig; "
+        "from bicc_lab.spec.sections import TinyModelConfig; "
         f"T.build_tiny_model(TinyModelConfig.model_validate_json({FAST.model_dump_json()!r}), sys.argv[1], progress=False)"
     )
     env = {**os.environ, **HOSTS[host]}

@@ -209,7 +209,7 @@ def test_set_overrides_reach_the_search_block(tmp_path, base):
 
 
 def test_in_distribution():
-    from bicc_lab.spec.models import SearchParam
+    from bicc_lab.spec.sweep_sections import SearchParam
 
     log = SearchParam(type="log-float", low=0.1, high=10)
     assert in_distribution(log, 0.1) and in_distribution(log, 10) and not in_distribution(log, 11)

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from bicc_lab.tasks import arithmetic as A  # noqa: E402
 from bicc_lab.tasks import math as M  # noqa: E402
+from bicc_lab.tasks import registry as TR  # noqa: E402
 from bicc_lab.tasks.data_dir import resolve_data_dir  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -103,9 +104,9 @@ def test_arithmetic_dataset_plain_and_chat():
 
 
 def test_registry_arithmetic_matches_module():
-    rows = M.load_task("synthetic_arithmetic", split="test", n_test=30)
+    rows = TR.load_task("synthetic_arithmetic", split="test", n_test=30)
     assert rows == A.arithmetic_problems("test", n_test=30)
-    assert M.reward_kind("synthetic_arithmetic") == "arithmetic"
+    assert TR.reward_kind("synthetic_arithmetic") == "arithmetic"
 
 
 # ------------------------------------------------------------------ data dir
@@ -206,13 +207,13 @@ def test_math_train_real_file_chat():
 @needs_data
 def test_registry_named_tasks_and_env_var(monkeypatch):
     monkeypatch.setenv("BICC_LAB_DATA_DIR", str(SHARED_DATA))
-    assert M.load_task("gsm8k", limit=1)[0]["solution"] == "72"
-    ds = M.build_dataset("math_train", limit=3, chat=True)
+    assert TR.load_task("gsm8k", limit=1)[0]["solution"] == "72"
+    ds = TR.build_dataset("math_train", limit=3, chat=True)
     assert len(ds) == 3 and set(ds.column_names) >= {"prompt", "solution"}
     # a relative .jsonl path is also looked up inside the data dir
-    rows = M.load_task("aime25.jsonl", limit=2)
+    rows = TR.load_task("aime25.jsonl", limit=2)
     assert rows[0]["solution"] == "70"  # int answer -> "70"
-    rows = M.load_task(str(SHARED_DATA / "amc23.jsonl"), limit=1)
+    rows = TR.load_task(str(SHARED_DATA / "amc23.jsonl"), limit=1)
     assert rows[0]["solution"] == "27"  # JSON 27.0 -> "27"
 
 
@@ -261,7 +262,7 @@ def test_dapo_format(tmp_path):
     assert out[0]["problem"] == "Find $x$ if $2x=10$."
     assert "Answer:" not in out[0]["prompt"] and out[0]["prompt"].endswith("\\boxed{}.")
     assert len(M.load_dapo_math(path=path, dedup=False)) == 3
-    chat = M.load_task("dapo_math", data_dir=tmp_path, chat=True)
+    chat = TR.load_task("dapo_math", data_dir=tmp_path, chat=True)
     assert chat[1]["prompt"][-1]["content"].startswith("Compute $3^3$.")
     # the generic JSONL loader reaches nested fields with dots
     generic = M.load_jsonl_task(
@@ -280,44 +281,44 @@ def test_missing_file_data_error(tmp_path):
     assert str(tmp_path / "gsm8k_train.jsonl") in msg and "GSM8K" in msg and "\n" not in msg
     assert isinstance(info.value, ValueError)
     with pytest.raises(M.DataError, match="nope.jsonl: file not found"):
-        M.load_task(str(tmp_path / "nope.jsonl"))
+        TR.load_task(str(tmp_path / "nope.jsonl"))
 
 
 def test_malformed_jsonl_and_missing_field(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "p", "answer": "1"}\n{not json\n')
     with pytest.raises(M.DataError, match=r"bad.jsonl:2: not valid JSON"):
-        M.load_task(str(bad))
+        TR.load_task(str(bad))
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text('{"question": "p", "answer": "1"}\n')
     with pytest.raises(M.DataError, match=r"nofield.jsonl:1: missing field 'problem'"):
-        M.load_task(str(nofield))
+        TR.load_task(str(nofield))
 
 
 def test_unknown_task_name_and_offline_hub(monkeypatch):
     with pytest.raises(M.DataError, match="unknown training data"):
-        M.task_kind("not a dataset!")
-    assert M.task_kind("openai/gsm8k") == "hub"
-    assert M.task_kind("x.jsonl") == "jsonl"
+        TR.task_kind("not a dataset!")
+    assert TR.task_kind("openai/gsm8k") == "hub"
+    assert TR.task_kind("x.jsonl") == "jsonl"
     monkeypatch.delenv("BICC_LAB_DATA_DIR", raising=False)
     with pytest.raises(M.DataError) as info:
-        M.load_task("no-such-org/no-such-dataset-bicc")
+        TR.load_task("no-such-org/no-such-dataset-bicc")
     assert "no-such-org/no-such-dataset-bicc" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_check_task_validates_without_loading(tmp_path, monkeypatch):
     monkeypatch.delenv("BICC_LAB_DATA_DIR", raising=False)
-    assert M.check_task("synthetic_arithmetic") == "registry"
-    assert M.check_task("gsm8k") == "registry"  # no data dir: hub, not contacted
-    assert M.check_task("openai/gsm8k") == "hub"
+    assert TR.check_task("synthetic_arithmetic") == "registry"
+    assert TR.check_task("gsm8k") == "registry"  # no data dir: hub, not contacted
+    assert TR.check_task("openai/gsm8k") == "hub"
     with pytest.raises(M.DataError, match=r"gsm8k_train.jsonl: file not found \(expected GSM8K"):
-        M.check_task("gsm8k", data_dir=tmp_path)
+        TR.check_task("gsm8k", data_dir=tmp_path)
     with pytest.raises(M.DataError, match="missing.jsonl: file not found"):
-        M.check_task("missing.jsonl", data_dir=tmp_path)
+        TR.check_task("missing.jsonl", data_dir=tmp_path)
     (tmp_path / "mine.jsonl").write_text('{"problem": "p", "answer": "1"}\n')
-    assert M.check_task("mine.jsonl", data_dir=tmp_path) == "jsonl"
-    assert M.check_task(str(tmp_path / "mine.jsonl")) == "jsonl"
+    assert TR.check_task("mine.jsonl", data_dir=tmp_path) == "jsonl"
+    assert TR.check_task(str(tmp_path / "mine.jsonl")) == "jsonl"
     with pytest.raises(M.DataError, match="unknown training data"):
-        M.check_task("gsm8k train")
+        TR.check_task("gsm8k train")
     if (SHARED_DATA / "gsm8k_train.jsonl").is_file():
-        assert M.check_task("gsm8k", data_dir=SHARED_DATA) == "registry"
+        assert TR.check_task("gsm8k", data_dir=SHARED_DATA) == "registry"

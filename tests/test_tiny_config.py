@@ -6,7 +6,7 @@ import pytest
 
 from bicc_lab.models import tiny as T
 from bicc_lab.spec import ExperimentConfig, SpecError, validate_experiment
-from bicc_lab.spec.models import TINY_PRESETS, TinyModelConfig
+from bicc_lab.spec.sections import TINY_PRESETS, TinyModelConfig
 
 
 def test_the_block_is_the_class_the_model_is_built_from():

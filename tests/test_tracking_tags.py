@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import bicc_lab
-from bicc_lab.launch.worker import run_tags
+from bicc_lab.launch.tracked_run import run_tags
 from bicc_lab.spec import load_experiment
 from bicc_lab.tracking import naming
 

@@ -18,7 +18,7 @@ from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from bicc_lab.algorithms.variants import get_variant  # noqa: E402
 from bicc_lab.backends.trl.trainer import BiccGRPOTrainer  # noqa: E402
-from bicc_lab.spec.models import BiccConfig, RccConfig  # noqa: E402
+from bicc_lab.spec.sections import BiccConfig, RccConfig  # noqa: E402
 
 # The variants that TRL implements too: each must equal stock TRL run with the loss_type and
 # importance-sampling level its spec declares (gmpo and aspo have no TRL counterpart).

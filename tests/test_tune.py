@@ -120,7 +120,7 @@ def test_counted_trials_and_stale_ones():
 def test_a_resumed_sampler_does_not_repeat_its_first_proposals():
     from optuna.distributions import FloatDistribution
 
-    from bicc_lab.spec.models import SamplerConfig
+    from bicc_lab.spec.sweep_sections import SamplerConfig
     from bicc_lab.tune.study import make_sampler
 
     dist = {"x": FloatDistribution(0.0, 1.0)}

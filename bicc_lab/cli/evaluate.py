@@ -232,7 +232,7 @@ def evaluate(
     if max_new_tokens is None and "max_gen_toks" not in generation and (model or "").split(":")[0] == "tiny":
         # The tiny models answer in a few tokens and never stop on a math prompt: the tasks'
         # 4096-token budget (768 after the context cap) made a first `--limit 3` take minutes.
-        from bicc_lab.spec.models import EvalConfig
+        from bicc_lab.spec.sections import EvalConfig
 
         max_new_tokens = EvalConfig.model_fields["max_new_tokens"].default
     from bicc_lab.eval.runner import LMEVAL_DEFAULT_SEEDS, parse_limit, parse_seed

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.launch import layout
-from bicc_lab.launch.worker import (
+from bicc_lab.launch.tracked_run import (
     ERROR_LINES,
     STOP_REASON_TAG,
     Terminated,
@@ -183,7 +183,7 @@ class TrackedTrain:
 
     def _replay(self, kept: int) -> None:
         """``metrics.jsonl`` steps up to ``kept`` that MLflow lacks (the worker's replay)."""
-        from bicc_lab.launch.worker import _replay_metrics
+        from bicc_lab.launch.tracked_run import _replay_metrics
 
         _replay_metrics(self.directory / layout.METRICS_FILE, self.batcher, upto=kept, logged=self._logged)
         with self._lock:  # what is in MLflow now: a step retrained up to `kept` is not logged twice

@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bicc_lab.spec.models import TINY_PRESETS, TinyModelConfig
+from bicc_lab.spec.sections import TINY_PRESETS, TinyModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bicc_lab.models.tiny_probe import _render_prompt, sampled_accuracy
-from bicc_lab.spec.models import TinyModelConfig
+from bicc_lab.spec.sections import TinyModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ class StartScores:
 
 
 def _is_tiny(config: ExperimentConfig) -> bool:
-    from bicc_lab.spec.models import tiny_preset
+    from bicc_lab.spec.sections import tiny_preset
 
     return tiny_preset(config.model.name) is not None
 

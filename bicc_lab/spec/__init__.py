@@ -36,23 +36,20 @@ from bicc_lab.spec.load import (
     validate_experiment,
     with_overrides,
 )
-from bicc_lab.spec.models import (
-    ARMS,
+from bicc_lab.spec.models import ARMS, ExperimentConfig, SweepConfig, arm
+from bicc_lab.spec.schema import iter_keys
+from bicc_lab.spec.sections import (
     BiccConfig,
     DataConfig,
     DiagnosticsConfig,
     EvalConfig,
-    ExperimentConfig,
     ModelConfig,
     RccConfig,
-    SearchConfig,
-    SweepConfig,
     TinyModelConfig,
     TrackingConfig,
     TrainConfig,
-    arm,
 )
-from bicc_lab.spec.schema import iter_keys
+from bicc_lab.spec.sweep_sections import SearchConfig
 
 __all__ = [
     "ARMS",

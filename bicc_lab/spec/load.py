@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.spec.errors import Loc, SpecError, display_path, show_value
+from bicc_lab.spec.fields import PATH_NAME_HINT, path_name_problem
 from bicc_lab.spec.grid import Axis, Cell, LazyCells, build_cells, format_value, rule_matches
-from bicc_lab.spec.models import PATH_NAME_HINT, ExperimentConfig, SweepConfig, path_name_problem
+from bicc_lab.spec.models import ExperimentConfig, SweepConfig
 from bicc_lab.spec.schema import check_keys, resolve_key, validate_model
 from bicc_lab.spec.seeds import SeedPolicy, check_seed_policy
 from bicc_lab.spec.yamlio import (

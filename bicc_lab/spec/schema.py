@@ -18,7 +18,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from bicc_lab.spec.errors import Loc, SpecError, show_value
-from bicc_lab.spec.models import ExperimentConfig, FieldProblem
+from bicc_lab.spec.fields import FieldProblem
+from bicc_lab.spec.models import ExperimentConfig
 from bicc_lab.spec.yamlio import LocMap
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Checks of a sweep's ``search:`` block against its base config, and ``--set-file`` files.
 
-:class:`~bicc_lab.spec.models.SearchConfig` validates the block on its own (types, bounds,
+:class:`~bicc_lab.spec.sweep_sections.SearchConfig` validates the block on its own (types, bounds,
 choices). What needs the resolved base config happens here, with the file positions:
 every bound and choice must give a valid config when applied to the base (``type: float``
 on an integer key, a choice a ``Literal`` key does not take, ...), every ``enqueue`` entry
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bicc_lab.spec.errors import Loc, SpecError, show_value
-from bicc_lab.spec.models import ExperimentConfig, SearchConfig, SearchParam
+from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.sweep_sections import SearchConfig, SearchParam
 from bicc_lab.spec.yamlio import LocMap, read_yaml
 
 __all__ = ["check_search", "in_distribution", "param_value", "read_set_file", "set_items"]

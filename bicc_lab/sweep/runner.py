@@ -95,7 +95,7 @@ def prebuild_models(cells: list[Any], say: Callable[[str], None]) -> dict[str, s
     Returns ``{cell_id: error}`` for the cells whose model could not be built: launching
     them would only repeat the same (minutes-long) failed build in every worker.
     """
-    from bicc_lab.spec.models import tiny_preset
+    from bicc_lab.spec.sections import tiny_preset
 
     tiny = [c for c in cells if tiny_preset(c.config.model.name) is not None]
     if not tiny:

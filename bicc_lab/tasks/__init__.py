@@ -4,7 +4,8 @@ Nothing heavy is imported here; ``datasets`` and ``math_verify`` load inside fun
 """
 
 from bicc_lab.tasks.data_dir import DATA_DIR_ENV, resolve_data_dir
-from bicc_lab.tasks.math import DataError, build_dataset, load_task, reward_kind, task_kind
+from bicc_lab.tasks.math import DataError
+from bicc_lab.tasks.registry import build_dataset, load_task, reward_kind, task_kind
 
 __all__ = [
     "DATA_DIR_ENV",

@@ -66,7 +66,7 @@ class TrialHook:
     def __init__(self, spec: dict[str, Any], directory: Path) -> None:
         import optuna
 
-        from bicc_lab.spec.models import PrunerConfig
+        from bicc_lab.spec.sweep_sections import PrunerConfig
         from bicc_lab.tune.study import make_pruner, open_storage, quiet_optuna
 
         quiet_optuna()

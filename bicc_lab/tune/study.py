@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bicc_lab.spec.models import PrunerConfig, SamplerConfig, SearchConfig, SearchParam
+from bicc_lab.spec.sweep_sections import PrunerConfig, SamplerConfig, SearchConfig, SearchParam
 from bicc_lab.tracking.naming import normalize_uri, sqlite_path
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ import difflib
 from pathlib import Path
 
 from bicc_lab.spec.errors import SpecError
-from bicc_lab.spec.models import ExperimentConfig, TrainConfig
+from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.sections import TrainConfig
 
 __all__ = ["OVERRIDABLE", "check_config", "check_data_size", "check_extra", "check_variant", "check_vllm"]
 
@@ -55,7 +56,7 @@ def prompts_per_generation(train: TrainConfig, processes: int = 1) -> int:
 def check_data_size(config: ExperimentConfig) -> None:
     """The training data holds at least one generation batch of prompts (one process: more
     processes need more, which ``train_run`` reports after training)."""
-    from bicc_lab.tasks.math import count_task_records
+    from bicc_lab.tasks.registry import count_task_records
 
     data, train = config.data, config.train
     count = count_task_records(data.train, data_dir=data.data_dir, num_train=data.num_train, digits=data.digits)

@@ -25,7 +25,8 @@ from typing import Any
 
 from bicc_lab.errors import UserError
 from bicc_lab.fileio import write_atomic
-from bicc_lab.spec.models import ExperimentConfig, tiny_preset
+from bicc_lab.spec.models import ExperimentConfig
+from bicc_lab.spec.sections import tiny_preset
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -117,7 +118,7 @@ def grpo_config_kwargs(config: ExperimentConfig, output_dir: Path, *, use_cpu: b
 
 def reward_functions(config: ExperimentConfig) -> list[Callable[..., list[float]]]:
     """The run's reward functions; the first is the task's grader (its reward is the outcome)."""
-    from bicc_lab.tasks.math import reward_kind
+    from bicc_lab.tasks.registry import reward_kind
     from bicc_lab.tasks.rewards import get_reward_function
 
     return [get_reward_function(reward_kind(config.data.train))]
@@ -125,7 +126,7 @@ def reward_functions(config: ExperimentConfig) -> list[Callable[..., list[float]
 
 def train_dataset(config: ExperimentConfig):
     from bicc_lab.tasks.data_dir import resolve_data_dir
-    from bicc_lab.tasks.math import build_dataset
+    from bicc_lab.tasks.registry import build_dataset
 
     data = config.data
     kwargs: dict[str, Any] = dict(
