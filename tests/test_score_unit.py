@@ -17,13 +17,12 @@ from bicc_lab.cli.main import app
 from bicc_lab.eval.runner import BenchmarkResult, EvalResult
 from bicc_lab.report.synthetic import SyntheticCell, fill_store
 from bicc_lab.tracking.naming import (
-    SCORE_UNIT,
     Tag,
-    is_score,
     is_score_key,
     run_score_scale,
     scores_as_fractions,
 )
+from bicc_lab.units import SCORE_UNIT, is_score
 
 runner = CliRunner()
 

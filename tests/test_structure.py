@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "fileio": 1,
     "envvars": 2,
     "progress": 1,
+    "units": 1,  # the one score unit, which every layer speaks
     "stats": 1,  # pure numpy / scipy: the seed policy (sweep) and the report share it
     "errors": 0,
     "__init__": 0,

@@ -27,7 +27,7 @@ from bicc_lab.eval import scoring
 from bicc_lab.eval.data import EvalDataError, check_benchmarks, get_benchmark
 from bicc_lab.eval.metrics import aggregate
 from bicc_lab.tasks.data_dir import resolve_data_dir
-from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT, is_score
+from bicc_lab.units import SCORE_SCALE, SCORE_UNIT, is_score
 
 log = logging.getLogger(__name__)
 

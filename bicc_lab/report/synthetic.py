@@ -15,13 +15,11 @@ from typing import Any
 
 from bicc_lab.launch.layout import EVAL_FILE
 from bicc_lab.tracking.naming import (
-    SCORE_SCALE,
-    SCORE_UNIT,
     Tag,
     eval_metric_key,
     flatten,
-    is_score,
 )
+from bicc_lab.units import SCORE_SCALE, SCORE_UNIT, is_score
 
 __all__ = ["SyntheticCell", "fill_store", "eval_payload"]
 

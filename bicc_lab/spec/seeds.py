@@ -118,7 +118,7 @@ class SeedPolicy:
     def half_width(self) -> float:
         """In fractions, the unit the statistics work in (``half_width_points`` / 100)."""
         if self.config.half_width_points is not None:
-            from bicc_lab.tracking.naming import SCORE_SCALE
+            from bicc_lab.units import SCORE_SCALE
 
             return self.config.half_width_points / SCORE_SCALE
         assert self.config.half_width is not None

@@ -188,7 +188,7 @@ class PolicyState:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (``--json``): differences and their bounds in points, as every score."""
-        from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT
+        from bicc_lab.units import SCORE_SCALE, SCORE_UNIT
 
         def points(x: float | None) -> float | None:
             return None if x is None else round(x * SCORE_SCALE, 6)

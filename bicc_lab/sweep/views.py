@@ -25,7 +25,7 @@ from bicc_lab.spec.grid import NAMED_AXES, format_value
 from bicc_lab.sweep import state as st
 from bicc_lab.sweep.context import SweepContext
 from bicc_lab.sweep.display import STATE_STYLE, fmt_duration
-from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT
+from bicc_lab.units import SCORE_SCALE, SCORE_UNIT
 
 __all__ = ["PLAN_CHUNK", "View", "plan_view", "print_plan", "print_view", "status_view"]
 
@@ -249,7 +249,8 @@ def _eval_columns(statuses: list[st.CellStatus]) -> list[tuple[str, str]]:
 
 def _eval_from_file(directory: Any) -> dict[str, float]:
     """The scores of a cell's ``eval.json`` in fractions, as a run's metrics are read."""
-    from bicc_lab.tracking.naming import SCORE_SCALE, SCORE_UNIT, eval_metric_key, is_score
+    from bicc_lab.tracking.naming import eval_metric_key
+    from bicc_lab.units import SCORE_SCALE, SCORE_UNIT, is_score
 
     data = layout.read_json(directory / layout.EVAL_FILE) or {}
     scale = SCORE_SCALE if data.get("score_unit") == SCORE_UNIT else 1.0  # absent: an older file, fractions

@@ -32,12 +32,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bicc_lab.units import SCORE_SCALE, SCORE_UNIT, is_score
+
 __all__ = [
     "ACTIVE_STATUSES",
     "DEFAULT_DB_NAME",
     "HEARTBEAT_ENV",
-    "SCORE_SCALE",
-    "SCORE_UNIT",
     "STALE_AFTER_S",
     "STATUSES",
     "StoreURI",
@@ -47,7 +47,6 @@ __all__ = [
     "flatten",
     "git_commit",
     "heartbeat_interval",
-    "is_score",
     "is_score_key",
     "run_score_scale",
     "metric_key",
@@ -140,22 +139,6 @@ def eval_metric_key(benchmark: str, metric: str) -> str:
 
 
 # --------------------------------------------------------------------------- score unit
-
-SCORE_UNIT = "percent"
-"""The unit of every score (avg@k, pass@k, maj@k) shown or written: percent points, 0-100."""
-SCORE_SCALE = 100.0
-"""Points per unit of fraction: the statistics work in fractions, every output multiplies."""
-_SCORE_NAME = re.compile(r"^(avg|pass|maj)(@|_at_)\d+$")
-
-
-def is_score(name: str) -> bool:
-    """``avg@4``, ``pass_at_1``, ``maj@8``: a share of problems (not ``n``, not a loss).
-
-    >>> is_score("avg_at_4"), is_score("pass@1"), is_score("n")
-    (True, True, False)
-    """
-    return bool(_SCORE_NAME.match(str(name)))
-
 
 def is_score_key(key: str) -> bool:
     """``eval/<benchmark>/<score>`` as logged (``eval/arith/avg_at_4``)."""

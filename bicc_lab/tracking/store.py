@@ -37,17 +37,15 @@ from bicc_lab.tracking.check import (
     store_wait_s,
 )
 from bicc_lab.tracking.naming import (
-    SCORE_SCALE,
-    SCORE_UNIT,
     StoreURI,
     Tag,
-    is_score,
     metric_key,
     run_score_scale,
     scores_as_fractions,
     sqlite_path,
     stale_after,
 )
+from bicc_lab.units import SCORE_SCALE, SCORE_UNIT, is_score
 
 T = TypeVar("T")
 

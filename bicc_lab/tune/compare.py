@@ -23,14 +23,15 @@ __all__ = ["RunnerUp", "compare_best", "objective_scale", "objective_unit", "run
 def objective_scale(objective_key: str) -> float:
     """What the study's values are multiplied by when shown: 100 for an eval score (avg@k,
     pass@k, maj@k: the study keeps fractions, every output shows points), else 1."""
-    from bicc_lab.tracking.naming import SCORE_SCALE, is_score_key
+    from bicc_lab.tracking.naming import is_score_key
+    from bicc_lab.units import SCORE_SCALE
 
     return SCORE_SCALE if is_score_key(objective_key) else 1.0
 
 
 def objective_unit(objective_key: str) -> str | None:
     """``"percent"`` for an eval score objective, None for a metric in its own unit."""
-    from bicc_lab.tracking.naming import SCORE_UNIT
+    from bicc_lab.units import SCORE_UNIT
 
     return SCORE_UNIT if objective_scale(objective_key) != 1.0 else None
 
