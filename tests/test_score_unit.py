@@ -207,3 +207,14 @@ def test_seed_policy_half_width_in_points_and_the_older_fraction():
     for kw in ({}, {"half_width": 0.03, "half_width_points": 3}):
         with pytest.raises(ValueError, match="half_width_points"):
             SeedPolicyConfig(max=6, **kw)
+
+
+def test_every_score_column_of_the_ablation_csv_is_in_points_the_start_column_included():
+    """The ablation CSV's ``start`` (the model before training) is a score like ``mean``: a
+    report once wrote it in fractions beside means in points (0.41875 next to 69.5)."""
+    from bicc_lab.report.build import _ABLATION_SCORES, _in_points
+
+    frame = pd.DataFrame({"metric": ["avg_at_4"], "mean": [0.695], "delta": [-0.025], "start": [0.41875]})
+    converted = _in_points(frame, _ABLATION_SCORES, True)
+    assert converted.loc[0, "start"] == pytest.approx(41.875)
+    assert converted.loc[0, "mean"] == pytest.approx(69.5) and converted.loc[0, "unit"] == "percent"

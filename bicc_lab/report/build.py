@@ -45,7 +45,7 @@ PLOTS_DIR = "plots"
 
 # The columns of the CSV files that hold a score or a difference of scores: in points for the
 # accuracy-like metrics (avg@k, pass@k, maj@k), as every table shows them, with a `unit` column.
-_ABLATION_SCORES = ("mean", "ci_low", "ci_high", "std", "delta", "diff_ci_low", "diff_ci_high")
+_ABLATION_SCORES = ("mean", "ci_low", "ci_high", "std", "delta", "diff_ci_low", "diff_ci_high", "start")
 _SIGNIFICANCE_SCORES = ("diff", "ci_low", "ci_high")
 _DETECTION_SCORES = ("diff", "cs_low", "cs_high", "detectable_80")
 
