@@ -30,11 +30,8 @@ install: $(BIN)/python
 		$(BIN)/pip install -e '.[dev,released]'; \
 	fi
 
-# Two workers, a test file each (module fixtures are built once): most end-to-end tests wait
-# on subprocesses, stores and heartbeats, so one worker left the second core idle.
-TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
