@@ -1,7 +1,8 @@
 """What conditioning on the opposite side's traces does at step 0, on any config's model.
 
 Run: .venv/bin/python benchmarks/bicc_mechanism.py --config experiments/smollm2.yaml
-         [--set KEY=VALUE ...] [--prompts 96] [--chunk 16] [--seed 0] [--out result.json]
+         [--set KEY=VALUE ...] [--prompts 96] [--chunk 4] [--seed 0] [--out result.json]
+         [--rollouts rollouts.pt]
      .venv/bin/python benchmarks/bicc_mechanism.py --table a.json b.json   (side by side, markdown)
 
 The config's own trainer (model, chat template, reward, BICC packer and budget, variant,
@@ -116,6 +117,9 @@ def main() -> None:
                              "x vocabulary float32 logits; 16 x 4 on SmolLM2 reached 18 GB)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--rollouts", type=Path, default=None,
+                        help="keep the step-0 rollouts in this file (torch.save) once generated, and take them "
+                             "from it when it exists: a stopped gradient part reruns without regenerating")
     args = parser.parse_args()
 
     import tempfile
@@ -148,17 +152,39 @@ def main() -> None:
     outside = beyond_dual = tokens_total = negative_tokens = 0
     rollouts = rollouts_right = groups_total = groups_mixed = 0
     rows = [trainer.train_dataset[i] for i in range(args.prompts)]
-    for start in range(0, len(rows), args.chunk):
-        torch.manual_seed(args.seed * 1000 + start)
-        inputs = [dict(row) for row in rows[start:start + args.chunk] for _ in range(group)]
-        batch = trainer._generate_and_score_completions(inputs)
+    # The rollouts are the expensive, sampled part; keyed by what produced them, so a
+    # cache from other settings is refused rather than silently reused.
+    rollout_key = {"config": str(args.config), "overrides": args.overrides, "prompts": args.prompts,
+                   "chunk": args.chunk, "seed": args.seed}
+    generated: list[dict] = []
+    if args.rollouts is not None and args.rollouts.exists():
+        cached = torch.load(args.rollouts, weights_only=False)
+        if cached["key"] != rollout_key:
+            sys.exit(f"{args.rollouts}: rollouts of {cached['key']}, not of {rollout_key}; "
+                     "give another --rollouts path")
+        generated = cached["batches"]
+        print(f"{args.rollouts}: {len(generated)} rollout batches taken from the file", file=sys.stderr)
+    for index, start in enumerate(range(0, len(rows), args.chunk)):
+        if index < len(generated):
+            batch = generated[index]
+        else:
+            torch.manual_seed(args.seed * 1000 + start)
+            inputs = [dict(row) for row in rows[start:start + args.chunk] for _ in range(group)]
+            batch = trainer._generate_and_score_completions(inputs)
+            generated.append(batch)
+            if args.rollouts is not None:
+                partial = args.rollouts.with_name(args.rollouts.name + ".partial")
+                torch.save({"key": rollout_key, "batches": generated}, partial)
+                partial.replace(args.rollouts)
         outcomes = (batch["bicc_rewards"] > config.bicc.success_threshold).view(-1, group)
         rollouts += outcomes.numel()
         rollouts_right += int(outcomes.sum())
         groups_total += outcomes.size(0)
         groups_mixed += int((outcomes.any(1) & ~outcomes.all(1)).sum())
         conditioned = batch["bicc_conditioned"].bool()
-        if not conditioned.any():
+        if not conditioned.any():  # no mixed group in this chunk: nothing to condition
+            print(f"{min(start + args.chunk, len(rows))}/{len(rows)} prompts: no mixed group in this chunk",
+                  file=sys.stderr, flush=True)
             continue
         plain = token_logps(batch["prompt_ids"], batch["prompt_mask"], batch)
         with_context = token_logps(batch["bicc_prompt_ids"], batch["bicc_prompt_mask"], batch)
@@ -189,10 +215,12 @@ def main() -> None:
 
     def gradient(bicc: bool) -> list[torch.Tensor]:
         model.zero_grad()
-        for b in mixed_batches:
+        for done, b in enumerate(mixed_batches, 1):
             inputs = dict(b) if bicc else {k: v for k, v in b.items() if k not in plain_keys}
             loss = trainer._compute_loss(model, inputs) / len(mixed_batches)
             loss.backward()
+            print(f"gradient ({'bicc' if bicc else 'grpo'}): {done}/{len(mixed_batches)} batches "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
     def flat(tensors):
@@ -203,6 +231,8 @@ def main() -> None:
 
     def plain_sequence_logps():
         right_sum, wrong_sum = [], []
+        print(f"plain-prompt log-probs over {len(mixed_batches)} batches ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr, flush=True)
         for b in mixed_batches:
             logps = token_logps(b["prompt_ids"], b["prompt_mask"], b)
             per_seq = (logps * b["completion_mask"]).sum(1)
