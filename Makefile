@@ -30,8 +30,11 @@ install: $(BIN)/python
 		$(BIN)/pip install -e '.[dev,released]'; \
 	fi
 
+# Two workers, one test file at a time each (module fixtures build once); the longest files
+# go first (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -20,6 +20,27 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# `make test` runs two pytest-xdist workers on two cores: each worker's own torch work
+# gets one thread, as the CLI subprocesses of the end-to-end tests do (subprocess_env);
+# two threads per process on a shared two-core box spin-wait against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The files that take longest, first (durations of a two-worker run, 2026-12-03): each
+# worker takes one file at a time (`--dist loadfile`), and a long file started last would
+# leave the other core idle at the end.
+LONGEST_FIRST = (
+    "test_readme_commands.py", "test_slurm.py", "test_sweep_run.py", "test_released_model.py",
+    "test_reliability.py", "test_seed_policy_run.py", "test_resume_mlflow.py", "test_multiprocess.py",
+    "test_tune.py", "test_eval_cli.py", "test_store_faults.py", "test_eval_lmeval_parity.py",
+    "test_sweep_cancel.py", "test_models.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order is kept
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

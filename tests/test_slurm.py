@@ -153,18 +153,41 @@ def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
     # Ctrl-C once the array runs, and answer "no" to "cancel the submitted jobs?" ...
     sweep_dir = project / "runs" / "slurm-four"
 
-    def submitted() -> bool:  # (early: the last tasks are still queued when it re-attaches)
-        return len([c for c in sweep_dir.glob("*-*") if (c / "slurm_job.json").is_file()]) == 4
+    def array_id() -> str:
+        [record, *_] = [json.loads((c / "slurm_job.json").read_text()) for c in sweep_dir.glob("*-*")
+                        if (c / "slurm_job.json").is_file()]
+        return record["job_id"].split("_")[0]
+
+    def submitted() -> bool:
+        if len([c for c in sweep_dir.glob("*-*") if (c / "slurm_job.json").is_file()]) < 4:
+            return False
+        # Hold the tasks still pending (at most 2 of 4 run at once), so that some are
+        # queued when `sweep run` comes back however slow this machine is: without the
+        # hold, a loaded machine let every task finish before the re-run, which then had
+        # nothing to re-attach to.
+        subprocess.run(["scontrol", "hold", array_id()], check=True, capture_output=True, timeout=30)
+        return True
 
     code, out = _interrupt_and_answer(args, env, project, submitted, "n\n")
     assert code == 130, out[-4000:]
     assert "cancel the" in out and "submitted SLURM job(s)?" in out
     assert "job(s) in the SLURM queue; `sweep run` again re-attaches to them" in out
     assert "left in the SLURM queue" in out  # the summary line
-    # ... the jobs ran on; the next `sweep run` re-attaches to those still queued or running.
-    proc = _cli(args, env, project)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "4/4 finished" in proc.stdout and "re-attached" in proc.stdout
+    # ... the jobs ran on; the next `sweep run` re-attaches to those still queued or running,
+    # and the held tasks are let go once it has said so in its first line.
+    proc = subprocess.Popen([sys.executable, "-m", "bicc_lab.cli.main", *args], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.readline()
+        subprocess.run(["scontrol", "release", array_id()], check=True, capture_output=True, timeout=30)
+        rest, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stdout = first + rest
+    assert proc.returncode == 0, stdout[-4000:] + err[-4000:]
+    assert "re-attached" in first, first
+    assert "4/4 finished" in stdout
     runs = _cell_runs(uri, "slurm-four")
     assert len(runs) == 4
     assert all(len(r) == 1 and r[0].status == "FINISHED" for r in runs.values())
@@ -251,7 +274,15 @@ def test_cancelled_and_requeued_jobs_end_finished_exactly_once(project):
     states = {c["slurm"]["state"] for c in json.loads(status.stdout)["cells"]}
     assert states <= {"PENDING", "RUNNING", "COMPLETED"}, states
 
-    _wait_for(lambda: all(_training_with_checkpoint(c) for c in cells), 300, "both cells to train")
+    # Each cell is remembered once seen training past a checkpoint (40 steps: it goes on
+    # training well after); a loaded machine may take minutes to get both there.
+    seen_training: set[Path] = set()
+
+    def both_training() -> bool:
+        seen_training.update(c for c in cells if _training_with_checkpoint(c))
+        return len(seen_training) == 2
+
+    _wait_for(both_training, 600, "both cells to train past a checkpoint")
     subprocess.run(["scancel", jobs[cancelled]], check=True, timeout=30)
     subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, timeout=30)
     # SLURM holds a requeued job back for 2 minutes (BeginTime); let it go at once.

@@ -264,6 +264,12 @@ def test_sigterm_cancels_slurm_jobs_without_asking_and_ctrl_c_asks(tmp_path):
                       say=lambda m: None)
     assert (result, cluster.cancelled, asked) == (INTERRUPTED, True, [])
     cluster = Cluster(signal.SIGINT)
-    result = run_jobs(cluster, Source(), max_parallel=1, poll_s=0.01, ask_cancel=lambda n: asked.append(n) or False,
-                      say=lambda m: None)
+    # Python's own Ctrl-C handler, as at a user's terminal: a pytest-xdist worker (and a
+    # shell's background job) starts with SIGINT ignored, and the signal would never arrive.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run_jobs(cluster, Source(), max_parallel=1, poll_s=0.01,
+                          ask_cancel=lambda n: asked.append(n) or False, say=lambda m: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert (result, cluster.cancelled, asked) == (LEFT_RUNNING, False, [1])  # asked; "no" leaves it queued
