@@ -113,7 +113,7 @@ def project(tmp_path_factory, untrained_tiny_dir, cluster):
         f"""
         name: slurm-stop
         base: base.yaml
-        set: {{train.max_steps: 40}}  # long enough to be caught training
+        set: {{train.max_steps: 80}}  # long enough to be caught training
         grid:
           seed: [0, 1]
         {launch}
@@ -235,13 +235,13 @@ def _interrupt_and_answer(args: list[str], env: dict[str, str], cwd: Path, ready
     return proc.returncode, out
 
 
-def _wait_for(predicate, timeout: float, what: str):
+def _wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
@@ -269,31 +269,38 @@ def test_cancelled_and_requeued_jobs_end_finished_exactly_once(project):
     cancelled, requeued = cells
     jobs = {c: json.loads((c / "slurm_job.json").read_text())["job_id"] for c in cells}
 
-    # `sweep status` sees the queued/running jobs.
-    status = _cli(["sweep", "status", *common, "--json"], env, project)
-    states = {c["slurm"]["state"] for c in json.loads(status.stdout)["cells"]}
-    assert states <= {"PENDING", "RUNNING", "COMPLETED"}, states
-
-    # Each cell is remembered once seen training past a checkpoint (40 steps: it goes on
-    # training well after); a loaded machine may take minutes to get both there.
-    seen_training: set[Path] = set()
-
-    def both_training() -> bool:
-        seen_training.update(c for c in cells if _training_with_checkpoint(c))
-        return len(seen_training) == 2
-
-    _wait_for(both_training, 600, "both cells to train past a checkpoint")
+    # Polled from the moment they are submitted: on idle cores a cell's training window is
+    # short, and a cell that finished before the other was caught leaves nothing to cancel
+    # or requeue.
+    _wait_for(lambda: all(_training_with_checkpoint(c) for c in cells), 600, "both cells to train", poll_s=0.1)
     subprocess.run(["scancel", jobs[cancelled]], check=True, timeout=30)
     subprocess.run(["scontrol", "requeue", jobs[requeued]], check=True, timeout=30)
-    # SLURM holds a requeued job back for 2 minutes (BeginTime); let it go at once.
+    # SLURM holds a requeued job back for 2 minutes (BeginTime); it is let go at once, but
+    # held until the next `sweep run` has seen it queued: on idle cores it would otherwise
+    # resume and finish first, leaving nothing to re-attach to.
     _wait_for(lambda: _job_state(jobs[requeued]) == "PENDING", 60, "the requeued job to be pending")
+    subprocess.run(["scontrol", "hold", jobs[requeued]], check=True, timeout=30)
     subprocess.run(["scontrol", "update", f"JobId={jobs[requeued]}", "StartTime=now"], check=True, timeout=30)
     _wait_for(lambda: not _job_state(jobs[cancelled]), 120, "the cancelled job to leave the queue")
+    # `sweep status` sees the requeued job in the queue.
+    status = _cli(["sweep", "status", *common, "--json"], env, project)
+    states = {c["slurm"]["job_id"]: c["slurm"]["state"] for c in json.loads(status.stdout)["cells"]}
+    assert states[jobs[requeued]] == "PENDING", states
 
-    # The requeued job keeps its id and is still queued or running: re-attached, not resubmitted.
-    proc = _cli(["sweep", "run", *common], env, project)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "2/2 finished" in proc.stdout and "1 re-attached" in proc.stdout
+    # The requeued job keeps its id and is still queued: re-attached, not resubmitted.
+    rerun = subprocess.Popen([sys.executable, "-m", "bicc_lab.cli.main", "sweep", "run", *common], cwd=project,
+                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = rerun.stdout.readline()
+        subprocess.run(["scontrol", "release", jobs[requeued]], check=True, capture_output=True, timeout=30)
+        rest, err = rerun.communicate(timeout=600)
+    finally:
+        if rerun.poll() is None:
+            rerun.kill()
+    stdout = first + rest
+    assert rerun.returncode == 0, stdout[-4000:] + err[-4000:]
+    assert "1 re-attached" in first, first
+    assert "2/2 finished" in stdout
     assert json.loads((requeued / "slurm_job.json").read_text())["job_id"] == jobs[requeued]
     assert json.loads((cancelled / "slurm_job.json").read_text())["job_id"] != jobs[cancelled]
 
