@@ -179,7 +179,8 @@ def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = proc.stdout.readline()
-        subprocess.run(["scontrol", "release", array_id()], check=True, capture_output=True, timeout=30)
+        # (not checked: scontrol exits 1 when the array's record has no held task left)
+        subprocess.run(["scontrol", "release", array_id()], capture_output=True, timeout=30)
         rest, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
