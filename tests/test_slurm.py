@@ -175,18 +175,9 @@ def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
     assert "left in the SLURM queue" in out  # the summary line
     # ... the jobs ran on; the next `sweep run` re-attaches to those still queued or running,
     # and the held tasks are let go once it has said so in its first line.
-    proc = subprocess.Popen([sys.executable, "-m", "bicc_lab.cli.main", *args], cwd=project, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        first = proc.stdout.readline()
-        # (not checked: scontrol exits 1 when the array's record has no held task left)
-        subprocess.run(["scontrol", "release", array_id()], capture_output=True, timeout=30)
-        rest, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    stdout = first + rest
-    assert proc.returncode == 0, stdout[-4000:] + err[-4000:]
+    # (release not checked: scontrol exits 1 when the array's record has no held task left)
+    code, first, stdout, err = _run_then_release(args, env, project, array_id(), check=False)
+    assert code == 0, stdout[-4000:] + err[-4000:]
     assert "re-attached" in first, first
     assert "4/4 finished" in stdout
     runs = _cell_runs(uri, "slurm-four")
@@ -208,6 +199,22 @@ def test_a_four_cell_sweep_runs_as_a_slurm_job_array(project):
     cells = json.loads(status.stdout)["cells"]
     assert sorted(c["slurm"]["state"] for c in cells) == ["COMPLETED"] * 4
     assert {c["slurm"]["job_id"] for c in cells} == job_ids
+
+
+def _run_then_release(args: list[str], env: dict[str, str], cwd: Path, job_id: str, check: bool = True):
+    """Run the CLI; once it has printed its first line (where `sweep run` says what it
+    re-attached to), release the held SLURM job ``job_id``. Returns (exit code, first line,
+    whole stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bicc_lab.cli.main", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.readline()
+        subprocess.run(["scontrol", "release", job_id], check=check, capture_output=True, timeout=30)
+        rest, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, first, first + rest, err
 
 
 def _interrupt_and_answer(args: list[str], env: dict[str, str], cwd: Path, ready, answer: str):
@@ -289,17 +296,8 @@ def test_cancelled_and_requeued_jobs_end_finished_exactly_once(project):
     assert states[jobs[requeued]] == "PENDING", states
 
     # The requeued job keeps its id and is still queued: re-attached, not resubmitted.
-    rerun = subprocess.Popen([sys.executable, "-m", "bicc_lab.cli.main", "sweep", "run", *common], cwd=project,
-                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        first = rerun.stdout.readline()
-        subprocess.run(["scontrol", "release", jobs[requeued]], check=True, capture_output=True, timeout=30)
-        rest, err = rerun.communicate(timeout=600)
-    finally:
-        if rerun.poll() is None:
-            rerun.kill()
-    stdout = first + rest
-    assert rerun.returncode == 0, stdout[-4000:] + err[-4000:]
+    code, first, stdout, err = _run_then_release(["sweep", "run", *common], env, project, jobs[requeued])
+    assert code == 0, stdout[-4000:] + err[-4000:]
     assert "1 re-attached" in first, first
     assert "2/2 finished" in stdout
     assert json.loads((requeued / "slurm_job.json").read_text())["job_id"] == jobs[requeued]
